@@ -1,0 +1,113 @@
+"""The detections table: the CSV contract of design.md.
+
+Columns, in this order (more may follow)::
+
+    image,label,score,x_min,y_min,x_max,y_max,x_center,y_center,ra,dec,model
+
+Boxes are 0-based pixel-edge coordinates (:mod:`napari_clumps.pixels`); ``ra``/``dec`` are
+ICRS degrees of the box centre, empty without a celestial WCS; ``label`` is ``clump`` or
+``odd_clump``; ``score`` is 0-1 (1 for hand labels and truth).
+
+Every CSV is written with a companion *images list*, ``<name>.images.csv`` next to
+``<name>.csv``: one row per image that was processed (``image, status, n_detections, width,
+height, error`` and optional extras), so that an image with no clumps (a row with
+``n_detections = 0``) differs from one that was not processed or failed (``status = failed``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ["image", "label", "score", "x_min", "y_min", "x_max", "y_max",
+           "x_center", "y_center", "ra", "dec", "model"]
+#: Class names by detector class index (0 is background).
+CLASS_NAMES = ("background", "clump", "odd_clump")
+LABELS = CLASS_NAMES[1:]
+IMAGES_COLUMNS = ["image", "status", "n_detections", "width", "height", "error"]
+
+
+class DetectionsFileError(ValueError):
+    """A detections/labels CSV that breaks the contract; ``str()`` names the file."""
+
+
+def detections_frame(image: str, boxes, labels, scores, wcs=None, model: str = "", **extra):
+    """A detections table for one image from ``(N, 4)`` edge boxes and per-box labels/scores."""
+    import pandas as pd
+
+    from .pixels import pixel_to_radec
+
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    n = len(boxes)
+    x_center = (boxes[:, 0] + boxes[:, 2]) / 2
+    y_center = (boxes[:, 1] + boxes[:, 3]) / 2
+    ra, dec = pixel_to_radec(wcs, x_center, y_center) if n else (np.empty(0), np.empty(0))
+    labels = [CLASS_NAMES[int(v)] if not isinstance(v, str) else v for v in np.atleast_1d(labels)] if n else []
+    table = pd.DataFrame({
+        "image": [str(image)] * n,
+        "label": labels,
+        "score": np.broadcast_to(np.asarray(scores, float), (n,)).copy(),
+        "x_min": boxes[:, 0], "y_min": boxes[:, 1], "x_max": boxes[:, 2], "y_max": boxes[:, 3],
+        "x_center": x_center, "y_center": y_center, "ra": ra, "dec": dec,
+        "model": [str(model)] * n,
+    })
+    for name, values in extra.items():
+        table[name] = values
+    return table
+
+
+def images_list_path(path) -> Path:
+    """``detections.csv`` -> ``detections.images.csv``."""
+    path = Path(path)
+    stem = path.name[:-4] if path.name.lower().endswith(".csv") else path.name
+    return path.with_name(f"{stem}.images.csv")
+
+
+def write_detections(table, path, images=None) -> Path:
+    """Write the table (and the images list, if given) atomically; returns ``path``."""
+    from .atomic import atomic_path
+
+    path = Path(path)
+    table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
+    if images is not None:
+        images = images.copy()
+        for column in IMAGES_COLUMNS:
+            if column not in images:
+                images[column] = "" if column == "error" else np.nan
+        images = images[IMAGES_COLUMNS + [c for c in images.columns if c not in IMAGES_COLUMNS]]
+        with atomic_path(images_list_path(path)) as tmp:
+            images.to_csv(tmp, index=False)
+    return path
+
+
+def read_detections(path):
+    """Read a detections / labels CSV, checking the contract. Raises :class:`DetectionsFileError`."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"image": str, "label": str, "model": str}, keep_default_na=True)
+    except FileNotFoundError:
+        raise DetectionsFileError(f"{path}: no such file") from None
+    except Exception as error:
+        raise DetectionsFileError(f"{path}: not a readable CSV ({type(error).__name__})") from error
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise DetectionsFileError(f"{path}: missing columns {', '.join(missing)}")
+    bad = ~table["label"].isin(LABELS)
+    if bad.any():
+        raise DetectionsFileError(
+            f"{path}: line {int(np.flatnonzero(bad)[0]) + 2}: label {table['label'][bad].iloc[0]!r} "
+            f"is not one of {', '.join(LABELS)}")
+    table["model"] = table["model"].fillna("")
+    return table
+
+
+def read_images_list(path):
+    """The images list next to a detections CSV, or None when there is none."""
+    import pandas as pd
+
+    companion = images_list_path(path)
+    return pd.read_csv(companion, dtype={"image": str}) if companion.exists() else None

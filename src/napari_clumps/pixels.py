@@ -1,0 +1,84 @@
+"""The one place that converts between pixel conventions.
+
+The project's convention (design.md, used by the CSV, the detector and the tests):
+
+* 0-based pixel **edges** of the image array as the reader returns it;
+* ``x`` = column, ``y`` = row; pixel ``(row r, col c)`` covers ``[c, c+1) x [r, r+1)``;
+* a box is ``(x_min, y_min, x_max, y_max)``, as in torchvision.
+
+Other conventions met in practice:
+
+* **astropy / WCS pixel coordinates** put the centre of the first pixel at 0, so an
+  astropy pixel ``p`` is the edge coordinate ``p + 0.5``;
+* **napari data coordinates** put pixel centres at integers and order axes ``(row, col)``,
+  so the edge point ``(x, y)`` is napari ``(y - 0.5, x - 0.5)``.
+
+How a layer is *displayed* (FITS north-up) is a layer transform on top of its data
+coordinates and never changes these numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Offset between edge coordinates and centre-based coordinates (astropy, napari).
+_CENTRE_OFFSET = 0.5
+
+
+def edge_to_astropy(x, y):
+    """Edge-convention ``(x, y)`` to astropy pixel coordinates (first pixel centre at 0)."""
+    return np.asarray(x, float) - _CENTRE_OFFSET, np.asarray(y, float) - _CENTRE_OFFSET
+
+
+def astropy_to_edge(x, y):
+    """Astropy pixel coordinates to the edge convention."""
+    return np.asarray(x, float) + _CENTRE_OFFSET, np.asarray(y, float) + _CENTRE_OFFSET
+
+
+def pixel_to_radec(wcs, x, y):
+    """ICRS ``(ra, dec)`` in degrees of edge-convention points; NaN arrays when ``wcs`` is None."""
+    x = np.atleast_1d(np.asarray(x, float))
+    y = np.atleast_1d(np.asarray(y, float))
+    if wcs is None:
+        nan = np.full(x.shape, np.nan)
+        return nan, nan.copy()
+    sky = wcs.pixel_to_world(*edge_to_astropy(x, y))
+    icrs = sky.icrs
+    return np.atleast_1d(icrs.ra.deg).astype(float), np.atleast_1d(icrs.dec.deg).astype(float)
+
+
+def radec_to_pixel(wcs, ra, dec):
+    """Edge-convention ``(x, y)`` of ICRS ``(ra, dec)`` in degrees."""
+    from astropy.coordinates import SkyCoord
+
+    sky = SkyCoord(np.atleast_1d(ra), np.atleast_1d(dec), unit="deg", frame="icrs")
+    return astropy_to_edge(*wcs.world_to_pixel(sky))
+
+
+def boxes_to_napari_rectangles(boxes) -> list[np.ndarray]:
+    """``(N, 4)`` edge boxes to napari rectangles: ``(4, 2)`` ``(row, col)`` vertex arrays."""
+    rectangles = []
+    for x_min, y_min, x_max, y_max in np.asarray(boxes, float).reshape(-1, 4):
+        corners = np.array(
+            [[y_min, x_min], [y_min, x_max], [y_max, x_max], [y_max, x_min]], dtype=float
+        )
+        rectangles.append(corners - _CENTRE_OFFSET)
+    return rectangles
+
+
+def napari_rectangles_to_boxes(rectangles) -> np.ndarray:
+    """napari shape vertices (any polygon, ``(row, col)``) to ``(N, 4)`` edge boxes.
+
+    Rotated or irregular shapes become their axis-aligned bounding box, which is what a
+    box detector can learn from.
+    """
+    boxes = np.zeros((len(rectangles), 4), dtype=float)
+    for i, vertices in enumerate(rectangles):
+        rc = np.asarray(vertices, float)[:, -2:] + _CENTRE_OFFSET
+        boxes[i] = rc[:, 1].min(), rc[:, 0].min(), rc[:, 1].max(), rc[:, 0].max()
+    return boxes
+
+
+def flip_boxes_vertically(boxes, height: int) -> np.ndarray:
+    """Boxes of an image whose rows were reversed (``array[::-1]``), e.g. a north-up JPEG of a FITS array."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    return np.column_stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]])
