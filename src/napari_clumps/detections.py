@@ -24,11 +24,24 @@ COLUMNS = ["image", "label", "score", "x_min", "y_min", "x_max", "y_max",
 #: Class names by detector class index (0 is background).
 CLASS_NAMES = ("background", "clump", "odd_clump")
 LABELS = CLASS_NAMES[1:]
+# Written precision: 1e-4 px, 1e-8 deg (0.04 mas), scores to 1e-5.
+_DECIMALS = {"score": 5, "x_min": 4, "y_min": 4, "x_max": 4, "y_max": 4, "x_center": 4, "y_center": 4,
+             "ra": 8, "dec": 8}
 IMAGES_COLUMNS = ["image", "status", "n_detections", "width", "height", "error"]
 
 
 class DetectionsFileError(ValueError):
     """A detections/labels CSV that breaks the contract; ``str()`` names the file."""
+
+
+def label_names(labels) -> list[str]:
+    """Class names from class indices (1, 2) or names, mixed freely."""
+    labels = [labels] if isinstance(labels, (str, int, np.integer)) else list(labels)
+    names = [label if isinstance(label, str) else CLASS_NAMES[int(label)] for label in labels]
+    unknown = sorted(set(names) - set(LABELS))
+    if unknown:
+        raise ValueError(f"unknown class label(s) {unknown}; expected {', '.join(LABELS)}")
+    return names
 
 
 def detections_frame(image: str, boxes, labels, scores, wcs=None, model: str = "", **extra):
@@ -42,7 +55,7 @@ def detections_frame(image: str, boxes, labels, scores, wcs=None, model: str = "
     x_center = (boxes[:, 0] + boxes[:, 2]) / 2
     y_center = (boxes[:, 1] + boxes[:, 3]) / 2
     ra, dec = pixel_to_radec(wcs, x_center, y_center) if n else (np.empty(0), np.empty(0))
-    labels = [CLASS_NAMES[int(v)] if not isinstance(v, str) else v for v in np.atleast_1d(labels)] if n else []
+    labels = label_names(labels) if n else []
     table = pd.DataFrame({
         "image": [str(image)] * n,
         "label": labels,
@@ -68,9 +81,9 @@ def write_detections(table, path, images=None) -> Path:
     from .atomic import atomic_path
 
     path = Path(path)
-    table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
+    table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]].round(_DECIMALS)
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6f")
+        table.to_csv(tmp, index=False)
     if images is not None:
         images = images.copy()
         for column in IMAGES_COLUMNS:

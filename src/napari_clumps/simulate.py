@@ -199,7 +199,7 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
     for _ in range(rng.integers(0, s.max_stars + 1)):
         x, y = rng.uniform(0, size, 2)
         flux = psf_area * noise_r * np.exp(rng.uniform(np.log(8), np.log(400)))
-        colour = _flux_ratios(rng.uniform(0.3, 1.4), rng.uniform(0.1, 0.6))
+        colour = _flux_ratios(rng.uniform(0.5, 1.6), rng.uniform(0.1, 0.6))  # stars are redder than clumps
         images += colour[:, None, None] * _moffat(xx, yy, x, y, flux, fwhm)[None]
     for _ in range(rng.integers(0, s.max_background_galaxies + 1)):
         x, y = rng.uniform(0, size, 2)

@@ -1,0 +1,127 @@
+"""Shared fixtures: image files of every supported kind, made here (no network, no shared data)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIZE = (60, 80)  # rows, columns: not square, so that axis mix-ups show
+CRVAL = (150.1, 2.2)  # RA, Dec in degrees of FITS pixel CRPIX
+CRPIX = (31.0, 21.0)  # 1-based FITS pixel (x, y): astropy pixel (30, 20), edge (30.5, 20.5)
+PIXEL_SCALE_DEG = 0.4 / 3600
+
+
+def make_wcs_header():
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = CRVAL
+    wcs.wcs.crpix = CRPIX
+    wcs.wcs.cd = [[-PIXEL_SCALE_DEG, 0], [0, PIXEL_SCALE_DEG]]
+    return wcs.to_header()
+
+
+def band_planes(n=3):
+    """Bands whose pixel (row r, col c) value encodes r, c and the band, so orientation is checkable."""
+    rows, cols = np.mgrid[: SIZE[0], : SIZE[1]]
+    return np.stack([(rows * 1000 + cols + 0.1 * b).astype(np.float32) for b in range(n)])
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory) -> dict:
+    """name -> path of valid files of every supported kind."""
+    from astropy.io import fits
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("images")
+    planes = band_planes()
+    header = make_wcs_header()
+    files = {}
+
+    files["single"] = d / "single.fits"
+    fits.PrimaryHDU(planes[1], header=header).writeto(files["single"])
+
+    cube_header = header.copy()
+    cube_header["BANDS"] = "g,r,i"
+    files["cube"] = d / "cube.fits"
+    fits.PrimaryHDU(planes, header=cube_header).writeto(files["cube"])
+
+    files["cube_gz"] = d / "cube.fits.gz"
+    fits.PrimaryHDU(planes, header=cube_header).writeto(files["cube_gz"])
+
+    extensions = [fits.PrimaryHDU()]
+    for band, name in zip(planes, "gri"):
+        ext_header = header.copy()
+        ext_header["FILTER"] = name
+        extensions.append(fits.ImageHDU(band, header=ext_header, name=f"IMG_{name.upper()}"))
+    files["mef"] = d / "mef.fits"
+    fits.HDUList(extensions).writeto(files["mef"])
+
+    files["compressed"] = d / "tile.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(planes[1], header=header, compression_type="GZIP_1",
+                                                       quantize_level=0.0)]).writeto(files["compressed"])
+
+    files["degenerate_4d"] = d / "radio.fits"
+    fits.PrimaryHDU(planes[None], header=header).writeto(files["degenerate_4d"])
+
+    with_nan = planes.copy()
+    with_nan[0, 5, 7] = np.nan
+    with_nan[2, 10:12, 3] = np.inf
+    files["nan"] = d / "nan.fits"
+    fits.PrimaryHDU(with_nan, header=cube_header).writeto(files["nan"])
+
+    rgb = np.zeros(SIZE + (3,), np.uint8)
+    rgb[..., 0] = np.arange(SIZE[0])[:, None] * 4  # red grows down the rows
+    rgb[..., 1] = np.arange(SIZE[1])[None, :] * 3  # green grows along the columns
+    rgb[..., 2] = 200
+    files["jpeg"] = d / "colour.jpg"
+    Image.fromarray(rgb).save(files["jpeg"], quality=98)
+    files["png"] = d / "colour.png"
+    Image.fromarray(rgb).save(files["png"])
+    files["png_rgba"] = d / "alpha.png"
+    Image.fromarray(np.dstack([rgb, np.full(SIZE, 7, np.uint8)])).save(files["png_rgba"])
+    files["png_grey"] = d / "grey.png"
+    Image.fromarray(rgb[..., 0]).save(files["png_grey"])
+    return files
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory, image_files) -> dict:
+    """name -> path of files that must be refused with a one-line error."""
+    from astropy.io import fits
+
+    d = tmp_path_factory.mktemp("bad")
+    files = {}
+    files["corrupt_fits"] = d / "corrupt.fits"
+    files["corrupt_fits"].write_bytes(b"this is not a FITS file at all" * 200)
+    files["corrupt_jpeg"] = d / "corrupt.jpg"
+    files["corrupt_jpeg"].write_bytes(b"\xff\xd8\xff garbage" * 50)
+    files["empty_fits"] = d / "empty.fits"
+    files["empty_fits"].write_bytes(b"")
+    files["empty_png"] = d / "empty.png"
+    files["empty_png"].write_bytes(b"")
+    files["no_data_fits"] = d / "nodata.fits"
+    fits.HDUList([fits.PrimaryHDU()]).writeto(files["no_data_fits"])
+    files["one_d"] = d / "spectrum.fits"
+    fits.PrimaryHDU(np.arange(100, dtype=np.float32)).writeto(files["one_d"])
+    files["four_d"] = d / "hypercube.fits"
+    fits.PrimaryHDU(np.zeros((2, 3, 8, 8), np.float32)).writeto(files["four_d"])
+    files["all_nan"] = d / "allnan.fits"
+    fits.PrimaryHDU(np.full((20, 20), np.nan, np.float32)).writeto(files["all_nan"])
+    raw = Path(image_files["cube"]).read_bytes()
+    files["truncated_fits"] = d / "truncated.fits"
+    files["truncated_fits"].write_bytes(raw[: len(raw) // 2])
+    raw = Path(image_files["jpeg"]).read_bytes()
+    files["truncated_jpeg"] = d / "truncated.jpg"
+    files["truncated_jpeg"].write_bytes(raw[: len(raw) // 2])
+    return files
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory):
+    """A small simulated data set: (folder, truth table)."""
+    from napari_clumps.detections import read_detections
+    from napari_clumps.simulate import write_dataset
+
+    d = tmp_path_factory.mktemp("sim")
+    return d, read_detections(write_dataset(d, n=8, seed=11))

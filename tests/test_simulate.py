@@ -1,0 +1,130 @@
+"""The simulator: truth sits on the clumps, WCS-consistent RA/Dec, determinism, calibration."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_clumps.detections import images_list_path, read_detections
+from napari_clumps.io import read_image
+from napari_clumps.simulate import BOX_SIDE_PER_FWHM, simulate_galaxy, write_dataset
+
+
+def _excess(plane, box):
+    """Mean inside the inner half of the box minus the mean of a ring just outside it."""
+    x0, y0, x1, y1 = box
+    xc, yc, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    rows, cols = np.mgrid[: plane.shape[0], : plane.shape[1]] + 0.5  # pixel centres, edge convention
+    distance = np.hypot(cols - xc, rows - yc)
+    core = distance < max(half / 2, 1.0)
+    ring = (distance > half) & (distance < 1.6 * half)
+    return plane[core].mean() - plane[ring].mean()
+
+
+def test_truth_boxes_sit_on_local_flux_excess(simulated):
+    folder, truth = simulated
+    assert len(truth) > 0
+    for name, rows in truth.groupby("image"):
+        image = read_image(folder / name)
+        plane = image.bands.mean(axis=0)
+        for box in rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy():
+            assert _excess(plane, box) > 0, f"{name}: no flux excess in truth box {box}"
+
+
+def test_boxes_are_squares_of_2_5_fwhm_and_inside(simulated):
+    folder, truth = simulated
+    images = pd.read_csv(images_list_path(folder / "truth.csv"))
+    sides = truth.merge(images[["image", "psf_fwhm_px"]], on="image")
+    width, height = sides.x_max - sides.x_min, sides.y_max - sides.y_min
+    unclipped = (sides.x_min > 0) & (sides.y_min > 0) & (sides.x_max < 200) & (sides.y_max < 200)
+    np.testing.assert_allclose(width[unclipped], BOX_SIDE_PER_FWHM * sides.psf_fwhm_px[unclipped], rtol=1e-3)
+    np.testing.assert_allclose(width[unclipped], height[unclipped], atol=1e-4)
+    assert (truth.x_min >= 0).all() and (truth.y_max <= 200).all()
+
+
+def test_truth_radec_matches_fits_wcs(simulated):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    folder, truth = simulated
+    fits_rows = truth[truth.image.str.endswith(".fits")]
+    assert len(fits_rows) > 0
+    for name, rows in fits_rows.groupby("image"):
+        wcs = WCS(fits.getheader(folder / name)).celestial
+        # astropy pixel = edge - 0.5, independently of our conversion code
+        sky = wcs.pixel_to_world(rows.x_center.to_numpy() - 0.5, rows.y_center.to_numpy() - 0.5)
+        ra, dec = rows.ra.to_numpy(), rows.dec.to_numpy()
+        separation = np.hypot((sky.ra.deg - ra) * np.cos(np.radians(dec)), sky.dec.deg - dec)
+        assert (separation * 3600 < 1e-3).all()
+    assert truth[truth.image.str.endswith(".jpg")][["ra", "dec"]].isna().all().all()
+
+
+def test_jpeg_truth_is_the_fits_truth_flipped(simulated):
+    folder, truth = simulated
+    for index in range(8):
+        fits_rows = truth[truth.image == f"sim_{index:05d}.fits"]
+        jpeg_rows = truth[truth.image == f"sim_{index:05d}.jpg"]
+        assert len(fits_rows) == len(jpeg_rows)
+        np.testing.assert_allclose(jpeg_rows.y_center.to_numpy(), 200 - fits_rows.y_center.to_numpy(), atol=1e-5)
+        if len(fits_rows):
+            fits_image, jpeg_image = read_image(folder / fits_rows.image.iloc[0]), read_image(folder / jpeg_rows.image.iloc[0])
+            # the JPEG is north up: its rows are the FITS composite's rows reversed
+            from scipy.ndimage import gaussian_filter
+
+            def grey(rgb):  # smoothed, so that JPEG artefacts on the noise average out
+                return gaussian_filter(rgb.mean(axis=-1), 2)
+
+            flipped = np.abs(grey(jpeg_image.composite) - grey(fits_image.composite[::-1])).mean()
+            unflipped = np.abs(grey(jpeg_image.composite) - grey(fits_image.composite)).mean()
+            assert flipped < 2.0 and flipped < 0.5 * unflipped, (flipped, unflipped)
+
+
+def test_images_list_records_clump_free_galaxies(tmp_path):
+    truth_path = write_dataset(tmp_path, n=25, seed=5)
+    images = pd.read_csv(images_list_path(truth_path))
+    truth = read_detections(truth_path)
+    assert len(images) == 50 and (images.status == "ok").all()
+    assert (images.n_detections == 0).any(), "expected some clump-free galaxies in 25"
+    counts = truth.groupby("image").size()
+    for row in images.itertuples():
+        assert counts.get(row.image, 0) == row.n_detections
+
+
+def test_deterministic_and_independent_of_n():
+    a = simulate_galaxy(seed=3, index=4)
+    b = simulate_galaxy(seed=3, index=4)
+    np.testing.assert_array_equal(a.bands, b.bands)
+    assert [(c.x, c.y) for c in a.clumps] == [(c.x, c.y) for c in b.clumps]
+    assert not np.array_equal(simulate_galaxy(seed=4, index=4).bands, a.bands)
+
+
+def test_clumps_are_bluer_than_their_disc():
+    bluer = total = 0
+    for index in range(10):
+        galaxy = simulate_galaxy(seed=8, index=index)
+        g, r, i = galaxy.bands
+        for c in galaxy.clumps:
+            if c.label != "clump":
+                continue
+            half = galaxy.box_side / 2
+            region = np.s_[int(c.y - half / 2): int(c.y + half / 2) + 1, int(c.x - half / 2): int(c.x + half / 2) + 1]
+            ring = np.s_[max(int(c.y - 2 * half), 0): int(c.y + 2 * half), max(int(c.x - 2 * half), 0): int(c.x + 2 * half)]
+            clump_colour = g[region].sum() / i[region].sum()
+            surround_colour = g[ring].sum() / i[ring].sum()
+            total += 1
+            bluer += clump_colour > surround_colour
+    assert total >= 10 and bluer / total > 0.8
+
+
+def test_calibrated_to_clump_scout_statistics():
+    """Quantiles measured on the real volunteer boxes (shared/data/clumpscout_boxes.csv)."""
+    sides, counts, distances = [], [], []
+    for index in range(60):
+        galaxy = simulate_galaxy(seed=99, index=index)
+        counts.append(len(galaxy.clumps))
+        for c in galaxy.clumps:
+            sides.append(galaxy.box_side)
+            distances.append(np.hypot(c.x - 100, c.y - 100))
+    assert np.median(sides) == pytest.approx(16.6, rel=0.15)
+    assert np.median(distances) == pytest.approx(51.7, rel=0.15)
+    clumpy = np.array(counts)[np.array(counts) > 0]
+    assert np.mean(clumpy) == pytest.approx(2.31, rel=0.25)
+    assert max(counts) <= 9
