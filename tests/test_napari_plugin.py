@@ -105,3 +105,15 @@ def test_simulate_widget_adds_a_galaxy(make_napari_viewer):
     widget()
     names = [layer.name for layer in viewer.layers]
     assert names[0] == "simulated_seed7_2.fits" and len(names) == 5
+
+
+def test_npe2_validate_passes():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    npe2 = shutil.which("npe2") or str(Path(sys.executable).parent / "npe2")
+    result = subprocess.run([npe2, "validate", "napari-clumps"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid" in result.stdout

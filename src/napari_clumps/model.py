@@ -1,0 +1,369 @@
+"""The clump detector: a torchvision Faster R-CNN on a Zoobot (timm) or ResNet-50 backbone.
+
+* :class:`DetectorConfig` says everything needed to rebuild a detector; it travels inside every
+  model file with the weights and the provenance.
+* :data:`BACKBONES` names the built-in choices; :func:`build_detector` makes the network.
+* :func:`save_model` / :func:`load_model` read and write model files (safetensors: loading
+  never executes code); :func:`load_paper_checkpoint` reads the ``nn.DataParallel`` state dicts
+  released with Popp et al. 2024.
+
+Classes are background / clump / odd clump (:data:`napari_clumps.detections.CLASS_NAMES`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .detections import CLASS_NAMES
+
+MODEL_FORMAT = "napari-clumps-model"
+MODEL_FORMAT_VERSION = 1
+ZOOBOT_HUB = "hf_hub:mwalmsley/zoobot-encoder-{arch}"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded; ``str()`` names the file or model and the reason."""
+
+
+@dataclass
+class DetectorConfig:
+    """Everything needed to rebuild a detector (the weights aside).
+
+    Pixel sizes are in pixels of the image as given to :func:`napari_clumps.inference.detect`;
+    the network sees it scaled by ``input_scale``.
+    """
+
+    backbone: str = "zoobot-convnext_nano"
+    #: "timm" (a timm encoder + FPN) or "torchvision-resnet50-fpn" (the paper's network).
+    kind: str = "timm"
+    timm_arch: str = "convnext_nano"
+    in_chans: int = 3
+    class_names: tuple = CLASS_NAMES
+    #: Normalisation the backbone was trained with: Zoobot takes 0-1 floats as they are.
+    image_mean: tuple = (0.0, 0.0, 0.0)
+    image_std: tuple = (1.0, 1.0, 1.0)
+    #: Fixed resize factor before the network (timm kind). The paper's kind uses min/max_size.
+    input_scale: float = 1.0
+    min_size: int = 800
+    max_size: int = 1333
+    #: Anchor sides per FPN level (strides 4, 8, 16, 32, 64 of the scaled input) and aspect ratios.
+    #: Clump boxes are squares of 4-50 px (median 17) on 200-400 px cutouts, not COCO objects.
+    anchor_sizes: tuple = ((6, 10), (14, 20), (28, 40), (56, 80), (112, 160))
+    aspect_ratios: tuple = (1.0,)
+    fpn_channels: int = 128
+    box_head_width: int = 256
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_test: int = 300
+    rpn_post_nms_top_n_test: int = 100
+    box_batch_size_per_image: int = 256
+    box_detections_per_img: int = 50
+    #: Internal floor; the user's score threshold is applied after class-agnostic NMS.
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    #: Images larger than this (after input_scale) are tiled with this overlap.
+    tile_size: int = 512
+    tile_overlap: int = 64
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DetectorConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
+                  for k, v in values.items() if k in known}
+        return cls(**values)
+
+
+def _zoobot(arch: str, in_chans: int = 3, **changes) -> DetectorConfig:
+    name = f"zoobot-{'greyscale-' if in_chans == 1 else ''}{arch}"
+    mean, std = (0.0,) * in_chans, (1.0,) * in_chans
+    return DetectorConfig(backbone=name, kind="timm", timm_arch=arch, in_chans=in_chans,
+                          image_mean=mean, image_std=std, **changes)
+
+
+def _paper() -> DetectorConfig:
+    """``fasterrcnn_resnet50_fpn`` with a 3-class predictor, as the paper's code builds it."""
+    return DetectorConfig(
+        backbone="paper-resnet50-fpn", kind="torchvision-resnet50-fpn", timm_arch="", in_chans=3,
+        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, input_scale=1.0, min_size=800, max_size=1333,
+        anchor_sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=(0.5, 1.0, 2.0),
+        fpn_channels=256, box_head_width=1024, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+        rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, box_batch_size_per_image=512,
+        box_detections_per_img=100, box_score_thresh=0.05, box_nms_thresh=0.5, tile_size=1024)
+
+
+#: Built-in detector architectures by name (backbone weights from the Zoobot hub, heads untrained).
+BACKBONES = {
+    "zoobot-convnext_nano": lambda: _zoobot("convnext_nano"),
+    "zoobot-convnext_pico": lambda: _zoobot("convnext_pico"),
+    "zoobot-efficientnet_b0": lambda: _zoobot("efficientnet_b0"),
+    "zoobot-resnet18": lambda: _zoobot("resnet18"),
+    "zoobot-resnet50": lambda: _zoobot("resnet50"),
+    "zoobot-greyscale-convnext_nano": lambda: _zoobot("convnext_nano", in_chans=1),
+    "zoobot-greyscale-convnext_pico": lambda: _zoobot("convnext_pico", in_chans=1),
+    "zoobot-greyscale-efficientnet_b0": lambda: _zoobot("efficientnet_b0", in_chans=1),
+    "paper-resnet50-fpn": _paper,
+}
+
+
+def config_for(name: str, **changes) -> DetectorConfig:
+    """The built-in configuration ``name`` (see :data:`BACKBONES`), with ``changes`` applied."""
+    if name not in BACKBONES:
+        raise ModelError(f"{name}: unknown model; built-in names are {', '.join(BACKBONES)}")
+    config = BACKBONES[name]()
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _timm_encoder(config: DetectorConfig, weights):
+    """The timm encoder; ``weights``: None (random), "hub", a weights file or a Zoobot checkpoint."""
+    import timm
+
+    if weights is None:
+        return timm.create_model(config.timm_arch, pretrained=False, num_classes=0, in_chans=config.in_chans)
+    if weights == "hub":
+        hub_id = ZOOBOT_HUB.format(arch=("greyscale-" if config.in_chans == 1 else "") + config.timm_arch)
+        try:
+            return timm.create_model(hub_id, pretrained=True, num_classes=0)
+        except Exception as error:
+            repo = hub_id.removeprefix("hf_hub:")
+            raise ModelError(
+                f"{hub_id}: could not get the Zoobot weights ({type(error).__name__}); offline, download "
+                f"model.safetensors from https://huggingface.co/{repo} elsewhere and pass it as the "
+                f"backbone weights file (--backbone-weights FILE), or place the repository in the Hugging "
+                f"Face cache (~/.cache/huggingface/hub, models--{repo.replace('/', '--')})") from error
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"{path}: backbone weights file not found")
+    if path.suffix == ".ckpt":  # a Zoobot (Lightning) checkpoint: zoobot's own loader
+        from zoobot.pytorch.training.finetune import load_pretrained_zoobot
+
+        try:
+            encoder = load_pretrained_zoobot(str(path))
+        except Exception as error:
+            raise ModelError(f"{path}: not a Zoobot checkpoint ({type(error).__name__}: {error})") from error
+        if hasattr(encoder, "reset_classifier"):
+            encoder.reset_classifier(0)
+        return encoder
+    try:
+        return timm.create_model(config.timm_arch, pretrained=True, num_classes=0, in_chans=config.in_chans,
+                                 pretrained_cfg_overlay={"file": str(path), "num_classes": 0})
+    except Exception as error:
+        raise ModelError(f"{path}: not {config.timm_arch} weights ({type(error).__name__}: {error})") from error
+
+
+def _timm_fpn_backbone_class():
+    import torch
+    from torch import nn
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+    class TimmFPN(nn.Module):
+        """A timm encoder's last four stages (strides 4-32) + an FPN with a stride-64 max-pool level."""
+
+        def __init__(self, encoder: nn.Module, fpn_channels: int):
+            super().__init__()
+            n_levels = len(encoder.feature_info)
+            self.indices = list(range(n_levels - 4, n_levels))
+            encoder.prune_intermediate_layers(self.indices, prune_head=True, prune_norm=False)
+            self.body = encoder
+            in_channels = [encoder.feature_info[i]["num_chs"] for i in self.indices]
+            self.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+            self.out_channels = fpn_channels
+
+        def forward(self, x: torch.Tensor):
+            features = self.body.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+            return self.fpn({str(i): f for i, f in enumerate(features)})
+
+    return TimmFPN
+
+
+def build_detector(config: DetectorConfig, backbone_weights=None):
+    """A torchvision ``FasterRCNN`` for ``config``; ``backbone_weights`` as in :func:`_timm_encoder`."""
+    from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.rpn import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    n_classes = len(config.class_names)
+    common = dict(
+        image_mean=list(config.image_mean), image_std=list(config.image_std),
+        min_size=config.min_size, max_size=config.max_size,
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=config.box_batch_size_per_image,
+        box_detections_per_img=config.box_detections_per_img,
+        box_score_thresh=config.box_score_thresh, box_nms_thresh=config.box_nms_thresh,
+    )
+    if config.kind == "torchvision-resnet50-fpn":
+        if backbone_weights not in (None, "hub"):
+            raise ModelError(f"{config.backbone}: takes no backbone weights file; load a paper checkpoint instead")
+        model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **common)
+        in_features = model.roi_heads.box_predictor.cls_score.in_features
+        model.roi_heads.box_predictor = FastRCNNPredictor(in_features, n_classes)
+        return model
+    if config.kind != "timm":
+        raise ModelError(f"{config.backbone}: unknown detector kind {config.kind!r}")
+
+    backbone = _timm_fpn_backbone_class()(_timm_encoder(config, backbone_weights), config.fpn_channels)
+    anchors = AnchorGenerator(sizes=tuple(tuple(s) for s in config.anchor_sizes),
+                              aspect_ratios=(tuple(config.aspect_ratios),) * len(config.anchor_sizes))
+    pooler = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    model = FasterRCNN(
+        backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pooler,
+        box_head=TwoMLPHead(config.fpn_channels * 7 * 7, config.box_head_width),
+        box_predictor=FastRCNNPredictor(config.box_head_width, n_classes), **common)
+    model.transform = _fixed_scale_transform(model.transform, config.input_scale)
+    return model
+
+
+def _fixed_scale_transform(transform, scale: float):
+    """torchvision's transform, resizing by a fixed factor instead of to ``min_size``.
+
+    Clumps are PSF-sized: the network must see them at the pixel size it was trained on,
+    whatever the cutout's size, so the image is not stretched to a fixed side.
+    """
+    import torch
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+    class FixedScaleTransform(GeneralizedRCNNTransform):
+        def resize(self, image, target=None):
+            if self.scale == 1.0:
+                return image, target
+            size = image.shape[-2:]
+            image = torch.nn.functional.interpolate(image[None], scale_factor=self.scale, mode="bilinear",
+                                                    align_corners=False, recompute_scale_factor=True)[0]
+            if target is not None and "boxes" in target:
+                target["boxes"] = resize_boxes(target["boxes"], size, image.shape[-2:])
+            return image, target
+
+    new = FixedScaleTransform(transform.min_size, transform.max_size, transform.image_mean,
+                              transform.image_std, size_divisible=32)
+    new.scale = float(scale)
+    return new
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+@dataclass
+class Detector:
+    """A built network with its configuration and provenance (what a model file holds)."""
+
+    network: object
+    config: DetectorConfig
+    provenance: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def model_id(self) -> str:
+        """Short id written in the CSV ``model`` column."""
+        return self.provenance.get("model_id") or self.config.backbone
+
+
+def new_detector(name: str, backbone_weights="hub", **changes) -> Detector:
+    """A detector of built-in architecture ``name`` with an untrained detection head."""
+    config = config_for(name, **changes)
+    network = build_detector(config, backbone_weights)
+    return Detector(network, config, {"model_id": f"{name}-untrained", "base": name,
+                                      "backbone_weights": str(backbone_weights)}, source=name)
+
+
+def save_model(detector: Detector, path) -> Path:
+    """Write a model file (safetensors + JSON metadata) atomically."""
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in detector.network.state_dict().items()}
+    metadata = {"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION),
+                "config": detector.config.to_json(), "provenance": json.dumps(detector.provenance, default=str)}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_model(path, device="cpu") -> Detector:
+    """Load a model file written by :func:`save_model`, or a paper checkpoint (``.pt``/``.pth``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if path.suffix in (".pt", ".pth"):
+        return load_paper_checkpoint(path, device)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:
+        raise ModelError(f"{path}: not a napari-clumps model file ({type(error).__name__})") from error
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a napari-clumps model file (no {MODEL_FORMAT} metadata)")
+    config = DetectorConfig.from_dict(json.loads(metadata["config"]))
+    network = build_detector(config, backbone_weights=None)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"{path}: weights do not match its {config.backbone} architecture") from error
+    return Detector(network.to(device).eval(), config, json.loads(metadata.get("provenance", "{}")), str(path))
+
+
+def load_paper_checkpoint(path, device="cpu") -> Detector:
+    """A checkpoint of the paper's code: a (DataParallel) ``state_dict`` of fasterrcnn_resnet50_fpn.
+
+    Loaded with ``torch.load(weights_only=True)``, so a file that would run code is refused.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelError(f"{path}: refused: the file holds more than weights (it could run code when "
+                         f"loaded); only state_dicts are accepted") from error
+    except Exception as error:
+        raise ModelError(f"{path}: not a PyTorch checkpoint ({type(error).__name__})") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise ModelError(f"{path}: not a state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    config = _paper()
+    network = build_detector(config)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"{path}: not a 3-class fasterrcnn_resnet50_fpn state_dict") from error
+    provenance = {"model_id": f"paper:{path.stem}", "source": "Popp et al. 2024 checkpoint", "file": str(path)}
+    return Detector(network.to(device).eval(), config, provenance, str(path))
+
+
+def select_device(device: str = "auto"):
+    """A ``torch.device``: ``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("mps: Apple MPS is not available here; use --device cpu or auto")
+    if device not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"{device}: unknown device; use auto, cpu, cuda or mps")
+    return torch.device(device)
