@@ -62,6 +62,11 @@ def image_layers(image) -> list[tuple]:
     return layers
 
 
+def label_colours(labels) -> list[str]:
+    """Edge colour of each box from its class (a fixed mapping, whatever labels come first)."""
+    return [CLASS_COLOURS.get(str(label), "#ffffff") for label in labels]
+
+
 def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None = None) -> tuple:
     """A Shapes layer data tuple of edge-convention boxes over an image layer.
 
@@ -77,8 +82,7 @@ def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None =
         "name": name,
         "shape_type": "rectangle",
         "features": {"label": labels, "score": scores},
-        "edge_color": "label",
-        "edge_color_cycle": list(CLASS_COLOURS.values()),
+        "edge_color": label_colours(labels) if labels else CLASS_COLOURS["clump"],
         "edge_width": 1.5,
         "face_color": "transparent",
         "text": {"string": "{score:.2f}", "size": 8, "color": "white", "anchor": anchor},
@@ -91,3 +95,109 @@ def _stem(path) -> str:
     for suffix in (".gz", ".fz"):
         name = name.removesuffix(suffix)
     return Path(name).stem
+
+
+# ----------------------------------------------------------------------------- boxes <-> layers
+
+#: ``model`` feature of boxes drawn by hand.
+HAND_MODEL = "hand"
+
+
+def image_name(image_layer) -> str:
+    """The name an image layer has in CSVs: its file name, else the layer name."""
+    path = image_layer.metadata.get("path") if image_layer is not None else None
+    return Path(path).name if path else image_layer.name
+
+
+def layer_to_galaxy_image(layer):
+    """The :class:`~napari_clumps.io.GalaxyImage` behind an image layer (what the detector sees)."""
+    from .composite import lupton_composite
+    from .io import GalaxyImage
+
+    data = np.asarray(layer.data)
+    name = image_name(layer)
+    if layer.rgb:
+        rgb = data[..., :3]
+        if rgb.dtype != np.uint8:
+            peak = 255.0 if np.issubdtype(rgb.dtype, np.integer) and rgb.max() > 1 else 1.0
+            rgb = np.clip(np.rint(np.nan_to_num(rgb.astype(np.float32)) / peak * 255), 0, 255).astype(np.uint8)
+        bands = np.moveaxis(rgb, -1, 0) / np.float32(255)
+        return GalaxyImage(path=Path(name), bands=bands, band_names=("R", "G", "B"), composite=rgb,
+                           wcs=layer.metadata.get("wcs"))
+    if data.ndim != 2:
+        raise ValueError(f"{layer.name}: a {data.ndim}-D layer; choose a 2-D image or an RGB layer")
+    band = np.nan_to_num(data.astype(np.float32))
+    return GalaxyImage(path=Path(name), bands=band[None], band_names=("L",),
+                       composite=lupton_composite(band[None], ("L",)), wcs=layer.metadata.get("wcs"))
+
+
+def detections_layer(table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None,
+                     new_label: str = "clump") -> tuple:
+    """A Shapes layer data tuple of a detections table, with the image's display ``transform``."""
+    boxes = table[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+    data, kwargs, kind = boxes_layer(boxes, list(table.label), table.score.to_numpy(float),
+                                     name=name or f"{image_name} clumps", image_kwargs=transform)
+    kwargs["features"]["model"] = list(table.model)
+    kwargs["feature_defaults"] = {"label": new_label, "score": 1.0, "model": HAND_MODEL}
+    kwargs["metadata"] = {"napari_clumps_boxes": True, "image_name": image_name, "wcs": wcs, "height": height,
+                          "below_threshold": None, "score_threshold": 0.0}
+    return data, kwargs, kind
+
+
+def detections_layer_over(table, image_layer, new_label: str = "clump") -> tuple:
+    """:func:`detections_layer` over an open image layer (its transform, WCS and height)."""
+    return detections_layer(table, image_name=image_name(image_layer), name=f"{image_layer.name} clumps",
+                            transform={"scale": image_layer.scale, "translate": image_layer.translate},
+                            wcs=image_layer.metadata.get("wcs"), height=int(np.asarray(image_layer.data).shape[0]),
+                            new_label=new_label)
+
+
+def boxes_table(shapes_layer):
+    """The detections table of a Shapes layer (boxes as drawn, edited or deleted by the user)."""
+    return shapes_table(shapes_layer.data, shapes_layer.features, shapes_layer.metadata, shapes_layer.name)
+
+
+def shapes_table(vertices, features, metadata: dict, layer_name: str):
+    """The detections table of Shapes data + features + metadata (a layer or its data tuple)."""
+    import pandas as pd
+
+    from .detections import detections_frame
+    from .pixels import napari_rectangles_to_boxes
+
+    features = pd.DataFrame(features)
+    n = len(vertices)
+    return detections_frame(
+        (metadata or {}).get("image_name") or layer_name,
+        napari_rectangles_to_boxes(vertices),
+        list(features["label"]) if "label" in features else ["clump"] * n,
+        features["score"].to_numpy(float) if "score" in features else 1.0,
+        wcs=(metadata or {}).get("wcs"),
+        model=list(features["model"]) if "model" in features else HAND_MODEL)
+
+
+def apply_score_threshold(shapes_layer, threshold: float) -> None:
+    """Show only boxes scoring at least ``threshold``; hidden ones are kept and come back when lowered.
+
+    Boxes the user drew (model "hand") always stay. Edits to shown boxes are kept, because the
+    layer is rebuilt from its current shapes, not from the model's output.
+    """
+    import pandas as pd
+
+    metadata = shapes_layer.metadata
+    current = pd.DataFrame(shapes_layer.features).reset_index(drop=True)
+    current["_vertices"] = [np.asarray(v) for v in shapes_layer.data]
+    pool = metadata.get("below_threshold")
+    everything = current if pool is None or len(pool) == 0 else pd.concat([current, pool], ignore_index=True)
+    keep = (everything["score"].to_numpy(float) >= threshold) | (everything.get("model") == HAND_MODEL).to_numpy()
+    shown, hidden = everything[keep].reset_index(drop=True), everything[~keep].reset_index(drop=True)
+    metadata["below_threshold"] = hidden
+    metadata["score_threshold"] = float(threshold)
+    if len(shown) == len(current) and len(hidden) == (0 if pool is None else len(pool)):
+        return  # nothing moves
+    shapes_layer.selected_data = set()
+    shapes_layer.data = []  # replace in one go: shapes and their features together
+    if len(shown):
+        shapes_layer.add_rectangles(list(shown["_vertices"]))
+        shapes_layer.features = shown.drop(columns="_vertices")
+        shapes_layer.edge_color = label_colours(shown["label"])
+    shapes_layer.refresh()

@@ -38,3 +38,37 @@ def read_galaxy_images(path) -> list[tuple]:
     for error in errors:  # napari turns warnings into notifications
         warnings.warn(f"napari-clumps could not read {error}", stacklevel=2)
     return layers
+
+
+def napari_get_clumps_csv_reader(path):
+    """Reader for detections CSVs (``*.clumps.csv``): one Shapes layer of boxes per image named."""
+    paths = _as_paths(path)
+    if len(paths) != 1 or not str(paths[0]).lower().endswith(".csv"):
+        return None
+    return read_clumps_csv
+
+
+def read_clumps_csv(path) -> list[tuple]:
+    """Shapes layers of a detections CSV, one per image named in it.
+
+    Boxes of a FITS image get its north-up display flip when the companion images list gives
+    the image height (it does for the files napari-clumps writes). To put boxes onto an open
+    image with its WCS, use the detection widget's "Load boxes from CSV".
+    """
+    import pandas as pd
+
+    from ._layers import detections_layer, display_transform
+    from .detections import read_detections, read_images_list
+    from .io import is_fits_path
+
+    path = _as_paths(path)[0]
+    table = read_detections(path)
+    listed = read_images_list(path)
+    heights = {} if listed is None else dict(zip(listed.image, listed.height))
+    layers = []
+    for name, rows in table.groupby("image", sort=False):
+        height = heights.get(name)
+        height = int(height) if height is not None and pd.notna(height) else None
+        transform = display_transform(is_fits_path(name) and height is not None, height or 0)
+        layers.append(detections_layer(rows, image_name=name, transform=transform, height=height))
+    return layers

@@ -43,6 +43,132 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _say(message: str) -> None:
+    """A status line on stderr that does not break a running progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def cmd_detect(args) -> int:
+    import pandas as pd
+
+    from .detections import COLUMNS, write_detections
+    from .inference import iter_detections, resolve_model
+    from .model import select_device
+
+    found = expand_paths(args.paths)
+    if not found:
+        raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
+    device = select_device(args.device)
+    detector = resolve_model(args.model, str(device))
+    _say(f"model: {detector.source} ({detector.model_id}); device: {device}"
+         + (" (auto)" if args.device == "auto" else ""))
+    tables, images, failed = [], [], 0
+    results = iter_detections([p for p, _ in found], detector, names=[n for _, n in found], device=str(device),
+                              batch_size=args.batch_size, score_threshold=args.score_threshold,
+                              nms_iou=args.nms_iou)
+    for result in _progress(results, "detecting", len(found)):
+        if result.error:
+            failed += 1
+            _say(f"error: {result.error}")
+            images.append(dict(image=result.name, status="failed", n_detections=0, error=result.error))
+            continue
+        tables.append(result.table)
+        images.append(dict(image=result.name, status="ok", n_detections=len(result.table), width=result.width,
+                           height=result.height, error=""))
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
+    write_detections(table, args.out, pd.DataFrame(images))
+    from .detections import images_list_path
+
+    print(f"{len(table)} clumps in {len(found) - failed} images -> {args.out} (images: {images_list_path(args.out)})")
+    if failed:
+        print(f"{failed} of {len(found)} images failed; see the error lines above and the images list",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_train(args) -> int:
+    from .model import select_device
+    from .training import TrainingOptions, load_labelled_images, train
+
+    items, notes = load_labelled_images(args.images, args.labels)
+    for note in notes:
+        _say(f"note: {note}")
+    detector = base_detector(args.model, args.backbone_weights)
+    options = TrainingOptions(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+                              trainable_blocks=None if args.trainable_blocks < 0 else args.trainable_blocks,
+                              val_fraction=args.val_fraction, patience=args.patience,
+                              scale_jitter=args.scale_jitter, seed=args.seed, device=args.device)
+    n_boxes = sum(len(it.boxes) for it in items)
+    _say(f"training {detector.config.backbone} from {detector.source or args.model} on {len(items)} images "
+         f"({n_boxes} boxes, {sum(len(it.boxes) == 0 for it in items)} negatives); device: {select_device(args.device)}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=None, desc="training", unit="step", disable=None, file=sys.stderr)
+
+    def report(progress):
+        if progress.kind == "step":
+            if bar.total != progress.steps * progress.epochs:
+                bar.reset(total=progress.steps * progress.epochs)
+            bar.update(1)
+            bar.set_postfix(epoch=progress.epoch, loss=f"{progress.loss:.3f}")
+        else:
+            extra = "" if progress.val_f1 is None else (
+                f", validation F1 {progress.val_f1:.3f} (completeness {progress.val_completeness:.3f}, "
+                f"purity {progress.val_purity:.3f})")
+            _say(f"epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.4f}{extra}")
+
+    data = f"{len(items)} images ({n_boxes} boxes) from {', '.join(map(str, args.images))}; labels {args.labels}"
+    trained = train(detector, items, options, out=args.out, callback=report, data_description=data)
+    bar.close()
+    print(f"model written to {args.out} ({trained.provenance['epochs_run']} epochs, "
+          f"best validation F1 {trained.provenance['best_val_f1']:.3f})")
+    return 0
+
+
+def base_detector(name, backbone_weights=None):
+    """The starting point of training: a built-in architecture, a model file or a packaged model."""
+    from .inference import resolve_model
+    from .model import BACKBONES, new_detector
+
+    if name in BACKBONES:
+        weights = backbone_weights or ("hub" if BACKBONES[name]().hub_id else None)
+        if weights == "none":
+            weights = None
+        return new_detector(name, backbone_weights=weights)
+    return resolve_model(name, "cpu")
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from .detections import read_detections, read_images_list
+    from .metrics import scores_table
+
+    truth, found = read_detections(args.truth), read_detections(args.detections)
+    listed = read_images_list(args.truth)
+    images = list(listed.image) if listed is not None else None
+    rule = {"rule": args.rule, "iou_threshold": args.iou}
+    table = scores_table(truth, found, images=images, **rule)
+    at = scores_table(truth, found, thresholds=[args.score_threshold], images=images, **rule).iloc[0]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"at score >= {args.score_threshold:g}: completeness {at.completeness:.3f}, purity {at.purity:.3f}, "
+          f"F1 {at.f1:.3f} ({int(at.n_matched)} matched of {int(at.n_truth)} true clumps and "
+          f"{int(at.n_detections)} detections; rule {args.rule}"
+          + (f", IoU >= {args.iou:g})" if args.rule == "iou" else ")"))
+    out = Path(args.json) if args.json else Path(str(args.detections).removesuffix(".csv") + ".metrics.json")
+    from .atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps({"truth": str(args.truth), "detections": str(args.detections), **rule,
+                                   "score_threshold": args.score_threshold,
+                                   "at_threshold": {k: float(at[k]) for k in at.index},
+                                   "by_threshold": table.to_dict(orient="records")}, indent=2))
+    print(f"metrics written to {out}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .io import ImageReadError, read_image
 
@@ -86,6 +212,44 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--n", type=int, default=10, help="number of galaxies (default 10)")
     simulate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     simulate.set_defaults(run=cmd_simulate)
+
+    detect = commands.add_parser("detect", help="detect clumps in images or folders of images")
+    detect.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    detect.add_argument("--model", default=None, help="model file or packaged model name (default: the packaged default)")
+    detect.add_argument("--out", type=Path, default=Path("detections.csv"), help="CSV to write (default detections.csv)")
+    detect.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (0.3)")
+    detect.add_argument("--nms-iou", type=float, default=0.2, help="class-agnostic NMS IoU (0.2, as in the paper)")
+    detect.add_argument("--batch-size", type=int, default=4, help="network inputs per batch (4)")
+    detect.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    detect.set_defaults(run=cmd_detect)
+
+    train = commands.add_parser("train", help="train or fine-tune a detector on labelled images")
+    train.add_argument("--images", nargs="+", required=True, help="image files or folders; all count as fully labelled")
+    train.add_argument("--labels", type=Path, required=True, help="labels CSV in the detections format (score ignored)")
+    train.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    train.add_argument("--model", default="default", help="base: built-in architecture, model file or 'default'")
+    train.add_argument("--backbone-weights", default=None,
+                       help="for a built-in architecture: weights file, Zoobot .ckpt, 'hub' or 'none' (from scratch)")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--trainable-blocks", type=int, default=0,
+                       help="encoder stages to train from the deepest; 0 freezes it (default), -1 trains all")
+    train.add_argument("--val-fraction", type=float, default=0.2)
+    train.add_argument("--patience", type=int, default=0, help="early stop after this many epochs without a better validation F1")
+    train.add_argument("--scale-jitter", type=float, default=0.0, help="random rescaling by up to this fraction")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="completeness, purity and F1 of detections against truth")
+    evaluate.add_argument("--truth", type=Path, required=True)
+    evaluate.add_argument("--detections", type=Path, required=True)
+    evaluate.add_argument("--rule", choices=["iou", "centre"], default="iou")
+    evaluate.add_argument("--iou", type=float, default=0.3, help="IoU needed for a match (rule iou)")
+    evaluate.add_argument("--score-threshold", type=float, default=0.3, help="threshold of the summary line")
+    evaluate.add_argument("--json", default=None, help="JSON to write (default DETECTIONS.metrics.json)")
+    evaluate.set_defaults(run=cmd_evaluate)
 
     info = commands.add_parser("info", help="read images and print what was read")
     info.add_argument("paths", nargs="+", help="image files or folders")

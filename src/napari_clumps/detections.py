@@ -44,8 +44,11 @@ def label_names(labels) -> list[str]:
     return names
 
 
-def detections_frame(image: str, boxes, labels, scores, wcs=None, model: str = "", **extra):
-    """A detections table for one image from ``(N, 4)`` edge boxes and per-box labels/scores."""
+def detections_frame(image: str, boxes, labels, scores, wcs=None, model="", **extra):
+    """A detections table for one image from ``(N, 4)`` edge boxes and per-box labels/scores.
+
+    ``scores`` and ``model`` are one value for all boxes or one per box.
+    """
     import pandas as pd
 
     from .pixels import pixel_to_radec
@@ -62,7 +65,7 @@ def detections_frame(image: str, boxes, labels, scores, wcs=None, model: str = "
         "score": np.broadcast_to(np.asarray(scores, float), (n,)).copy(),
         "x_min": boxes[:, 0], "y_min": boxes[:, 1], "x_max": boxes[:, 2], "y_max": boxes[:, 3],
         "x_center": x_center, "y_center": y_center, "ra": ra, "dec": dec,
-        "model": [str(model)] * n,
+        "model": [str(model)] * n if isinstance(model, str) else [str(m) for m in model],
     })
     for name, values in extra.items():
         table[name] = values
@@ -90,6 +93,7 @@ def write_detections(table, path, images=None) -> Path:
             if column not in images:
                 images[column] = "" if column == "error" else np.nan
         images = images[IMAGES_COLUMNS + [c for c in images.columns if c not in IMAGES_COLUMNS]]
+        images = images.astype({"n_detections": "Int64", "width": "Int64", "height": "Int64"})
         with atomic_path(images_list_path(path)) as tmp:
             images.to_csv(tmp, index=False)
     return path

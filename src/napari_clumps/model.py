@@ -39,6 +39,8 @@ class DetectorConfig:
     #: "timm" (a timm encoder + FPN) or "torchvision-resnet50-fpn" (the paper's network).
     kind: str = "timm"
     timm_arch: str = "convnext_nano"
+    #: Where pretrained encoder weights come from ("" = none: random init or a weights file).
+    hub_id: str = "hf_hub:mwalmsley/zoobot-encoder-convnext_nano"
     in_chans: int = 3
     class_names: tuple = CLASS_NAMES
     #: Normalisation the backbone was trained with: Zoobot takes 0-1 floats as they are.
@@ -81,14 +83,15 @@ class DetectorConfig:
 def _zoobot(arch: str, in_chans: int = 3, **changes) -> DetectorConfig:
     name = f"zoobot-{'greyscale-' if in_chans == 1 else ''}{arch}"
     mean, std = (0.0,) * in_chans, (1.0,) * in_chans
-    return DetectorConfig(backbone=name, kind="timm", timm_arch=arch, in_chans=in_chans,
+    hub_id = ZOOBOT_HUB.format(arch=("greyscale-" if in_chans == 1 else "") + arch)
+    return DetectorConfig(backbone=name, kind="timm", timm_arch=arch, hub_id=hub_id, in_chans=in_chans,
                           image_mean=mean, image_std=std, **changes)
 
 
 def _paper() -> DetectorConfig:
     """``fasterrcnn_resnet50_fpn`` with a 3-class predictor, as the paper's code builds it."""
     return DetectorConfig(
-        backbone="paper-resnet50-fpn", kind="torchvision-resnet50-fpn", timm_arch="", in_chans=3,
+        backbone="paper-resnet50-fpn", kind="torchvision-resnet50-fpn", timm_arch="", hub_id="", in_chans=3,
         image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, input_scale=1.0, min_size=800, max_size=1333,
         anchor_sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=(0.5, 1.0, 2.0),
         fpn_channels=256, box_head_width=1024, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
@@ -107,6 +110,8 @@ BACKBONES = {
     "zoobot-greyscale-convnext_pico": lambda: _zoobot("convnext_pico", in_chans=1),
     "zoobot-greyscale-efficientnet_b0": lambda: _zoobot("efficientnet_b0", in_chans=1),
     "paper-resnet50-fpn": _paper,
+    # Small and fast, no Zoobot weights: for tests and quick experiments from scratch.
+    "resnet10t": lambda: DetectorConfig(backbone="resnet10t", timm_arch="resnet10t", hub_id=""),
 }
 
 
@@ -130,7 +135,10 @@ def _timm_encoder(config: DetectorConfig, weights):
     if weights is None:
         return timm.create_model(config.timm_arch, pretrained=False, num_classes=0, in_chans=config.in_chans)
     if weights == "hub":
-        hub_id = ZOOBOT_HUB.format(arch=("greyscale-" if config.in_chans == 1 else "") + config.timm_arch)
+        hub_id = config.hub_id
+        if not hub_id:
+            raise ModelError(f"{config.backbone}: has no pretrained weights on a hub; train it from scratch "
+                             f"(no backbone weights) or give a weights file")
         try:
             return timm.create_model(hub_id, pretrained=True, num_classes=0)
         except Exception as error:

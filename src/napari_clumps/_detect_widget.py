@@ -1,0 +1,292 @@
+"""The detection dock widget: pick images and a model, run off the GUI thread, edit, export.
+
+Glue and layout only: detection is :func:`napari_clumps.inference.iter_detections`, boxes <->
+layers is :mod:`napari_clumps._layers`, the CSV is :mod:`napari_clumps.detections`.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, PushButton,
+                              Select)
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ._layers import (HAND_MODEL, apply_score_threshold, boxes_table, detections_layer_over, image_name,
+                      label_colours, layer_to_galaxy_image)
+
+#: Lowest score the widget keeps, so that the slider can go down without re-running the model.
+SCORE_FLOOR = 0.05
+DEFAULT_CHOICE = "default (packaged model)"
+
+#: Model files known to this session, newest first (the fine-tuning widget adds its results).
+KNOWN_MODEL_FILES: list[str] = []
+_listeners: list = []
+
+
+def register_model_file(path) -> None:
+    """Make a model file selectable in every detection widget."""
+    path = str(Path(path).resolve())
+    if path in KNOWN_MODEL_FILES:
+        KNOWN_MODEL_FILES.remove(path)
+    KNOWN_MODEL_FILES.insert(0, path)
+    for listener in list(_listeners):
+        listener()
+
+
+def is_boxes_layer(layer) -> bool:
+    return layer.__class__.__name__ == "Shapes" and bool(layer.metadata.get("napari_clumps_boxes"))
+
+
+class DetectionWidget(QWidget):
+    """Detect clumps in image layers; results are one Shapes layer per image."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        avoid_triton_llvm_clash()
+        self.viewer = napari_viewer
+        self.worker = None
+        self._stop = threading.Event()
+        self.images = Select(label="images", choices=self._image_choices, allow_multiple=True,
+                             tooltip="image layers to run on (ctrl/shift-click for several)")
+        self.model = ComboBox(label="model", choices=self._model_choices,
+                              tooltip="the packaged default model or a model file")
+        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.pt *.pth",
+                                   tooltip="add a model file (napari-clumps model or paper checkpoint)")
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto",
+                               tooltip="auto: CUDA, then Apple MPS, then CPU")
+        self.score = FloatSlider(label="score >=", min=SCORE_FLOOR, max=1.0, step=0.01, value=0.3,
+                                 tooltip="shown boxes; moving it does not re-run the model")
+        self.nms = FloatSpinBox(label="NMS IoU", min=0.05, max=0.95, step=0.05, value=0.2,
+                                tooltip="class-agnostic non-maximum suppression (0.2 as in the paper)")
+        self.new_label = ComboBox(label="new boxes", choices=["clump", "odd_clump"], value="clump",
+                                  tooltip="class of boxes you draw")
+        self.run_button = PushButton(text="Detect")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv", value="detections.csv")
+        self.export_button = PushButton(text="Export boxes to CSV")
+        self.import_button = PushButton(text="Load boxes from CSV")
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.images.native.setMaximumHeight(110)
+        self.form = Container(widgets=[
+            self.images, self.model, self.model_file, self.device, self.score, self.nms, self.new_label,
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+            self.csv_path, Container(widgets=[self.export_button, self.import_button], layout="horizontal",
+                                     labels=False),
+            self.status])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addStretch()
+
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.score.changed.connect(self._apply_threshold)
+        self.new_label.changed.connect(self._set_new_label)
+        self.model_file.changed.connect(self._add_model_file)
+        self.export_button.changed.connect(lambda: self.export_csv(self.csv_path.value))
+        self.import_button.changed.connect(lambda: self.import_csv(self.csv_path.value))
+        self.viewer.layers.events.inserted.connect(self._refresh_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_choices)
+        _listeners.append(self.model.reset_choices)
+        self._refresh_choices()
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_choices(self, _widget=None):
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Image) and "band_name" not in layer.metadata]
+
+    def _model_choices(self, _widget=None):
+        return [DEFAULT_CHOICE, *KNOWN_MODEL_FILES]
+
+    def _refresh_choices(self, event=None):
+        self.images.reset_choices()
+        if not self.images.value and self.images.choices:
+            self.images.value = [self.images.choices[0]]
+
+    def _add_model_file(self, path):
+        if path and Path(path).is_file():
+            register_model_file(path)
+            self.model.value = str(Path(path).resolve())
+
+    def selected_model(self):
+        return None if self.model.value == DEFAULT_CHOICE else self.model.value
+
+    # ------------------------------------------------------------------ running
+
+    def run(self):
+        """Start detection on the chosen image layers in a worker thread."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error, show_warning
+
+        layers = list(self.images.value)
+        if not layers:
+            show_warning("napari-clumps: choose an image layer to detect clumps in")
+            return
+        try:
+            images = [layer_to_galaxy_image(layer) for layer in layers]
+        except ValueError as error:
+            show_error(f"napari-clumps: {error}")
+            return
+        self._stop.clear()
+        self.worker = create_worker(
+            _detect_in_thread, images, [layer.name for layer in layers], self.selected_model(),
+            self.device.value, self.nms.value, self._stop.is_set,
+            _progress={"total": len(images), "desc": "Detecting clumps"})
+        by_name = {layer.name: layer for layer in layers}
+        self.worker.yielded.connect(lambda result: self._show_result(by_name[result[0]], result[1], result[2]))
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = f"detecting in {len(images)} image(s)..."
+        self.worker.start()
+
+    def cancel(self):
+        if self.worker is not None:
+            self._stop.set()
+            self.worker.quit()
+            self.status.value = "cancelling..."
+
+    def _show_result(self, image_layer, result, device_text):
+        if result.error:
+            from napari.utils.notifications import show_error
+
+            show_error(f"napari-clumps: {result.error}")
+            return
+        data, kwargs, _ = detections_layer_over(result.table, image_layer, self.new_label.value)
+        name = kwargs.pop("name")
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_shapes(data, name=name, **kwargs)
+        layer.events.data.connect(lambda event, layer=layer: _recolour_added(layer, event))
+        apply_score_threshold(layer, self.score.value)
+        self.status.value = (f"{image_layer.name}: {len(layer.data)} clumps shown "
+                             f"({len(result.table)} with score >= {SCORE_FLOOR}); {device_text}")
+
+    def _failed(self, error):
+        from napari.utils.notifications import show_error
+
+        show_error(f"napari-clumps: detection failed: {error}")
+        self.status.value = f"failed: {error}"
+
+    def _finished(self):
+        if self._stop.is_set():
+            self.status.value = "cancelled"
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    # ------------------------------------------------------------------ editing
+
+    def boxes_layers(self):
+        return [layer for layer in self.viewer.layers if is_boxes_layer(layer)]
+
+    def _apply_threshold(self, value):
+        for layer in self.boxes_layers():
+            apply_score_threshold(layer, value)
+
+    def _set_new_label(self, label):
+        for layer in self.boxes_layers():
+            layer.feature_defaults = {"label": label, "score": 1.0, "model": HAND_MODEL}
+
+    # ------------------------------------------------------------------ CSV
+
+    def export_csv(self, path) -> Path | None:
+        """Write the boxes of every clump layer (as edited) to the design.md CSV + images list."""
+        import pandas as pd
+        from napari.utils.notifications import show_info, show_warning
+
+        from .detections import write_detections
+
+        layers = self.boxes_layers()
+        if not layers:
+            show_warning("napari-clumps: no clump layers to export; run Detect or load a CSV first")
+            return None
+        tables = [boxes_table(layer) for layer in layers]
+        images = pd.DataFrame([{"image": layer.metadata["image_name"], "status": "ok", "n_detections": len(t),
+                                "height": layer.metadata.get("height"), "error": ""}
+                               for layer, t in zip(layers, tables)])
+        path = write_detections(pd.concat(tables, ignore_index=True), Path(path), images)
+        show_info(f"napari-clumps: wrote {sum(map(len, tables))} boxes to {path}")
+        self.status.value = f"exported to {path}"
+        return path
+
+    def import_csv(self, path) -> list:
+        """Add the boxes of a detections CSV onto the open image layers they name."""
+        from napari.layers import Image
+        from napari.utils.notifications import show_error, show_warning
+
+        from .detections import DetectionsFileError, read_detections
+
+        try:
+            table = read_detections(path)
+        except DetectionsFileError as error:
+            show_error(f"napari-clumps: {error}")
+            return []
+        images = {image_name(layer): layer for layer in self.viewer.layers
+                  if isinstance(layer, Image) and "band_name" not in layer.metadata}
+        added, missing = [], []
+        for name, rows in table.groupby("image", sort=False):
+            image_layer = images.get(Path(name).name)
+            if image_layer is None:
+                missing.append(name)
+                continue
+            data, kwargs, _ = detections_layer_over(rows, image_layer, self.new_label.value)
+            layer_name = kwargs.pop("name")
+            if layer_name in self.viewer.layers:
+                self.viewer.layers.remove(layer_name)
+            layer = self.viewer.add_shapes(data, name=layer_name, **kwargs)
+            layer.events.data.connect(lambda event, layer=layer: _recolour_added(layer, event))
+            added.append(layer)
+        if missing:
+            show_warning(f"napari-clumps: {path}: no open image for {len(missing)} image(s), e.g. {missing[0]}")
+        return added
+
+
+def avoid_triton_llvm_clash() -> None:
+    """Keep torch from importing triton when an LLVM is already loaded (Mesa's llvmpipe GL).
+
+    triton (imported by ``torch._dynamo`` on Linux CUDA builds, which torchvision imports)
+    bundles its own LLVM; loading it into a process where Mesa's LLVM serves napari's OpenGL
+    context crashes the process (seen under Xvfb). napari-clumps never compiles kernels, so torch
+    is told triton is absent, only in that case.
+    """
+    import sys
+
+    if "triton" in sys.modules or "torch._dynamo" in sys.modules:
+        return
+    try:
+        with open("/proc/self/maps") as maps:
+            llvm_loaded = any("libLLVM" in line or "libgallium" in line for line in maps)
+    except OSError:  # not Linux
+        return
+    if llvm_loaded:
+        sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
+
+
+def _detect_in_thread(images, names, model, device, nms_iou, should_stop):
+    """Worker body: yields ``(layer name, ImageDetections, device text)`` per image."""
+    from .inference import iter_detections, resolve_model
+    from .model import select_device
+
+    torch_device = select_device(device)
+    detector = resolve_model(model, str(torch_device))
+    device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
+    for name, result in zip(names, iter_detections(images, detector, names=[image_name_of(i) for i in images],
+                                                   device=str(torch_device), score_threshold=SCORE_FLOOR,
+                                                   nms_iou=nms_iou, should_stop=should_stop)):
+        yield name, result, device_text
+
+
+def image_name_of(image) -> str:
+    return Path(image.path).name
+
+
+def _recolour_added(layer, event):
+    """Colour boxes the user adds by their class."""
+    if getattr(event, "action", None) == "added" and len(layer.data):
+        colours = np.asarray(label_colours(layer.features["label"]))
+        if len(colours) == len(layer.data):
+            layer.edge_color = list(colours)

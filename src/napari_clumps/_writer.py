@@ -1,0 +1,29 @@
+"""npe2 writer: Shapes layers of clump boxes -> the design.md detections CSV (``*.clumps.csv``).
+
+The ``.clumps.csv`` extension keeps clear of napari's built-in shapes CSV writer (``*.csv``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_clumps_csv(path: str, layer_data: list[tuple]) -> list[str]:
+    """Write every Shapes layer given to one CSV (+ its images list); returns the paths written."""
+    import pandas as pd
+
+    from ._layers import shapes_table
+    from .detections import images_list_path, write_detections
+
+    tables, images = [], []
+    for data, attributes, layer_type in layer_data:
+        if layer_type != "shapes":
+            continue
+        metadata = attributes.get("metadata") or {}
+        name = metadata.get("image_name") or attributes.get("name", "image")
+        table = shapes_table(data, attributes.get("features", {}), metadata, name)
+        tables.append(table)
+        images.append({"image": name, "status": "ok", "n_detections": len(table), "height": metadata.get("height"),
+                       "error": ""})
+    path = Path(path)
+    write_detections(pd.concat(tables, ignore_index=True), path, pd.DataFrame(images))
+    return [str(path), str(images_list_path(path))]

@@ -1,0 +1,112 @@
+"""Completeness, purity and F1 of detections against truth boxes.
+
+Matching rule (per image, class-agnostic, one-to-one): detections are taken in order of
+decreasing score; each is matched to the still-unmatched truth box it overlaps best, if that
+pair passes the rule:
+
+* ``"iou"`` (default): intersection over union >= ``iou_threshold`` (default 0.3; clumps are
+  small, so a few pixels of offset already cost a lot of IoU);
+* ``"centre"``: the detection's centre lies within ``centre_factor`` x the truth box's half side
+  of the truth box's centre (default 1.0: inside the circle inscribed in the box).
+
+completeness = matched truth / truth; purity = matched detections / detections;
+F1 = their harmonic mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_IOU = 0.3
+
+
+@dataclass
+class ImageMatch:
+    truth_matched: np.ndarray  # bool per truth box
+    detection_matched: np.ndarray  # bool per detection
+
+    @property
+    def n_matched(self) -> int:
+        return int(self.detection_matched.sum())
+
+
+def box_iou(a, b) -> np.ndarray:
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match_image(truth_boxes, det_boxes, det_scores=None, *, rule: str = "iou",
+                iou_threshold: float = DEFAULT_IOU, centre_factor: float = 1.0) -> ImageMatch:
+    """Greedy one-to-one matching by score (see the module docstring)."""
+    truth = np.asarray(truth_boxes, float).reshape(-1, 4)
+    dets = np.asarray(det_boxes, float).reshape(-1, 4)
+    scores = np.ones(len(dets)) if det_scores is None else np.asarray(det_scores, float)
+    truth_matched = np.zeros(len(truth), bool)
+    det_matched = np.zeros(len(dets), bool)
+    if len(truth) == 0 or len(dets) == 0:
+        return ImageMatch(truth_matched, det_matched)
+    iou = box_iou(dets, truth)
+    if rule == "iou":
+        allowed = iou >= iou_threshold
+        quality = iou
+    elif rule == "centre":
+        det_c = (dets[:, None, :2] + dets[:, None, 2:]) / 2
+        truth_c = (truth[None, :, :2] + truth[None, :, 2:]) / 2
+        distance = np.hypot(*(det_c - truth_c).transpose(2, 0, 1))
+        half_side = np.maximum(truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1])[None, :] / 2
+        allowed = distance <= centre_factor * half_side
+        quality = -distance
+    else:
+        raise ValueError(f"unknown matching rule {rule!r}; use 'iou' or 'centre'")
+    for d in np.argsort(-scores, kind="stable"):
+        candidates = np.flatnonzero(allowed[d] & ~truth_matched)
+        if len(candidates):
+            t = candidates[np.argmax(quality[d, candidates])]
+            truth_matched[t] = det_matched[d] = True
+    return ImageMatch(truth_matched, det_matched)
+
+
+def scores_table(truth, detections, thresholds=None, images=None, **rule) -> "pandas.DataFrame":
+    """Completeness, purity, F1 (and counts) at each score threshold.
+
+    ``truth`` and ``detections`` are detections tables; ``images`` the image names to count
+    (default: every image in either table).
+    """
+    import pandas as pd
+
+    if thresholds is None:
+        thresholds = np.round(np.arange(0.05, 1.0, 0.05), 2)
+    names = sorted(set(images) if images is not None else set(truth.image) | set(detections.image))
+    truth_by = {k: v for k, v in truth.groupby("image")}
+    det_by = {k: v for k, v in detections.groupby("image")}
+    columns = ["x_min", "y_min", "x_max", "y_max"]
+    rows = []
+    for threshold in thresholds:
+        n_truth = n_det = matched = 0
+        for name in names:
+            t = truth_by.get(name)
+            d = det_by.get(name)
+            t_boxes = t[columns].to_numpy(float) if t is not None else np.zeros((0, 4))
+            if d is not None:
+                d = d[d.score >= threshold]
+            d_boxes = d[columns].to_numpy(float) if d is not None else np.zeros((0, 4))
+            d_scores = d.score.to_numpy(float) if d is not None else np.zeros(0)
+            match = match_image(t_boxes, d_boxes, d_scores, **rule)
+            n_truth += len(t_boxes)
+            n_det += len(d_boxes)
+            matched += match.n_matched
+        completeness = matched / n_truth if n_truth else float("nan")
+        purity = matched / n_det if n_det else float("nan")
+        f1 = 2 * matched / (n_truth + n_det) if n_truth + n_det else float("nan")
+        rows.append(dict(threshold=float(threshold), completeness=completeness, purity=purity, f1=f1,
+                         n_truth=n_truth, n_detections=n_det, n_matched=matched))
+    return pd.DataFrame(rows)

@@ -1,0 +1,369 @@
+"""Training and fine-tuning the detector on images with boxes (no napari).
+
+* :func:`load_labelled_images` pairs images with a labels CSV (design.md format); every image
+  given counts as fully labelled, so one with no rows is a negative.
+* :func:`clean_boxes` repairs or drops hand-drawn boxes (inverted corners, partly outside,
+  zero size) and says what it did.
+* :func:`train` fine-tunes a :class:`~napari_clumps.model.Detector`: AdamW with a one-cycle
+  schedule and gradient clipping, flips and 90-degree rotations (torchvision transforms.v2 with
+  tv_tensors, box-aware) and optional scale jitter, a validation split with early stopping on
+  F1, a callback each step and epoch, and cancelling within one step.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .detections import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+#: Boxes narrower than this (pixels) after clipping to the image are dropped.
+MIN_BOX_SIDE = 1.0
+
+
+class TrainingError(ValueError):
+    """Training data or options that cannot work; the message says which and why."""
+
+
+class TrainingCancelled(Exception):
+    """Raised inside :func:`train` when ``should_stop()`` turns true."""
+
+
+@dataclass
+class LabelledImage:
+    """An image with its boxes (edge convention) and class indices (1 clump, 2 odd clump)."""
+
+    image: object  # GalaxyImage
+    boxes: np.ndarray
+    labels: np.ndarray
+    name: str = ""
+
+
+def clean_boxes(boxes, labels, width: int, height: int, name: str = "") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Order corners, clip to the image, drop boxes with a side under :data:`MIN_BOX_SIDE`.
+
+    Returns the cleaned boxes, their labels and one message per repaired or dropped box.
+    """
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    labels = np.asarray(labels, int).reshape(-1)
+    notes = []
+    fixed = np.column_stack([np.minimum(boxes[:, 0], boxes[:, 2]), np.minimum(boxes[:, 1], boxes[:, 3]),
+                             np.maximum(boxes[:, 0], boxes[:, 2]), np.maximum(boxes[:, 1], boxes[:, 3])])
+    for i in np.flatnonzero((fixed != boxes).any(axis=1)):
+        notes.append(f"{name}: box {i} had inverted corners; reordered")
+    clipped = fixed.copy()
+    clipped[:, [0, 2]] = np.clip(fixed[:, [0, 2]], 0, width)
+    clipped[:, [1, 3]] = np.clip(fixed[:, [1, 3]], 0, height)
+    for i in np.flatnonzero((clipped != fixed).any(axis=1)):
+        notes.append(f"{name}: box {i} reached outside the {width}x{height} image; clipped")
+    finite = np.isfinite(clipped).all(axis=1)
+    big_enough = finite & ((clipped[:, 2] - clipped[:, 0]) >= MIN_BOX_SIDE) & ((clipped[:, 3] - clipped[:, 1]) >= MIN_BOX_SIDE)
+    for i in np.flatnonzero(~big_enough):
+        notes.append(f"{name}: box {i} is smaller than {MIN_BOX_SIDE:g} px (or outside the image); dropped")
+    return clipped[big_enough], labels[big_enough], notes
+
+
+def load_labelled_images(image_paths, labels_csv, *, strict_names: bool = True) -> tuple[list[LabelledImage], list[str]]:
+    """Pair images with the rows of a labels CSV (matched on the ``image`` column).
+
+    The CSV ``image`` may be the path as given, the path relative to a folder given, or the file
+    name. Returns the labelled images and the cleaning notes. Rows naming no given image raise
+    when ``strict_names``.
+    """
+    from .cli import expand_paths
+    from .detections import read_detections
+    from .io import read_image
+
+    table = read_detections(labels_csv)
+    found = expand_paths(image_paths)
+    if not found:
+        raise TrainingError("no images given")
+    by_key = {}
+    for path, name in found:
+        for key in {name, Path(name).name, str(path)}:
+            by_key.setdefault(key, (path, name))
+    unknown = sorted(set(table.image) - set(by_key))
+    if unknown and strict_names:
+        raise TrainingError(f"{labels_csv}: {len(unknown)} labelled image(s) are not among the images given, "
+                            f"e.g. {unknown[0]}")
+    rows_by_name = {}
+    for image_name, rows in table.groupby("image"):
+        if image_name in by_key:
+            rows_by_name.setdefault(by_key[image_name][1], []).append(rows)
+    labelled, notes = [], []
+    for path, name in found:
+        image = read_image(path)
+        rows = rows_by_name.get(name)
+        if rows:
+            import pandas as pd
+
+            rows = pd.concat(rows)
+            boxes = rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+            labels = np.array([CLASS_NAMES.index(v) for v in rows.label])
+        else:
+            boxes, labels = np.zeros((0, 4)), np.zeros(0, int)
+        boxes, labels, image_notes = clean_boxes(boxes, labels, image.width, image.height, name)
+        notes.extend(image_notes)
+        labelled.append(LabelledImage(image, boxes, labels, name))
+    return labelled, notes
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def augmentations(scale_jitter: float = 0.0):
+    """Flips and 90-degree rotations (a galaxy has no preferred orientation), optional scale jitter."""
+    from torchvision.transforms import v2
+
+    steps = [
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomVerticalFlip(0.5),
+        v2.RandomChoice([v2.Identity(), v2.RandomRotation((90, 90), expand=True)]),
+    ]
+    if scale_jitter > 0:
+        steps.append(v2.RandomAffine(degrees=0, scale=(1 - scale_jitter, 1 + scale_jitter)))
+    steps.append(v2.SanitizeBoundingBoxes(min_size=MIN_BOX_SIDE))
+    return v2.Compose(steps)
+
+
+class _Dataset:
+    """Torch-style dataset of (image tensor, target) with box-aware augmentation."""
+
+    def __init__(self, items: list[LabelledImage], in_chans: int, transform=None):
+        self.items, self.in_chans, self.transform = items, in_chans, transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        import torch
+        from torchvision import tv_tensors
+
+        from .inference import image_tensor
+
+        item = self.items[index]
+        image = tv_tensors.Image(image_tensor(item.image, self.in_chans))
+        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4),
+                                         format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        target = {"boxes": boxes, "labels": torch.as_tensor(item.labels, dtype=torch.int64).reshape(-1)}
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image.as_subclass(torch.Tensor), {"boxes": target["boxes"].as_subclass(torch.Tensor).reshape(-1, 4),
+                                                 "labels": target["labels"]}
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainingOptions:
+    epochs: int = 10
+    learning_rate: float = 3e-4
+    weight_decay: float = 5e-5
+    batch_size: int = 4
+    #: Backbone stages to train, counted from the deepest; None trains all (from scratch).
+    #: 0 freezes the encoder, as in Zoobot fine-tuning.
+    trainable_blocks: int | None = 0
+    val_fraction: float = 0.2
+    #: Stop after this many epochs without a better validation F1 (0: never).
+    patience: int = 0
+    scale_jitter: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    #: Validation: score threshold and matching (see :mod:`napari_clumps.metrics`).
+    val_score_threshold: float = 0.5
+    num_workers: int = 0
+
+
+@dataclass
+class TrainingProgress:
+    """What the callback receives: ``kind`` is "step" or "epoch"."""
+
+    kind: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    seconds: float
+    val_f1: float | None = None
+    val_completeness: float | None = None
+    val_purity: float | None = None
+    history: list = field(default_factory=list)
+
+
+def set_trainable_blocks(network, trainable_blocks: int | None) -> None:
+    """Freeze the encoder but its last ``trainable_blocks`` stages (None: train everything)."""
+    for p in network.parameters():
+        p.requires_grad_(True)
+    if trainable_blocks is None:
+        return
+    body = network.backbone.body
+    for p in body.parameters():
+        p.requires_grad_(False)
+    if trainable_blocks <= 0:
+        return
+    stages = _encoder_stages(body)
+    for stage in stages[-trainable_blocks:]:
+        for p in stage.parameters():
+            p.requires_grad_(True)
+
+
+def _encoder_stages(body):
+    for attribute in ("stages", "blocks"):  # convnext/maxvit, efficientnet
+        if hasattr(body, attribute):
+            return list(getattr(body, attribute))
+    names = [n for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(body, n)]  # resnet
+    if names:
+        return [getattr(body, n) for n in names]
+    raise TrainingError(f"cannot find the stages of a {type(body).__name__} encoder")
+
+
+def split_train_val(items, val_fraction: float, seed: int):
+    if val_fraction <= 0 or len(items) < 5:
+        return list(items), []
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_val = max(1, int(round(val_fraction * len(items))))
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
+def evaluate_items(detector, items: list[LabelledImage], score_threshold: float, device="auto") -> dict:
+    """Completeness, purity and F1 of ``detector`` on labelled images (see :mod:`napari_clumps.metrics`)."""
+    import pandas as pd
+
+    from .detections import detections_frame
+    from .inference import iter_detections
+    from .metrics import scores_table
+
+    names = [it.name or f"image_{i}" for i, it in enumerate(items)]
+    truth = pd.concat([detections_frame(n, it.boxes, it.labels, 1.0) for n, it in zip(names, items)])
+    found = pd.concat([r.table for r in iter_detections([it.image for it in items], detector, names=names,
+                                                         device=device, score_threshold=score_threshold)])
+    row = scores_table(truth, found, thresholds=[score_threshold], images=names).iloc[0]
+    return {k: float(row[k]) for k in ("completeness", "purity", "f1", "n_truth", "n_detections")}
+
+
+def train(detector, items: list[LabelledImage], options: TrainingOptions | None = None, *, out=None,
+          callback=None, should_stop=None, data_description: str = ""):
+    """Fine-tune ``detector`` on ``items``; returns the trained :class:`~napari_clumps.model.Detector`.
+
+    ``out``: a model file written (atomically) after each epoch that improves validation F1, or
+    each epoch without validation. On cancel (``should_stop()`` true, polled every step) the
+    function raises :class:`TrainingCancelled` and ``out`` keeps the last good model.
+    """
+    import torch
+
+    from .model import Detector, save_model, select_device
+
+    options = options or TrainingOptions()
+    if not items:
+        raise TrainingError("no training images")
+    if options.epochs < 1 or options.batch_size < 1:
+        raise TrainingError("epochs and batch size must be at least 1")
+    torch.manual_seed(options.seed)
+    device = select_device(options.device)
+    network = detector.network.to(device)
+    config = detector.config
+    set_trainable_blocks(network, options.trainable_blocks)
+    train_items, val_items = split_train_val(items, options.val_fraction, options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    loader = torch.utils.data.DataLoader(
+        _Dataset(train_items, config.in_chans, augmentations(options.scale_jitter)),
+        batch_size=options.batch_size, shuffle=True, collate_fn=_collate, generator=generator,
+        num_workers=options.num_workers, drop_last=len(train_items) > options.batch_size)
+    params = [p for p in network.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
+    steps = len(loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=options.learning_rate,
+                                                    total_steps=max(options.epochs * steps, 2), pct_start=0.2)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    history, best_f1, best_state, stale = [], -1.0, None, 0
+    start = time.perf_counter()
+    for epoch in range(1, options.epochs + 1):
+        network.train()
+        losses = []
+        for step, (images, targets) in enumerate(loader, start=1):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
+            images = [im.to(device) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                loss = sum(network(images, targets).values())
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} in epoch {epoch}; lower the learning rate")
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimiser)
+            torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+            losses.append(loss.item())
+            if callback is not None:
+                callback(TrainingProgress("step", epoch, options.epochs, step, steps, losses[-1],
+                                          time.perf_counter() - start, history=history))
+        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                  "seconds": round(time.perf_counter() - start, 2)}
+        network.eval()
+        trained = Detector(network, config, dict(detector.provenance), detector.source)
+        if val_items:
+            metrics = evaluate_items(trained, val_items, options.val_score_threshold, device=str(device))
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+        history.append(record)
+        val_f1 = record.get("val_f1")
+        improved = val_f1 is None or val_f1 > best_f1
+        if improved:
+            best_f1 = -1.0 if val_f1 is None else val_f1
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
+            stale = 0
+            if out is not None:
+                save_model(_with_provenance(trained, detector, options, history, len(train_items),
+                                            len(val_items), data_description), out)
+        else:
+            stale += 1
+        if callback is not None:
+            callback(TrainingProgress("epoch", epoch, options.epochs, steps, steps, record["loss"],
+                                      time.perf_counter() - start, val_f1, record.get("val_completeness"),
+                                      record.get("val_purity"), history=history))
+        if options.patience and stale >= options.patience:
+            log.info("early stop after epoch %d: no better validation F1 for %d epochs", epoch, stale)
+            break
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+    final = Detector(network, config, dict(detector.provenance), detector.source)
+    return _with_provenance(final, detector, options, history, len(train_items), len(val_items), data_description)
+
+
+def _with_provenance(trained, base, options, history, n_train, n_val, data_description):
+    from dataclasses import asdict
+
+    from .model import Detector
+
+    provenance = {
+        "model_id": f"{trained.config.backbone}-ft{time.strftime('%Y%m%d%H%M%S')}",
+        "base_model": base.provenance.get("model_id") or base.source,
+        "data": data_description,
+        "n_train_images": n_train,
+        "n_val_images": n_val,
+        "epochs_run": len(history),
+        "history": history,
+        "options": asdict(options),
+        "best_val_f1": max((h.get("val_f1", math.nan) for h in history), default=math.nan),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return Detector(trained.network, trained.config, provenance, trained.source)
