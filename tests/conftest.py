@@ -1,6 +1,12 @@
 """Shared fixtures: image files of every supported kind, made here (no network, no shared data)."""
 from pathlib import Path
 
+# torchvision imports torch._dynamo, which imports triton (bundling LLVM) on Linux CUDA builds.
+# Loaded after Mesa's llvmpipe serves a napari OpenGL context, it crashes the process; loaded
+# first, both work. The widgets guard against the other order themselves (see
+# napari_clumps._detect_widget.avoid_triton_llvm_clash and its test).
+import torchvision.ops  # noqa: F401
+
 import numpy as np
 import pytest
 
@@ -125,3 +131,39 @@ def simulated(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("sim")
     return d, read_detections(write_dataset(d, n=8, seed=11))
+
+
+@pytest.fixture(scope="session")
+def trained_model(request, tmp_path_factory):
+    """A small detector trained here from scratch on simulated galaxies (~3 min on 2 CPU cores).
+
+    Returns (model file, held-out folder, held-out truth table). Training: 96 galaxies of seed
+    21 (FITS), resnet10t backbone, 6 epochs, lr 1e-3; held out: 24 galaxies of seed 22.
+    Kept in pytest's cache folder, keyed by the source of the code that makes it, so that a
+    re-run on an unchanged tree does not train again (a clean clone always trains).
+    """
+    import hashlib
+
+    import torch
+
+    import napari_clumps
+    from napari_clumps.detections import read_detections
+    from napari_clumps.model import new_detector, save_model
+    from napari_clumps.simulate import write_dataset
+    from napari_clumps.training import TrainingOptions, load_labelled_images, train
+
+    package = Path(napari_clumps.__file__).parent
+    key = hashlib.sha256(b"".join((package / f).read_bytes() for f in
+                                  ("model.py", "training.py", "simulate.py", "inference.py", "composite.py"))).hexdigest()[:16]
+    d = Path(request.config.cache.mkdir(f"trained_model_{key}"))
+    path, test_truth = d / "model.safetensors", d / "test" / "truth.csv"
+    if not (path.exists() and test_truth.exists()):
+        train_truth = write_dataset(d / "train", n=96, seed=21)
+        write_dataset(d / "test", n=24, seed=22)
+        items, _ = load_labelled_images(sorted((d / "train").glob("*.fits")), train_truth, strict_names=False)
+        torch.manual_seed(0)
+        detector = train(new_detector("resnet10t", backbone_weights=None), items,
+                         TrainingOptions(epochs=6, learning_rate=1e-3, trainable_blocks=None, val_fraction=0, seed=0),
+                         data_description="96 simulated galaxies, seed 21")
+        save_model(detector, path)
+    return path, d / "test", read_detections(test_truth)

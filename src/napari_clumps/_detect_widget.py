@@ -32,7 +32,15 @@ def register_model_file(path) -> None:
         KNOWN_MODEL_FILES.remove(path)
     KNOWN_MODEL_FILES.insert(0, path)
     for listener in list(_listeners):
-        listener()
+        try:
+            listener()
+        except RuntimeError:  # its widget was closed and deleted
+            _listeners.remove(listener)
+
+
+def _forget(listener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 def is_boxes_layer(layer) -> bool:
@@ -90,6 +98,7 @@ class DetectionWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
         _listeners.append(self.model.reset_choices)
+        self.destroyed.connect(lambda *_: _forget(self.model.reset_choices))
         self._refresh_choices()
 
     # ------------------------------------------------------------------ choices
@@ -133,23 +142,28 @@ class DetectionWidget(QWidget):
             show_error(f"napari-clumps: {error}")
             return
         self._stop.clear()
-        self.worker = create_worker(
-            _detect_in_thread, images, [layer.name for layer in layers], self.selected_model(),
-            self.device.value, self.nms.value, self._stop.is_set,
-            _progress={"total": len(images), "desc": "Detecting clumps"})
         by_name = {layer.name: layer for layer in layers}
-        self.worker.yielded.connect(lambda result: self._show_result(by_name[result[0]], result[1], result[2]))
-        self.worker.errored.connect(self._failed)
-        self.worker.finished.connect(self._finished)
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"detecting in {len(images)} image(s)..."
-        self.worker.start()
+        self.worker = create_worker(  # starts at once, since handlers are connected here
+            _detect_in_thread, images, [layer.name for layer in layers], self.selected_model(),
+            self.device.value, self.nms.value, self._stop.is_set,
+            _progress={"total": len(images), "desc": "Detecting clumps"},
+            _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished})
 
     def cancel(self):
         if self.worker is not None:
             self._stop.set()
             self.worker.quit()
             self.status.value = "cancelling..."
+
+    def _on_yielded(self, item, layers_by_name):
+        kind, *payload = item
+        if kind == "error":
+            self._failed(payload[0])
+        else:
+            name, result, device_text = payload
+            self._show_result(layers_by_name[name], result, device_text)
 
     def _show_result(self, image_layer, result, device_text):
         if result.error:
@@ -167,11 +181,11 @@ class DetectionWidget(QWidget):
         self.status.value = (f"{image_layer.name}: {len(layer.data)} clumps shown "
                              f"({len(result.table)} with score >= {SCORE_FLOOR}); {device_text}")
 
-    def _failed(self, error):
+    def _failed(self, message: str):
         from napari.utils.notifications import show_error
 
-        show_error(f"napari-clumps: detection failed: {error}")
-        self.status.value = f"failed: {error}"
+        show_error(f"napari-clumps: detection failed: {message}")
+        self.status.value = f"failed: {message}"
 
     def _finished(self):
         if self._stop.is_set():
@@ -267,17 +281,27 @@ def avoid_triton_llvm_clash() -> None:
 
 
 def _detect_in_thread(images, names, model, device, nms_iou, should_stop):
-    """Worker body: yields ``(layer name, ImageDetections, device text)`` per image."""
-    from .inference import iter_detections, resolve_model
-    from .model import select_device
+    """Worker body: yields ``("result", layer name, ImageDetections, device text)`` per image, or
+    ``("error", message)`` for the failures a user can act on (bad model file, no GPU, out of
+    memory); anything else propagates and napari reports it with its traceback."""
+    import torch
 
-    torch_device = select_device(device)
-    detector = resolve_model(model, str(torch_device))
-    device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
-    for name, result in zip(names, iter_detections(images, detector, names=[image_name_of(i) for i in images],
-                                                   device=str(torch_device), score_threshold=SCORE_FLOOR,
-                                                   nms_iou=nms_iou, should_stop=should_stop)):
-        yield name, result, device_text
+    from .inference import iter_detections, resolve_model
+    from .model import ModelError, select_device
+
+    try:
+        torch_device = select_device(device)
+        detector = resolve_model(model, str(torch_device))
+        device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
+        results = iter_detections(images, detector, names=[image_name_of(i) for i in images],
+                                  device=str(torch_device), score_threshold=SCORE_FLOOR, nms_iou=nms_iou,
+                                  should_stop=should_stop)
+        for name, result in zip(names, results):
+            yield "result", name, result, device_text
+    except ModelError as error:
+        yield "error", str(error)
+    except torch.OutOfMemoryError:
+        yield "error", f"out of memory on {device}; lower the number of images per run or use the CPU"
 
 
 def image_name_of(image) -> str:

@@ -1,0 +1,168 @@
+"""The detection widget in a real napari viewer (under Xvfb): run, threshold, cancel, edit, export."""
+import numpy as np
+import pytest
+
+from napari_clumps import inference
+from napari_clumps._detect_widget import SCORE_FLOOR, DetectionWidget, register_model_file
+from napari_clumps.detections import read_detections
+from napari_clumps.pixels import boxes_to_napari_rectangles
+
+
+@pytest.fixture
+def widget_on_galaxy(make_napari_viewer, trained_model, qtbot):
+    model, folder, _ = trained_model
+    viewer = make_napari_viewer()
+    viewer.open(folder / "sim_00003.fits", plugin="napari-clumps")
+    register_model_file(model)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.value = str(model.resolve())
+    widget.score.value = 0.3
+    return viewer, widget, model, folder
+
+
+def _wait_until_done(widget, qtbot):
+    """The widget re-enables Detect when its worker has finished (however it finished)."""
+    qtbot.waitUntil(lambda: widget.run_button.enabled and widget.worker is not None, timeout=120_000)
+
+
+def _run_and_wait(widget, qtbot):
+    widget.run()
+    _wait_until_done(widget, qtbot)
+
+
+def test_run_gives_shapes_matching_the_core_detections(widget_on_galaxy, qtbot):
+    viewer, widget, model, folder = widget_on_galaxy
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["sim_00003.fits clumps"]
+    image_layer = viewer.layers["sim_00003.fits"]
+    expected = inference.detect(str(folder / "sim_00003.fits"), str(model), score_threshold=0.3)
+    assert len(expected) >= 1
+    assert len(layer.data) == len(expected)
+    assert list(layer.features["label"]) == list(expected.label)
+    np.testing.assert_allclose(layer.features["score"], expected.score, atol=1e-5)
+    for vertices, rectangle in zip(layer.data, boxes_to_napari_rectangles(
+            expected[["x_min", "y_min", "x_max", "y_max"]].to_numpy())):
+        np.testing.assert_allclose(vertices, rectangle, atol=1e-3)
+    # the boxes follow the FITS north-up display flip of their image
+    np.testing.assert_array_equal(layer.scale, image_layer.scale)
+    np.testing.assert_array_equal(layer.translate, image_layer.translate)
+    assert "on cpu" in widget.status.value
+
+
+def test_threshold_slider_hides_and_restores_without_rerunning(widget_on_galaxy, qtbot, monkeypatch):
+    viewer, widget, *_ = widget_on_galaxy
+    widget.score.value = SCORE_FLOOR
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["sim_00003.fits clumps"]
+    all_scores = np.sort(layer.features["score"].to_numpy())
+    assert len(all_scores) >= 2, "need boxes of several scores to test the slider"
+    calls = []
+    monkeypatch.setattr(inference, "iter_detections", lambda *a, **k: calls.append(1))
+    cut = float(all_scores[-1]) - 1e-4  # keeps only the best box
+    widget.score.value = cut
+    assert len(layer.data) == 1 and layer.features["score"].iloc[0] >= cut
+    widget.score.value = SCORE_FLOOR
+    assert np.allclose(np.sort(layer.features["score"].to_numpy()), all_scores)
+    assert calls == []
+
+
+def test_cancel_stops_the_worker(make_napari_viewer, trained_model, qtbot):
+    model, folder, _ = trained_model
+    viewer = make_napari_viewer()
+    for path in sorted(folder.glob("*.jpg"))[:12]:
+        viewer.open(path, plugin="napari-clumps")
+    widget = DetectionWidget(viewer)
+    register_model_file(model)
+    widget.model.value = str(model.resolve())
+    widget.images.value = list(widget.images.choices)
+    widget.run()
+    assert widget.cancel_button.enabled
+    widget.cancel()
+    _wait_until_done(widget, qtbot)
+    shapes = [layer for layer in viewer.layers if layer.name.endswith("clumps")]
+    assert len(shapes) < 12
+    assert widget.status.value == "cancelled" and widget.run_button.enabled
+
+
+def test_edit_export_and_load_back(widget_on_galaxy, qtbot, tmp_path):
+    viewer, widget, model, folder = widget_on_galaxy
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["sim_00003.fits clumps"]
+    n = len(layer.data)
+    # the user moves the first box, deletes the last, draws a new odd clump
+    layer.data = [layer.data[0] + np.array([2.0, 3.0])] + list(layer.data[1:])
+    layer.selected_data = {n - 1}
+    layer.remove_selected()
+    widget.new_label.value = "odd_clump"
+    layer.add_rectangles([np.array([[10.0, 20.0], [10.0, 30.0], [18.0, 30.0], [18.0, 20.0]])])
+    path = widget.export_csv(tmp_path / "edited.csv")
+    table = read_detections(path)
+    assert len(table) == n  # n - 1 + 1
+    assert table.image.unique().tolist() == ["sim_00003.fits"]
+    new = table.iloc[-1]
+    assert (new.label, new.score, new.model) == ("odd_clump", 1.0, "hand")
+    np.testing.assert_allclose([new.x_min, new.y_min, new.x_max, new.y_max], [20.5, 10.5, 30.5, 18.5], atol=1e-3)
+    assert table[["ra", "dec"]].notna().all().all()
+    # load back onto the image: same vertices to 1e-3 px
+    edited = [np.asarray(v) for v in layer.data]
+    viewer.layers.remove(layer)
+    (loaded,) = widget.import_csv(path)
+    for a, b in zip(loaded.data, edited):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    assert list(loaded.features["label"])[-1] == "odd_clump"
+
+
+def test_npe2_writer_and_reader_round_trip(widget_on_galaxy, qtbot, tmp_path):
+    viewer, widget, *_ = widget_on_galaxy
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["sim_00003.fits clumps"]
+    path = tmp_path / "boxes.clumps.csv"
+    import napari
+
+    written = napari.save_layers(str(path), [layer], plugin="napari-clumps")
+    assert str(path) in written
+    table = read_detections(path)
+    assert len(table) == len(layer.data)
+    (loaded,) = viewer.open(path, plugin="napari-clumps")
+    for a, b in zip(loaded.data, layer.data):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    np.testing.assert_array_equal(loaded.scale, layer.scale)  # FITS flip restored from the images list
+
+
+def test_errors_are_notifications_not_crashes(make_napari_viewer, tmp_path, qtbot, image_files):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    widget = DetectionWidget(viewer)
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    widget.run()  # no image layer
+    assert any("choose an image layer" in m for m in messages)
+    viewer.open(image_files["jpeg"], plugin="napari-clumps")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    register_model_file(bad)
+    widget.model.value = str(bad.resolve())
+    widget.run()
+    _wait_until_done(widget, qtbot)
+    assert any("bad.safetensors: not a napari-clumps model file" in m for m in messages)
+    assert widget.run_button.enabled
+
+
+def test_triton_guard_lets_torch_load_after_a_gl_context():
+    """In a fresh process: napari's OpenGL context first (Mesa's LLVM), then the widget, then torch."""
+    import subprocess
+    import sys
+
+    script = (
+        "import napari, numpy as np\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "viewer.add_image(np.zeros((8, 8)))\n"
+        "from napari_clumps._detect_widget import DetectionWidget\n"
+        "DetectionWidget(viewer)\n"
+        "import torchvision.ops\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

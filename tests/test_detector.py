@@ -1,0 +1,221 @@
+"""The detector (core, CPU, no network): architectures, model files, paper checkpoints, inference."""
+import numpy as np
+import pytest
+import torch
+
+from napari_clumps.inference import detect, iter_detections, tile_windows
+from napari_clumps.metrics import scores_table
+from napari_clumps.model import (BACKBONES, ModelError, build_detector, config_for, load_model,
+                                 load_paper_checkpoint, new_detector, save_model, select_device)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_builtin_architecture_builds_and_runs(name):
+    config = config_for(name)
+    network = build_detector(config, backbone_weights=None).eval()
+    for size in (200, 424):
+        with torch.inference_mode():
+            (out,) = network([torch.rand(config.in_chans, size, size)])
+        assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"]) == len(out["labels"])
+        assert ((out["boxes"] >= 0) & (out["boxes"] <= size)).all()
+        assert set(out["labels"].tolist()) <= {1, 2}
+
+
+def test_zoobot_configs_use_raw_0_1_inputs_and_paper_uses_imagenet():
+    for name in BACKBONES:
+        config = config_for(name)
+        if name.startswith("zoobot"):
+            assert set(config.image_mean) == {0.0} and set(config.image_std) == {1.0}
+            assert config.hub_id == f"hf_hub:mwalmsley/zoobot-encoder-{name.removeprefix('zoobot-')}"
+    paper = config_for("paper-resnet50-fpn")
+    assert paper.image_mean == (0.485, 0.456, 0.406) and paper.min_size == 800
+
+
+def _paper_style_model():
+    """Built exactly as the paper's code builds it (torchvision model, 3-class predictor, DataParallel)."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    torch.manual_seed(3)
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, 3)
+    return torch.nn.DataParallel(model)
+
+
+def test_paper_checkpoint_round_trips(tmp_path):
+    wrapped = _paper_style_model()
+    path = tmp_path / "paper_checkpoint.pt"
+    torch.save(wrapped.state_dict(), path)
+    assert next(iter(torch.load(path, weights_only=True))).startswith("module.")
+    detector = load_paper_checkpoint(path)
+    image = [torch.rand(3, 200, 200, generator=torch.Generator().manual_seed(1))]
+    reference = wrapped.module.eval()
+    reference.roi_heads.score_thresh = detector.network.roi_heads.score_thresh
+    with torch.inference_mode():
+        (expected,), (got,) = reference(image), detector.network(image)
+    torch.testing.assert_close(got["boxes"], expected["boxes"])
+    torch.testing.assert_close(got["scores"], expected["scores"])
+    assert load_model(path).config.backbone == "paper-resnet50-fpn"  # .pt goes the same way
+
+
+def test_model_file_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    detector = new_detector("zoobot-convnext_pico", backbone_weights=None)
+    detector.network.roi_heads.score_thresh = 0.0  # untrained: keep every box to compare
+    detector.provenance["note"] = "round trip"
+    path = save_model(detector, tmp_path / "m.safetensors")
+    loaded = load_model(path)
+    loaded.network.roi_heads.score_thresh = 0.0
+    assert loaded.config == detector.config and loaded.provenance["note"] == "round trip"
+    image = [torch.rand(3, 200, 200, generator=torch.Generator().manual_seed(2))]
+    detector.network.eval()
+    with torch.inference_mode():
+        (a,), (b,) = detector.network(image), loaded.network(image)
+    assert len(a["boxes"]) > 0
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(a["scores"], b["scores"])
+
+
+def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Exploit()}, path)
+    with pytest.raises(ModelError, match="refused"):
+        load_model(path)
+    assert not marker.exists()
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="junk.safetensors: not a napari-clumps model file"):
+        load_model(junk)
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    encoder = timm.create_model("convnext_pico", pretrained=False, num_classes=0)
+    path = tmp_path / "zoobot_convnext_pico.safetensors"
+    save_file(encoder.state_dict(), str(path))
+    detector = new_detector("zoobot-convnext_pico", backbone_weights=path)
+    loaded = detector.network.backbone.body.state_dict()
+    torch.testing.assert_close(loaded["stem.0.weight"], encoder.state_dict()["stem.0.weight"])
+    with pytest.raises(ModelError, match="backbone weights file not found"):
+        new_detector("zoobot-convnext_pico", backbone_weights=tmp_path / "missing.safetensors")
+
+
+def test_offline_hub_error_says_what_to_place_where(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError) as info:
+        new_detector("zoobot-convnext_nano", backbone_weights="hub")
+    message = str(info.value)
+    assert "hf_hub:mwalmsley/zoobot-encoder-convnext_nano" in message
+    assert "model.safetensors" in message and "--backbone-weights" in message and "\n" not in message
+
+
+def test_device_auto_falls_back_to_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto").type == "cpu"
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        select_device("cuda")
+    assert select_device("cpu").type == "cpu"
+
+
+def test_tiles_cover_the_image_with_overlap():
+    windows = tile_windows(2000, 1300, 512, 64)
+    covered = np.zeros((2000, 1300), bool)
+    for y0, x0, y1, x1 in windows:
+        assert y1 - y0 <= 512 and x1 - x0 <= 512
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    assert tile_windows(200, 200, 512, 64) == [(0, 0, 200, 200)]
+
+
+def test_trained_detector_finds_held_out_clumps(trained_model):
+    """Measured when written (seed fixed): completeness 0.83, purity 0.71 at score 0.5."""
+    path, folder, truth = trained_model
+    fits_files = sorted(folder.glob("*.fits"))
+    found = detect([str(p) for p in fits_files], path, score_threshold=0.05)
+    found["image"] = [p.split("/")[-1] for p in found.image]
+    fits_truth = truth[truth.image.str.endswith(".fits")]
+    row = scores_table(fits_truth, found, thresholds=[0.5], images=[p.name for p in fits_files]).iloc[0]
+    assert row.completeness >= 0.6 and row.purity >= 0.5, row.to_dict()
+
+
+def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
+    """Nine held-out galaxies in a 3 x 3 mosaic (600 x 600, tiled at 256 px): the same clumps."""
+    from napari_clumps.inference import resolve_model
+    from napari_clumps.io import read_image
+
+    path, folder, truth = trained_model
+    detector = resolve_model(str(path), "cpu")
+    detector.config.tile_size, detector.config.tile_overlap = 256, 64
+    names = [f"sim_{i:05d}.jpg" for i in range(9)]
+    mosaic = np.zeros((600, 600, 3), np.uint8)
+    mosaic_truth = []
+    for k, name in enumerate(names):
+        oy, ox = 200 * (k // 3), 200 * (k % 3)
+        mosaic[oy:oy + 200, ox:ox + 200] = read_image(folder / name).composite
+        rows = truth[truth.image == name]
+        mosaic_truth.append(rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy() + [ox, oy, ox, oy])
+    try:
+        found = detect(mosaic, detector, names=["mosaic"], score_threshold=0.5)
+        per_tile = detect([read_image(folder / n) for n in names], detector, score_threshold=0.5)
+    finally:
+        detector.config.tile_size, detector.config.tile_overlap = 512, 64
+    import pandas as pd
+
+    truth_table = pd.DataFrame(np.concatenate(mosaic_truth), columns=["x_min", "y_min", "x_max", "y_max"])
+    truth_table["image"], truth_table["score"] = "mosaic", 1.0
+    row = scores_table(truth_table, found, thresholds=[0.5]).iloc[0]
+    assert row.completeness >= 0.5
+    # tiling loses at most a little against running each galaxy alone
+    assert abs(len(found) - len(per_tile)) <= max(2, 0.2 * len(per_tile))
+
+
+def test_radec_of_detections_agrees_with_truth_to_a_tenth_of_a_pixel(trained_model):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from napari_clumps.metrics import match_image
+
+    path, folder, truth = trained_model
+    checked = 0
+    for fits_path in sorted(folder.glob("*.fits"))[:10]:
+        found = detect(str(fits_path), path, score_threshold=0.5)
+        rows = truth[truth.image == fits_path.name]
+        if not len(found) or not len(rows):
+            continue
+        wcs = WCS(fits.getheader(fits_path)).celestial
+        pixel_deg = proj_plane_pixel_scales(wcs).mean()
+        match = match_image(rows[["x_min", "y_min", "x_max", "y_max"]], found[["x_min", "y_min", "x_max", "y_max"]])
+        for d in np.flatnonzero(match.detection_matched):
+            det = found.iloc[d]
+            for t in range(len(rows)):
+                tr = rows.iloc[t]
+                pixel_distance = np.hypot(det.x_center - tr.x_center, det.y_center - tr.y_center)
+                sky_distance = np.hypot((det.ra - tr.ra) * np.cos(np.radians(tr.dec)), det.dec - tr.dec) / pixel_deg
+                assert abs(sky_distance - pixel_distance) < 0.1
+                checked += 1
+    assert checked >= 5
+
+
+def test_a_bad_file_is_reported_and_the_rest_detected(trained_model, bad_files):
+    path, folder, _ = trained_model
+    items = [str(folder / "sim_00000.fits"), str(bad_files["truncated_fits"]), str(folder / "sim_00001.jpg")]
+    results = list(iter_detections(items, path))
+    assert [bool(r.error) for r in results] == [False, True, False]
+    assert str(bad_files["truncated_fits"]) in results[1].error
+    with pytest.raises(ValueError, match="truncated.fits"):
+        detect(items, path)
