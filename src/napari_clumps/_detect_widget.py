@@ -87,6 +87,7 @@ class DetectionWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addStretch()
+        self.setMaximumWidth(440)
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -110,7 +111,8 @@ class DetectionWidget(QWidget):
                 if isinstance(layer, Image) and "band_name" not in layer.metadata]
 
     def _model_choices(self, _widget=None):
-        return [DEFAULT_CHOICE, *KNOWN_MODEL_FILES]
+        return [(DEFAULT_CHOICE, DEFAULT_CHOICE),
+                *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES)]
 
     def _refresh_choices(self, event=None):
         self.images.reset_choices()

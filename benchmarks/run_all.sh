@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run every benchmark; each writes its table into docs/benchmarks/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+$PY benchmarks/anchor_coverage.py
+$PY benchmarks/inference_speed.py "$@"
