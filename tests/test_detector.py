@@ -142,7 +142,7 @@ def test_tiles_cover_the_image_with_overlap():
 
 
 def test_trained_detector_finds_held_out_clumps(trained_model):
-    """Measured when written (seed fixed): completeness 0.83, purity 0.71 at score 0.5."""
+    """Measured when written (seed fixed): completeness 0.79, purity 0.74 at score 0.5 (24 galaxies)."""
     path, folder, truth = trained_model
     fits_files = sorted(folder.glob("*.fits"))
     found = detect([str(p) for p in fits_files], path, score_threshold=0.05)
