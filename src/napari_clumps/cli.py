@@ -144,7 +144,7 @@ def cmd_evaluate(args) -> int:
     import json
 
     from .detections import read_detections, read_images_list
-    from .metrics import scores_table
+    from .metrics import coco_average_precision, plot_scores, scores_table
 
     truth, found = read_detections(args.truth), read_detections(args.detections)
     listed = read_images_list(args.truth)
@@ -157,13 +157,19 @@ def cmd_evaluate(args) -> int:
           f"F1 {at.f1:.3f} ({int(at.n_matched)} matched of {int(at.n_truth)} true clumps and "
           f"{int(at.n_detections)} detections; rule {args.rule}"
           + (f", IoU >= {args.iou:g})" if args.rule == "iou" else ")"))
-    out = Path(args.json) if args.json else Path(str(args.detections).removesuffix(".csv") + ".metrics.json")
+    ap = coco_average_precision(truth, found, images)
+    print(f"COCO-style AP (class-agnostic): AP[.5:.95] {ap['ap']:.3f}, AP50 {ap['ap50']:.3f}")
+    stem = str(args.detections).removesuffix(".csv")
+    plot = Path(args.plot) if args.plot else Path(stem + ".metrics.png")
+    plot_scores(table, plot, title=f"{Path(args.detections).name} vs {Path(args.truth).name}")
+    print(f"plot written to {plot}")
+    out = Path(args.json) if args.json else Path(stem + ".metrics.json")
     from .atomic import atomic_path
 
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"truth": str(args.truth), "detections": str(args.detections), **rule,
                                    "score_threshold": args.score_threshold,
-                                   "at_threshold": {k: float(at[k]) for k in at.index},
+                                   "at_threshold": {k: float(at[k]) for k in at.index}, "coco": ap,
                                    "by_threshold": table.to_dict(orient="records")}, indent=2))
     print(f"metrics written to {out}")
     return 0
@@ -249,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iou", type=float, default=0.3, help="IoU needed for a match (rule iou)")
     evaluate.add_argument("--score-threshold", type=float, default=0.3, help="threshold of the summary line")
     evaluate.add_argument("--json", default=None, help="JSON to write (default DETECTIONS.metrics.json)")
+    evaluate.add_argument("--plot", default=None, help="plot to write (default DETECTIONS.metrics.png)")
     evaluate.set_defaults(run=cmd_evaluate)
 
     info = commands.add_parser("info", help="read images and print what was read")

@@ -15,6 +15,7 @@ F1 = their harmonic mean.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -110,3 +111,56 @@ def scores_table(truth, detections, thresholds=None, images=None, **rule) -> "pa
         rows.append(dict(threshold=float(threshold), completeness=completeness, purity=purity, f1=f1,
                          n_truth=n_truth, n_detections=n_det, n_matched=matched))
     return pd.DataFrame(rows)
+
+
+def coco_average_precision(truth, detections, images=None) -> dict:
+    """COCO-style AP (torchmetrics + pycocotools), class-agnostic: a second opinion on the matching.
+
+    Returns ``{"ap": AP@[.5:.95], "ap50": AP@.5, "ap_small": ...}``; the boxes are small, so
+    most fall in COCO's "small" area range.
+    """
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+
+    names = sorted(set(images) if images is not None else set(truth.image) | set(detections.image))
+    truth_by = {k: v for k, v in truth.groupby("image")}
+    det_by = {k: v for k, v in detections.groupby("image")}
+    columns = ["x_min", "y_min", "x_max", "y_max"]
+    preds, targets = [], []
+    for name in names:
+        d, t = det_by.get(name), truth_by.get(name)
+        d_boxes = torch.tensor(d[columns].to_numpy(float) if d is not None else np.zeros((0, 4)), dtype=torch.float32)
+        preds.append({"boxes": d_boxes, "scores": torch.tensor(d.score.to_numpy(float) if d is not None else [],
+                                                                dtype=torch.float32),
+                      "labels": torch.zeros(len(d_boxes), dtype=torch.int64)})
+        t_boxes = torch.tensor(t[columns].to_numpy(float) if t is not None else np.zeros((0, 4)), dtype=torch.float32)
+        targets.append({"boxes": t_boxes, "labels": torch.zeros(len(t_boxes), dtype=torch.int64)})
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    metric.update(preds, targets)
+    result = metric.compute()
+    return {"ap": float(result["map"]), "ap50": float(result["map_50"]), "ap_small": float(result["map_small"])}
+
+
+def plot_scores(table, path, title: str = "") -> None:
+    """Completeness, purity and F1 against the score threshold, saved as an image."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for column, style in (("completeness", "-"), ("purity", "--"), ("f1", ":")):
+        ax.plot(table.threshold, table[column], style, lw=2, label=column)
+    ax.set_xlabel("score threshold")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title(title or "completeness / purity vs threshold", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
+    plt.close(fig)

@@ -286,8 +286,12 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
     params = [p for p in network.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
     steps = len(loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=options.learning_rate,
-                                                    total_steps=max(options.epochs * steps, 2), pct_start=0.2)
+    total_steps = options.epochs * steps
+    if total_steps >= 10:  # one-cycle: warm up over 20 % of the steps, then anneal
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=options.learning_rate,
+                                                        total_steps=total_steps, pct_start=0.2)
+    else:  # too few steps for the schedule's phases: a constant rate
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimiser, factor=1.0, total_iters=0)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 

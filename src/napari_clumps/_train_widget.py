@@ -1,0 +1,248 @@
+"""The fine-tuning dock widget: train on the boxes the user corrected, off the GUI thread.
+
+Glue and layout only: the data come from :mod:`napari_clumps._layers`, the training is
+:func:`napari_clumps.training.train`.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Select,
+                              SpinBox)
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ._detect_widget import (DEFAULT_CHOICE, KNOWN_MODEL_FILES, _forget, _listeners, avoid_triton_llvm_clash,
+                             is_boxes_layer, register_model_file)
+from ._layers import boxes_table, image_name, layer_to_galaxy_image
+
+
+class _Relay(QObject):
+    """Carries training progress from the worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(object)
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune a detector on the chosen images and their clump layers."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        avoid_triton_llvm_clash()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.result_path = None
+        self._stop = threading.Event()
+        self._bar = None
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self.images = Select(label="reviewed images", choices=self._image_choices, allow_multiple=True,
+                             tooltip="images whose boxes you checked; one without boxes is a negative")
+        self.base = ComboBox(label="base model", choices=self._base_choices)
+        self.epochs = SpinBox(label="epochs", min=1, max=500, value=10)
+        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-6, max=1e-2, step=1e-5, value=3e-4)
+        self.learning_rate.native.setDecimals(6)
+        self.trainable_blocks = SpinBox(label="trainable blocks", min=-1, max=8, value=0,
+                                        tooltip="encoder stages to train, deepest first; 0 = frozen, -1 = all")
+        self.val_fraction = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05, value=0.2)
+        self.output = FileEdit(label="save as", mode="w", filter="*.safetensors",
+                               value="finetuned.safetensors")
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.images.native.setMaximumHeight(110)
+        self.form = Container(widgets=[
+            self.images, self.base, self.epochs, self.learning_rate, self.trainable_blocks, self.val_fraction,
+            self.output, Container(widgets=[self.train_button, self.cancel_button], layout="horizontal",
+                                   labels=False), self.status])
+        self.figure, self.canvas, self.loss_axes, self.f1_axes = self._make_plot()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.canvas)
+        self.setMaximumWidth(440)
+
+        self.train_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(lambda e: self.images.reset_choices())
+        self.viewer.layers.events.removed.connect(lambda e: self.images.reset_choices())
+        _listeners.append(self.base.reset_choices)
+        self.destroyed.connect(lambda *_: _forget(self.base.reset_choices))
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_choices(self, _widget=None):
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Image) and "band_name" not in layer.metadata]
+
+    def _base_choices(self, _widget=None):
+        from .model import BACKBONES
+
+        return [(DEFAULT_CHOICE, DEFAULT_CHOICE),
+                *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES),
+                *((f"new: {name}", f"new:{name}") for name in BACKBONES)]
+
+    def clump_layer_for(self, image_layer):
+        """The clump Shapes layer over ``image_layer``, or None."""
+        name = image_name(image_layer)
+        for layer in self.viewer.layers:
+            if is_boxes_layer(layer) and layer.metadata.get("image_name") == name:
+                return layer
+        return None
+
+    def training_items(self):
+        """Labelled images from the chosen layers, and the notes on boxes that were repaired."""
+        from .detections import CLASS_NAMES
+        from .training import LabelledImage, clean_boxes
+
+        items, notes = [], []
+        for layer in self.images.value:
+            image = layer_to_galaxy_image(layer)
+            shapes = self.clump_layer_for(layer)
+            if shapes is None or len(shapes.data) == 0:
+                boxes, labels = np.zeros((0, 4)), np.zeros(0, int)
+            else:
+                table = boxes_table(shapes)
+                boxes = table[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+                labels = np.array([CLASS_NAMES.index(v) for v in table.label])
+            boxes, labels, repaired = clean_boxes(boxes, labels, image.width, image.height, layer.name)
+            notes.extend(repaired)
+            items.append(LabelledImage(image, boxes, labels, image_name(layer)))
+        return items, notes
+
+    # ------------------------------------------------------------------ running
+
+    def start(self):
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_info, show_warning
+
+        from .training import TrainingOptions
+
+        if not self.images.value:
+            show_warning("napari-clumps: choose the images you reviewed")
+            return
+        try:
+            items, notes = self.training_items()
+        except ValueError as error:
+            show_warning(f"napari-clumps: {error}")
+            return
+        for note in notes:
+            show_info(f"napari-clumps: {note}")
+        options = TrainingOptions(
+            epochs=self.epochs.value, learning_rate=self.learning_rate.value,
+            trainable_blocks=None if self.trainable_blocks.value < 0 else self.trainable_blocks.value,
+            val_fraction=self.val_fraction.value, batch_size=4)
+        self._stop.clear()
+        self._history_steps, self._history_f1 = [], []
+        self._redraw()
+        self.train_button.enabled, self.cancel_button.enabled = False, True
+        n_boxes = sum(len(it.boxes) for it in items)
+        self.status.value = (f"training on {len(items)} images ({n_boxes} boxes, "
+                             f"{sum(len(it.boxes) == 0 for it in items)} negatives)...")
+        self.worker = create_worker(
+            _train_in_thread, items, self.base.value, options, Path(self.output.value), self._relay.progress.emit,
+            self._stop.is_set,
+            _connect={"returned": self._done, "errored": self._crashed, "finished": self._finished})
+
+    def cancel(self):
+        if self.worker is not None:
+            self._stop.set()
+            self.status.value = "cancelling after this step..."
+
+    def _on_progress(self, progress):
+        from napari.utils import progress as napari_progress
+
+        if progress.kind == "step":
+            if self._bar is None:
+                self._bar = napari_progress(total=progress.steps * progress.epochs, desc="Fine-tuning")
+            self._bar.update(1)
+            self._history_steps.append(progress.loss)
+            if progress.step % 2 == 0 or progress.step == progress.steps:
+                self._redraw()
+        else:
+            self._history_f1.append((progress.epoch, progress.val_f1))
+            f1 = "" if progress.val_f1 is None else f", validation F1 {progress.val_f1:.3f}"
+            self.status.value = f"epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.3f}{f1}"
+            self._redraw()
+
+    def _done(self, outcome):
+        from napari.utils.notifications import show_error, show_info
+
+        kind, message, path = outcome
+        if kind == "ok":
+            register_model_file(path)
+            self.result_path = Path(path)
+            show_info(f"napari-clumps: {message}")
+        elif kind == "error":
+            show_error(f"napari-clumps: training failed: {message}")
+        self.status.value = message
+
+    def _crashed(self, error):
+        """An unexpected error (a bug, or a resource problem): say it, keep the widget usable."""
+        from napari.utils.notifications import show_error
+
+        show_error(f"napari-clumps: training stopped: {type(error).__name__}: {error}")
+        self.status.value = f"training stopped: {type(error).__name__}: {error}"
+
+    def _finished(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.train_button.enabled, self.cancel_button.enabled = True, False
+
+    # ------------------------------------------------------------------ plot
+
+    def _make_plot(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(3.8, 2.6), tight_layout=True)
+        loss_axes = figure.add_subplot(111)
+        f1_axes = loss_axes.twinx()
+        canvas = FigureCanvasQTAgg(figure)
+        canvas.setMinimumHeight(220)
+        self._history_steps, self._history_f1 = [], []
+        return figure, canvas, loss_axes, f1_axes
+
+    def _redraw(self):
+        loss, f1 = self.loss_axes, self.f1_axes
+        loss.clear()
+        f1.clear()
+        loss.set_xlabel("step", fontsize=8)
+        loss.set_ylabel("training loss", fontsize=8, color="tab:blue")
+        f1.set_ylabel("validation F1", fontsize=8, color="tab:orange")
+        f1.set_ylim(0, 1)
+        loss.tick_params(labelsize=7)
+        f1.tick_params(labelsize=7)
+        if self._history_steps:
+            loss.plot(np.arange(1, len(self._history_steps) + 1), self._history_steps, color="tab:blue", lw=1)
+        points = [(epoch, value) for epoch, value in self._history_f1 if value is not None]
+        if points and self._history_steps:
+            steps_per_epoch = len(self._history_steps) / max(self._history_f1[-1][0], 1)
+            f1.plot([e * steps_per_epoch for e, _ in points], [v for _, v in points], "o-", color="tab:orange")
+        self.canvas.draw_idle()
+
+
+def _train_in_thread(items, base, options, out, report, should_stop):
+    """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error."""
+    from .cli import base_detector
+    from .model import ModelError
+    from .training import TrainingCancelled, TrainingError, train
+
+    try:
+        name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
+        detector = base_detector("default" if name is None else name, None)
+        trained = train(detector, items, options, out=out, callback=report, should_stop=should_stop,
+                        data_description=f"{len(items)} images corrected in napari")
+    except TrainingCancelled as stop:
+        kept = f"{out} keeps the last good model" if out.exists() else "no model file was written"
+        return "cancelled", f"{stop}; {kept}", None
+    except (ModelError, TrainingError, ValueError) as error:
+        return "error", str(error), None
+    best = trained.provenance.get("best_val_f1")
+    best_text = "" if best is None or best != best else f", best validation F1 {best:.3f}"
+    return "ok", f"saved {out} ({trained.provenance['epochs_run']} epochs{best_text})", str(out)
