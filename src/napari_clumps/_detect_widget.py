@@ -38,6 +38,20 @@ def register_model_file(path) -> None:
             _listeners.remove(listener)
 
 
+def image_layer_choices(viewer) -> list[tuple]:
+    """(name, layer) of the image layers a detector can take: not the hidden raw-band layers."""
+    from napari.layers import Image
+
+    return [(layer.name, layer) for layer in viewer.layers
+            if isinstance(layer, Image) and "band_name" not in layer.metadata]
+
+
+def model_file_choices() -> list[tuple]:
+    """(label, value) of the packaged default and the model files known to this session."""
+    return [(DEFAULT_CHOICE, DEFAULT_CHOICE),
+            *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES)]
+
+
 def _forget(listener) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
@@ -105,14 +119,10 @@ class DetectionWidget(QWidget):
     # ------------------------------------------------------------------ choices
 
     def _image_choices(self, _widget=None):
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, Image) and "band_name" not in layer.metadata]
+        return image_layer_choices(self.viewer)
 
     def _model_choices(self, _widget=None):
-        return [(DEFAULT_CHOICE, DEFAULT_CHOICE),
-                *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES)]
+        return model_file_choices()
 
     def _refresh_choices(self, event=None):
         self.images.reset_choices()
@@ -231,7 +241,6 @@ class DetectionWidget(QWidget):
 
     def import_csv(self, path) -> list:
         """Add the boxes of a detections CSV onto the open image layers they name."""
-        from napari.layers import Image
         from napari.utils.notifications import show_error, show_warning
 
         from .detections import DetectionsFileError, read_detections
@@ -241,8 +250,7 @@ class DetectionWidget(QWidget):
         except DetectionsFileError as error:
             show_error(f"napari-clumps: {error}")
             return []
-        images = {image_name(layer): layer for layer in self.viewer.layers
-                  if isinstance(layer, Image) and "band_name" not in layer.metadata}
+        images = {image_name(layer): layer for _, layer in image_layer_choices(self.viewer)}
         added, missing = [], []
         for name, rows in table.groupby("image", sort=False):
             image_layer = images.get(Path(name).name)

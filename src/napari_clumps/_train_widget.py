@@ -14,8 +14,8 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ._detect_widget import (DEFAULT_CHOICE, KNOWN_MODEL_FILES, _forget, _listeners, avoid_triton_llvm_clash,
-                             is_boxes_layer, register_model_file)
+from ._detect_widget import (DEFAULT_CHOICE, _forget, _listeners, avoid_triton_llvm_clash, image_layer_choices,
+                             is_boxes_layer, model_file_choices, register_model_file)
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
 
 
@@ -74,17 +74,12 @@ class FineTuneWidget(QWidget):
     # ------------------------------------------------------------------ choices
 
     def _image_choices(self, _widget=None):
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, Image) and "band_name" not in layer.metadata]
+        return image_layer_choices(self.viewer)
 
     def _base_choices(self, _widget=None):
         from .model import BACKBONES
 
-        return [(DEFAULT_CHOICE, DEFAULT_CHOICE),
-                *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES),
-                *((f"new: {name}", f"new:{name}") for name in BACKBONES)]
+        return [*model_file_choices(), *((f"new: {name}", f"new:{name}") for name in BACKBONES)]
 
     def clump_layer_for(self, image_layer):
         """The clump Shapes layer over ``image_layer``, or None."""

@@ -289,13 +289,19 @@ def new_detector(name: str, backbone_weights="hub", **changes) -> Detector:
                                       "backbone_weights": str(backbone_weights)}, source=name)
 
 
-def save_model(detector: Detector, path) -> Path:
-    """Write a model file (safetensors + JSON metadata) atomically."""
+def save_model(detector: Detector, path, half: bool = False) -> Path:
+    """Write a model file (safetensors + JSON metadata) atomically.
+
+    ``half`` stores floating-point weights as float16 (half the size; loading casts them back to
+    the network's float32).
+    """
     from safetensors.torch import save_file
 
     from .atomic import atomic_path
 
     state = {k: v.detach().cpu().contiguous() for k, v in detector.network.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     metadata = {"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION),
                 "config": detector.config.to_json(), "provenance": json.dumps(detector.provenance, default=str)}
     with atomic_path(path) as tmp:
