@@ -37,3 +37,15 @@ def test_bad_label_and_missing_columns_name_the_file(tmp_path):
     short.write_text("image,label\n")
     with pytest.raises(DetectionsFileError, match=r"short.csv: missing columns score"):
         read_detections(short)
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_detections(detections_frame("a.fits", np.zeros((0, 4)), [], []), tmp_path / "p.csv")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
