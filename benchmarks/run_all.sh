@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 $PY benchmarks/anchor_coverage.py
 $PY benchmarks/inference_speed.py "$@"
+$PY benchmarks/default_model.py

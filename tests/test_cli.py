@@ -38,8 +38,13 @@ def test_module_entry_point_has_no_traceback_without_debug(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.fits'}: no such file"]
 
 
-def test_demo_runs_offline(tmp_path, capsys):
+def test_demo_runs_offline_with_the_packaged_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--n", "2"]) == 0
     out = capsys.readouterr().out
-    assert "sim_00001.fits: 200x200 px, bands g,r,i" in out
-    assert "hubble_xdf_crop.png: 200x200 px, bands R,G,B" in out
+    assert f"detections: {tmp_path / 'detections.csv'}" in out
+    for name in ("sim_00000.fits", "sim_00001.jpg", "hubble_xdf_crop.png"):
+        png = tmp_path / "png" / f"{name}.png"
+        assert f"-> {png}" in out and png.stat().st_size > 10_000
+    table = read_detections(tmp_path / "detections.csv")
+    assert table.model.str.startswith("default").all()
+    assert "completeness" in out

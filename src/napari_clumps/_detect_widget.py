@@ -108,10 +108,12 @@ class DetectionWidget(QWidget):
         self.score.changed.connect(self._apply_threshold)
         self.new_label.changed.connect(self._set_new_label)
         self.model_file.changed.connect(self._add_model_file)
+        self.model.changed.connect(self._use_model_threshold)
         self.export_button.changed.connect(lambda: self.export_csv(self.csv_path.value))
         self.import_button.changed.connect(lambda: self.import_csv(self.csv_path.value))
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
+        self._use_model_threshold(self.model.value)
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.model.reset_choices))
         self._refresh_choices()
@@ -133,6 +135,15 @@ class DetectionWidget(QWidget):
         if path and Path(path).is_file():
             register_model_file(path)
             self.model.value = str(Path(path).resolve())
+
+    def _use_model_threshold(self, value):
+        """Start the slider at the chosen model's recommended threshold (read from its metadata)."""
+        from .inference import packaged_model_path
+        from .model import read_provenance, recommended_threshold
+
+        path = packaged_model_path() if value == DEFAULT_CHOICE else Path(value)
+        if path.is_file():
+            self.score.value = recommended_threshold(read_provenance(path))
 
     def selected_model(self):
         return None if self.model.value == DEFAULT_CHOICE else self.model.value

@@ -62,12 +62,13 @@ def cmd_detect(args) -> int:
         raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
     device = select_device(args.device)
     detector = resolve_model(args.model, str(device))
+    threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
     _say(f"model: {detector.source} ({detector.model_id}); device: {device}"
-         + (" (auto)" if args.device == "auto" else ""))
+         + (" (auto)" if args.device == "auto" else "") + f"; score threshold {threshold:g}"
+         + (" (the model's)" if args.score_threshold is None else ""))
     tables, images, failed = [], [], 0
     results = iter_detections([p for p, _ in found], detector, names=[n for _, n in found], device=str(device),
-                              batch_size=args.batch_size, score_threshold=args.score_threshold,
-                              nms_iou=args.nms_iou)
+                              batch_size=args.batch_size, score_threshold=threshold, nms_iou=args.nms_iou)
     for result in _progress(results, "detecting", len(found)):
         if result.error:
             failed += 1
@@ -114,9 +115,10 @@ def cmd_train(args) -> int:
             bar.update(1)
             bar.set_postfix(epoch=progress.epoch, loss=f"{progress.loss:.3f}")
         else:
+            threshold = progress.history[-1].get("val_threshold") if progress.history else None
             extra = "" if progress.val_f1 is None else (
                 f", validation F1 {progress.val_f1:.3f} (completeness {progress.val_completeness:.3f}, "
-                f"purity {progress.val_purity:.3f})")
+                f"purity {progress.val_purity:.3f}" + (f", score >= {threshold:g})" if threshold else ")"))
             _say(f"epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.4f}{extra}")
 
     data = f"{len(items)} images ({n_boxes} boxes) from {', '.join(map(str, args.images))}; labels {args.labels}"
@@ -189,20 +191,65 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The main job on bundled data, offline: simulate galaxies, add the real sample, read them all."""
+    """The main job on bundled data, offline: simulate, add the real sample, detect, draw, score."""
+    import pandas as pd
     from PIL import Image
 
     from ._sample_data import hubble_image
+    from .detections import images_list_path, write_detections
+    from .inference import iter_detections, resolve_model
+    from .io import read_image
+    from .plotting import save_boxes_png
     from .simulate import write_dataset
 
+    if args.napari:
+        return _demo_in_napari()
     out = Path(args.out)
     truth = write_dataset(out / "simulated", n=args.n, seed=2024)
     real = out / "real" / "hubble_xdf_crop.png"
     real.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(hubble_image().composite).save(real)
-    print(f"simulated {args.n} galaxies into {out / 'simulated'} (truth: {truth})")
-    print(f"real sample: {real}")
-    return cmd_info(argparse.Namespace(paths=[out / "simulated", out / "real"]))
+    paths = [p for p, _ in expand_paths([out / "simulated"])] + [real]
+    names = [p.relative_to(out).as_posix() for p in paths]
+    detector = resolve_model(args.model, "auto")
+    threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
+    _say(f"model: {detector.source} ({detector.model_id}); device: "
+         f"{next(detector.network.parameters()).device}; score threshold {threshold:g}")
+    tables, images = [], []
+    for path, result in zip(paths, iter_detections(paths, detector, names=names, score_threshold=threshold)):
+        tables.append(result.table)
+        images.append(dict(image=result.name, status="ok", n_detections=len(result.table), width=result.width,
+                           height=result.height, error=""))
+        png = save_boxes_png(read_image(path), result.table, out / "png" / (Path(result.name).name + ".png"))
+        print(f"{result.name}: {len(result.table)} clumps -> {png}")
+    csv = write_detections(pd.concat(tables, ignore_index=True), out / "detections.csv", pd.DataFrame(images))
+    print(f"detections: {csv} (images list: {images_list_path(csv)})")
+    from .detections import read_detections
+    from .metrics import scores_table
+
+    found = read_detections(csv)
+    found["image"] = found.image.str.removeprefix("simulated/")
+    simulated = [n.removeprefix("simulated/") for n in names if n.startswith("simulated/")]
+    row = scores_table(read_detections(truth), found, thresholds=[threshold], images=simulated).iloc[0]
+    print(f"on the {len(simulated)} simulated images (truth known): completeness {row.completeness:.2f}, "
+          f"purity {row.purity:.2f} at score >= {threshold:g}")
+    return 0
+
+
+def _demo_in_napari() -> int:
+    """Open napari with the simulated sample, the real sample and the detection widget."""
+    import napari
+
+    from ._detect_widget import DetectionWidget
+
+    viewer = napari.Viewer(title="napari-clumps demo")
+    viewer.open_sample("napari-clumps", "simulated_galaxy")
+    viewer.open_sample("napari-clumps", "hubble_xdf")
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Detect clumps")
+    widget.images.value = [layer for layer in widget.images.choices]
+    napari.run()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     detect.add_argument("--model", default=None, help="model file or packaged model name (default: the packaged default)")
     detect.add_argument("--out", type=Path, default=Path("detections.csv"), help="CSV to write (default detections.csv)")
-    detect.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (0.3)")
+    detect.add_argument("--score-threshold", type=float, default=None,
+                        help="keep detections scoring at least this (default: the model's recommended "
+                             "threshold, 0.3 for models without one)")
     detect.add_argument("--nms-iou", type=float, default=0.2, help="class-agnostic NMS IoU (0.2, as in the paper)")
     detect.add_argument("--batch-size", type=int, default=4, help="network inputs per batch (4)")
     detect.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -264,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the main job on bundled data (offline)")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     demo.add_argument("--n", type=int, default=4, help="simulated galaxies (default 4)")
+    demo.add_argument("--model", default=None, help="model (default: the packaged default model)")
+    demo.add_argument("--score-threshold", type=float, default=None, help="default: the model's")
+    demo.add_argument("--napari", action="store_true",
+                      help="open napari with the samples and the detection widget instead")
     demo.set_defaults(run=cmd_demo)
     return parser
 

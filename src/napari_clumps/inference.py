@@ -16,9 +16,9 @@ from .model import Detector, ModelError, load_model, select_device
 
 log = logging.getLogger(__name__)
 
-#: The paper's post-processing: class-agnostic NMS at IoU 0.2, score threshold 0.3.
+#: The paper's post-processing: class-agnostic NMS at IoU 0.2 (and a score threshold of 0.3,
+#: used for models without a calibrated threshold of their own).
 DEFAULT_NMS_IOU = 0.2
-DEFAULT_SCORE_THRESHOLD = 0.3
 DEFAULT_MODEL = "default"
 _PACKAGED_MODELS = {"default": "default_clump_detector.safetensors"}
 
@@ -124,13 +124,14 @@ def postprocess(boxes, scores, labels, nms_iou: float, score_threshold: float):
 
 
 def iter_detections(items, model=None, *, names=None, device="auto", batch_size: int = 4,
-                    score_threshold: float = DEFAULT_SCORE_THRESHOLD, nms_iou: float = DEFAULT_NMS_IOU,
+                    score_threshold: float | None = None, nms_iou: float = DEFAULT_NMS_IOU,
                     should_stop=None):
     """Yield an :class:`ImageDetections` per item, in order.
 
     ``items``: paths, :class:`~napari_clumps.io.GalaxyImage` objects or arrays. A file that cannot
     be read yields its error and the others go on. Tiles of all images are batched together,
-    ``batch_size`` network inputs at a time. ``should_stop()`` is polled between batches.
+    ``batch_size`` network inputs at a time. ``score_threshold`` defaults to the model's
+    recommended one. ``should_stop()`` is polled between batches.
     """
     import torch
 
@@ -139,6 +140,8 @@ def iter_detections(items, model=None, *, names=None, device="auto", batch_size:
 
     detector = resolve_model(model, device)
     network, config = detector.network, detector.config
+    if score_threshold is None:
+        score_threshold = detector.score_threshold
     torch_device = next(network.parameters()).device
     network.eval()
     names = list(names) if names is not None else [None] * len(items)

@@ -280,6 +280,30 @@ class Detector:
         """Short id written in the CSV ``model`` column."""
         return self.provenance.get("model_id") or self.config.backbone
 
+    @property
+    def score_threshold(self) -> float:
+        """The model's recommended score threshold (calibrated when it was made), else 0.3."""
+        return recommended_threshold(self.provenance)
+
+
+#: The paper's score threshold, for models that were not calibrated.
+PAPER_SCORE_THRESHOLD = 0.3
+
+
+def recommended_threshold(provenance: dict) -> float:
+    return float(provenance.get("score_threshold", PAPER_SCORE_THRESHOLD))
+
+
+def read_provenance(path) -> dict:
+    """A model file's provenance without loading its weights (no torch needed)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return json.loads((handle.metadata() or {}).get("provenance", "{}"))
+    except Exception:
+        return {}
+
 
 def new_detector(name: str, backbone_weights="hub", **changes) -> Detector:
     """A detector of built-in architecture ``name`` with an untrained detection head."""

@@ -182,8 +182,9 @@ class TrainingOptions:
     grad_clip: float = 5.0
     seed: int = 0
     device: str = "auto"
-    #: Validation: score threshold and matching (see :mod:`napari_clumps.metrics`).
-    val_score_threshold: float = 0.5
+    #: Validation score threshold; None: the threshold with the best F1, which also becomes the
+    #: model's recommended threshold.
+    val_score_threshold: float | None = None
     num_workers: int = 0
 
 
@@ -239,8 +240,13 @@ def split_train_val(items, val_fraction: float, seed: int):
     return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
 
 
-def evaluate_items(detector, items: list[LabelledImage], score_threshold: float, device="auto") -> dict:
-    """Completeness, purity and F1 of ``detector`` on labelled images (see :mod:`napari_clumps.metrics`)."""
+def evaluate_items(detector, items: list[LabelledImage], score_threshold: float | None = None,
+                   device="auto") -> dict:
+    """Completeness, purity and F1 of ``detector`` on labelled images (see :mod:`napari_clumps.metrics`).
+
+    At ``score_threshold``; with None, at the threshold (0.05-0.95) that gives the best F1, which
+    is returned as ``threshold``.
+    """
     import pandas as pd
 
     from .detections import detections_frame
@@ -249,10 +255,14 @@ def evaluate_items(detector, items: list[LabelledImage], score_threshold: float,
 
     names = [it.name or f"image_{i}" for i, it in enumerate(items)]
     truth = pd.concat([detections_frame(n, it.boxes, it.labels, 1.0) for n, it in zip(names, items)])
+    floor = 0.05 if score_threshold is None else score_threshold
     found = pd.concat([r.table for r in iter_detections([it.image for it in items], detector, names=names,
-                                                         device=device, score_threshold=score_threshold)])
-    row = scores_table(truth, found, thresholds=[score_threshold], images=names).iloc[0]
-    return {k: float(row[k]) for k in ("completeness", "purity", "f1", "n_truth", "n_detections")}
+                                                         device=device, score_threshold=floor)])
+    table = scores_table(truth, found, thresholds=None if score_threshold is None else [score_threshold],
+                         images=names)
+    row = table.loc[table.f1.fillna(-1).idxmax()]
+    keys = ("threshold", "completeness", "purity", "f1", "n_truth", "n_detections")
+    return {k: float(row[k]) for k in keys}
 
 
 def train(detector, items: list[LabelledImage], options: TrainingOptions | None = None, *, out=None,
@@ -295,7 +305,7 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    history, best_f1, best_state, stale = [], -1.0, None, 0
+    history, best_f1, best_state, best_threshold, stale = [], -1.0, None, None, 0
     start = time.perf_counter()
     for epoch in range(1, options.epochs + 1):
         network.train()
@@ -332,11 +342,12 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
         improved = val_f1 is None or val_f1 > best_f1
         if improved:
             best_f1 = -1.0 if val_f1 is None else val_f1
+            best_threshold = record.get("val_threshold")
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
             stale = 0
             if out is not None:
                 save_model(_with_provenance(trained, detector, options, history, len(train_items),
-                                            len(val_items), data_description), out)
+                                            len(val_items), data_description, best_threshold), out)
         else:
             stale += 1
         if callback is not None:
@@ -350,10 +361,11 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
         network.load_state_dict(best_state)
     network.eval()
     final = Detector(network, config, dict(detector.provenance), detector.source)
-    return _with_provenance(final, detector, options, history, len(train_items), len(val_items), data_description)
+    return _with_provenance(final, detector, options, history, len(train_items), len(val_items), data_description,
+                            best_threshold)
 
 
-def _with_provenance(trained, base, options, history, n_train, n_val, data_description):
+def _with_provenance(trained, base, options, history, n_train, n_val, data_description, threshold=None):
     from dataclasses import asdict
 
     from .model import Detector
@@ -370,4 +382,6 @@ def _with_provenance(trained, base, options, history, n_train, n_val, data_descr
         "best_val_f1": max((h.get("val_f1", math.nan) for h in history), default=math.nan),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if threshold is not None:  # the best-F1 threshold on the validation images
+        provenance["score_threshold"] = round(float(threshold), 2)
     return Detector(trained.network, trained.config, provenance, trained.source)
