@@ -6,3 +6,4 @@ PY=${PY:-.venv/bin/python}
 $PY benchmarks/anchor_coverage.py
 $PY benchmarks/inference_speed.py "$@"
 $PY benchmarks/default_model.py
+$PY benchmarks/training_speed.py
