@@ -50,10 +50,18 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def _images_row(result) -> dict:
+    """The images-list row of one image's detection outcome (see napari_clumps.detections)."""
+    if result.error:
+        return dict(image=result.name, status="failed", n_detections=0, error=result.error)
+    return dict(image=result.name, status="ok", n_detections=len(result.table), width=result.width,
+                height=result.height, error="")
+
+
 def cmd_detect(args) -> int:
     import pandas as pd
 
-    from .detections import COLUMNS, write_detections
+    from .detections import COLUMNS, images_list_path, write_detections
     from .inference import iter_detections, resolve_model
     from .model import select_device
 
@@ -70,18 +78,14 @@ def cmd_detect(args) -> int:
     results = iter_detections([p for p, _ in found], detector, names=[n for _, n in found], device=str(device),
                               batch_size=args.batch_size, score_threshold=threshold, nms_iou=args.nms_iou)
     for result in _progress(results, "detecting", len(found)):
+        images.append(_images_row(result))
         if result.error:
             failed += 1
             _say(f"error: {result.error}")
-            images.append(dict(image=result.name, status="failed", n_detections=0, error=result.error))
-            continue
-        tables.append(result.table)
-        images.append(dict(image=result.name, status="ok", n_detections=len(result.table), width=result.width,
-                           height=result.height, error=""))
+        else:
+            tables.append(result.table)
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
     write_detections(table, args.out, pd.DataFrame(images))
-    from .detections import images_list_path
-
     print(f"{len(table)} clumps in {len(found) - failed} images -> {args.out} (images: {images_list_path(args.out)})")
     if failed:
         print(f"{failed} of {len(found)} images failed; see the error lines above and the images list",
@@ -218,8 +222,7 @@ def cmd_demo(args) -> int:
     tables, images = [], []
     for path, result in zip(paths, iter_detections(paths, detector, names=names, score_threshold=threshold)):
         tables.append(result.table)
-        images.append(dict(image=result.name, status="ok", n_detections=len(result.table), width=result.width,
-                           height=result.height, error=""))
+        images.append(_images_row(result))
         png = save_boxes_png(read_image(path), result.table, out / "png" / (Path(result.name).name + ".png"))
         print(f"{result.name}: {len(result.table)} clumps -> {png}")
     csv = write_detections(pd.concat(tables, ignore_index=True), out / "detections.csv", pd.DataFrame(images))
