@@ -19,14 +19,19 @@ def _excess(plane, box):
     return plane[core].mean() - plane[ring].mean()
 
 
+# Clumps are bluer than their disc, odd clumps redder: each shows in its colour's band even where
+# a strong JPEG stretch leaves little contrast in the band mean.
+BAND_OF_LABEL = {"clump": {"g", "B"}, "odd_clump": {"i", "R"}}
+
+
 def test_truth_boxes_sit_on_local_flux_excess(simulated):
     folder, truth = simulated
     assert len(truth) > 0
     for name, rows in truth.groupby("image"):
         image = read_image(folder / name)
-        plane = image.bands.mean(axis=0)
-        for box in rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy():
-            assert _excess(plane, box) > 0, f"{name}: no flux excess in truth box {box}"
+        for label, box in zip(rows.label, rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy()):
+            band = next(i for i, b in enumerate(image.band_names) if b in BAND_OF_LABEL[label])
+            assert _excess(image.bands[band], box) > 0, f"{name}: no {label} excess in truth box {box}"
 
 
 def test_boxes_are_squares_of_2_5_fwhm_and_inside(simulated):
@@ -69,12 +74,17 @@ def test_jpeg_truth_is_the_fits_truth_flipped(simulated):
             # the JPEG is north up: its rows are the FITS composite's rows reversed
             from scipy.ndimage import gaussian_filter
 
-            def grey(rgb):  # smoothed, so that JPEG artefacts on the noise average out
-                return gaussian_filter(rgb.mean(axis=-1), 2)
+            def grey(rgb):  # band-passed: JPEG artefacts on the noise average out, the smooth disc goes
+                mean = rgb.mean(axis=-1)
+                return gaussian_filter(mean, 2) - gaussian_filter(mean, 8)
 
-            flipped = np.abs(grey(jpeg_image.composite) - grey(fits_image.composite[::-1])).mean()
-            unflipped = np.abs(grey(jpeg_image.composite) - grey(fits_image.composite)).mean()
-            assert flipped < 2.0 and flipped < 0.5 * unflipped, (flipped, unflipped)
+            # each JPEG has its own stretch, so compare by correlation, not pixel values
+            def correlation(a, b):
+                return np.corrcoef(grey(a).ravel(), grey(b).ravel())[0, 1]
+
+            flipped = correlation(jpeg_image.composite, fits_image.composite[::-1])
+            unflipped = correlation(jpeg_image.composite, fits_image.composite)
+            assert flipped > 0.3 and flipped > unflipped + 0.1, (flipped, unflipped)
 
 
 def test_images_list_records_clump_free_galaxies(tmp_path):

@@ -24,14 +24,15 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--calibration", required=True)
     parser.add_argument("--test", required=True)
+    parser.add_argument("--model-id", required=True)
+    parser.add_argument("--data", required=True, help="how the training data was made")
     args = parser.parse_args()
     detector = load_model(args.trained)
     history = detector.provenance.get("history", [])
     detector.provenance.update({
-        "model_id": "default-v1",
+        "model_id": args.model_id,
         "command": COMMAND,
-        "data": "napari-clumps simulate --n 300 --seed 1000 (600 images: FITS composites + JPEGs); "
-                "default SimulationSettings; 10 % held out for validation",
+        "data": args.data,
         "trained_from": "random initialisation (no pretrained weights reachable offline)",
         "history": history,
     })

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Retrain the packaged default model from scratch, exactly as it was made (see docs/model-card.md).
-# Takes about 40 minutes on 2 CPU cores. Run from the repository root after `make venv`.
+# Takes about 70 minutes on one CPU core. Run from the repository root after `make venv`.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 WORK=${WORK:-build/default_model}
 mkdir -p "$WORK"
-# 1. training data: 300 simulated galaxies (FITS + JPEG = 600 images), seed 1000
-$BIN/napari-clumps simulate "$WORK/data" --n 300 --seed 1000
+N_TRAIN=500
+EPOCHS=9
+# 1. training data: 500 simulated galaxies (FITS + JPEG = 1000 images), seed 1000
+$BIN/napari-clumps simulate "$WORK/data" --n $N_TRAIN --seed 1000
 # 2. train convnext_pico from random initialisation (no Zoobot weights can be downloaded here)
 $BIN/napari-clumps train --images "$WORK/data" --labels "$WORK/data/truth.csv" \
     --out "$WORK/trained.safetensors" --model zoobot-convnext_pico --backbone-weights none \
-    --trainable-blocks -1 --epochs 8 --lr 5e-4 --val-fraction 0.1 --scale-jitter 0.15 --seed 0
+    --trainable-blocks -1 --epochs $EPOCHS --lr 5e-4 --val-fraction 0.1 --scale-jitter 0.15 --seed 0
 # 3. calibration set (picks the score threshold) and held-out test set: seeds never used in training
 $BIN/napari-clumps simulate "$WORK/calib" --n 100 --seed 5000
 $BIN/napari-clumps simulate "$WORK/test" --n 200 --seed 424242
 # 4. package (float16 weights, provenance, calibrated threshold) and evaluate on the test set
 $BIN/python tools/package_model.py "$WORK/trained.safetensors" src/napari_clumps/models/default_clump_detector.safetensors \
-    --calibration "$WORK/calib" --test "$WORK/test"
+    --calibration "$WORK/calib" --test "$WORK/test" --model-id default-v2 \
+    --data "napari-clumps simulate --n $N_TRAIN --seed 1000 ($((2 * N_TRAIN)) images: FITS composites + JPEGs); default SimulationSettings; 10 % held out for validation"

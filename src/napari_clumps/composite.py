@@ -59,7 +59,8 @@ def _balanced(band: np.ndarray) -> np.ndarray:
     return band / level if np.isfinite(level) and level > 0 else band
 
 
-def lupton_composite(bands: np.ndarray, band_names, *, q: float = LUPTON_Q) -> np.ndarray:
+def lupton_composite(bands: np.ndarray, band_names, *, q: float = LUPTON_Q,
+                     white_percentile: float = WHITE_PERCENTILE) -> np.ndarray:
     """``(H, W, 3)`` uint8 colour (or grey) composite of ``(n_bands, H, W)`` finite data."""
     from astropy.visualization import make_lupton_rgb
 
@@ -68,7 +69,7 @@ def lupton_composite(bands: np.ndarray, band_names, *, q: float = LUPTON_Q) -> n
     red, blue = _balanced(bands[red_i]), _balanced(bands[blue_i])
     green = 0.5 * (red + blue) if green_i < 0 else _balanced(bands[green_i])
     mean = (red + green + blue) / 3.0
-    white = float(np.percentile(mean, WHITE_PERCENTILE))
+    white = float(np.percentile(mean, white_percentile))
     if not np.isfinite(white) or white <= 0:
         white = float(np.max(np.abs(mean))) or 1.0
     # asinh(Q * white / stretch) / Q == 1  <=>  stretch = Q * white / sinh(Q)

@@ -2,8 +2,10 @@
 
 Each galaxy is drawn in g, r, i: an exponential disc (random inclination, position angle,
 optional two-armed spiral pattern) with an optional redder bulge, 0-9 unresolved star-forming
-clumps bluer than the disc (a few "odd" red ones), unrelated stars and background galaxies as
-distractors, a Moffat PSF, sky and source noise. Truth boxes are squares of side
+clumps bluer than the disc (a few "odd" red ones), unrelated stars, background galaxies and
+compact blue sources beyond the disc as distractors (a star over the disc is labelled an odd
+clump, as volunteers do), a Moffat PSF, sky and source noise. Each
+galaxy's JPEG has its own stretch, colour saturation and JPEG quality. Truth boxes are squares of side
 ``BOX_SIDE_PER_FWHM`` x PSF FWHM around each clump, as in Galaxy Zoo: Clump Scout.
 
 The distributions (PSF size, clumps per galaxy, clump distance from the centre, odd fraction)
@@ -18,12 +20,15 @@ as survey cutout services make them (north up, so its rows are the FITS rows fli
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 BOX_SIDE_PER_FWHM = 2.5
+#: Clumps lie within this many disc scale lengths of the centre (in the disc plane; 93 % of the
+#: drawn positions). Compact sources beyond it are negatives; stars within it count as odd clumps.
+CLUMP_REGION_SCALE_LENGTHS = 3.5
 BANDS = ("g", "r", "i")
 TRUTH_MODEL_ID = "simulation-truth"
 
@@ -45,16 +50,26 @@ class SimulationSettings:
     seeing_arcsec: tuple = (1.0, 1.8)
     #: Relative frequency of 1, 2, ..., 9 clumps among clumpy galaxies (Clump Scout: 7+ = 191).
     clump_count_weights: tuple = (5175, 8329, 3573, 1602, 710, 376, 100, 55, 36)
-    #: Fraction of galaxies with no clumps at all (negatives).
-    clump_free_fraction: float = 0.15
-    #: Fraction of clumps that are "odd" (red, compact; volunteers' label 2).
-    odd_fraction: float = 0.27
+    #: Fraction of galaxies drawn without clumps (a star over the disc can still add an odd
+    #: clump: ~14 % end up with none).
+    clump_free_fraction: float = 0.2
+    #: Fraction of injected clumps that are "odd" (red, compact; volunteers' label 2). Stars over
+    #: the disc add odd clumps: ~27 % of all truth boxes are odd, as in Clump Scout (27.6 %).
+    odd_fraction: float = 0.12
     #: Disc scale length in pixels (log-uniform range).
     disc_scale_px: tuple = (24.0, 45.0)
     #: Sky noise per pixel in r, in units of the disc's central r surface brightness.
     noise_range: tuple = (0.008, 0.04)
-    max_stars: int = 3
+    max_stars: int = 1
     max_background_galaxies: int = 3
+    #: Compact blue background sources (clump look-alikes) beyond the disc, up to this many.
+    max_compact_blue_sources: int = 2
+    #: Each galaxy's JPEG gets its own look, as cutout services differ: asinh softening Q,
+    #: percentile mapped to white, colour saturation (1 = as computed) and JPEG quality.
+    jpeg_q_range: tuple = (1.5, 8.0)
+    jpeg_white_percentile_range: tuple = (99.0, 99.95)
+    jpeg_saturation_range: tuple = (0.7, 1.5)
+    jpeg_quality_range: tuple = (50, 95)
 
 
 @dataclass
@@ -63,6 +78,16 @@ class Clump:
     y: float
     flux_r: float
     label: str
+
+
+@dataclass
+class JpegStyle:
+    """How one galaxy's colour JPEG is made (see :class:`SimulationSettings`)."""
+
+    q: float = 3.0
+    white_percentile: float = 99.8
+    saturation: float = 1.0
+    quality: int = 90
 
 
 @dataclass
@@ -77,6 +102,7 @@ class SimulatedGalaxy:
     dec: float
     index: int
     seed: int
+    jpeg_style: JpegStyle = field(default_factory=JpegStyle)
 
     @property
     def box_side(self) -> float:
@@ -127,6 +153,9 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
 
     s = settings or SimulationSettings()
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    # Later additions to the simulator draw from their own stream, so that everything the
+    # first stream draws (the galaxy, its clumps, stars, noise) stays as it was for a seed.
+    extra_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
     size = s.size
     centres = np.arange(size) + 0.5  # pixel centres in edge coordinates
     xx, yy = np.meshgrid(centres, centres)
@@ -145,6 +174,10 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
     u = dx * np.cos(theta) + dy * np.sin(theta)  # disc-plane coordinates
     v = (-dx * np.sin(theta) + dy * np.cos(theta)) / axis_ratio
     radius, azimuth = np.hypot(u, v), np.arctan2(v, u)
+
+    def disc_plane_radius(x, y):
+        du, dv = x - cx, y - cy
+        return np.hypot(du * np.cos(theta) + dv * np.sin(theta), (-du * np.sin(theta) + dv * np.cos(theta)) / axis_ratio)
     disc = np.exp(-radius / h)
     arm_amplitude = rng.choice([0.0, rng.uniform(0.2, 0.7)], p=[0.3, 0.7])
     if arm_amplitude:
@@ -195,11 +228,18 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
                   else _flux_ratios(rng.uniform(-0.1, 0.3), rng.uniform(-0.2, 0.1)))
         images += colour[:, None, None] * _moffat(xx, yy, c.x, c.y, c.flux_r, fwhm)[None]
 
-    # Distractors: stars (point sources of any colour) and small background galaxies.
+    # Foreground stars (point sources, redder than clumps). Over the disc, no one can tell a star
+    # from a red clump in one image; volunteers box it and call it odd, and so does the truth.
     for _ in range(rng.integers(0, s.max_stars + 1)):
         x, y = rng.uniform(0, size, 2)
         flux = psf_area * noise_r * np.exp(rng.uniform(np.log(8), np.log(400)))
-        colour = _flux_ratios(rng.uniform(0.5, 1.6), rng.uniform(0.1, 0.6))  # stars are redder than clumps
+        colour = _flux_ratios(rng.uniform(0.5, 1.6), rng.uniform(0.1, 0.6))
+        if disc_plane_radius(x, y) < CLUMP_REGION_SCALE_LENGTHS * h:
+            margin = 0.3 * side
+            if not (margin < x < size - margin and margin < y < size - margin) or any(
+                    np.hypot(x - c.x, y - c.y) < 0.8 * side for c in clumps):
+                continue  # as for clumps: no truth boxes cut by the edge or piled on another
+            clumps.append(Clump(x=float(x), y=float(y), flux_r=float(flux), label="odd_clump"))
         images += colour[:, None, None] * _moffat(xx, yy, x, y, flux, fwhm)[None]
     for _ in range(rng.integers(0, s.max_background_galaxies + 1)):
         x, y = rng.uniform(0, size, 2)
@@ -211,6 +251,20 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
         blob = convolve_fft(blob, kernel, boundary="fill", normalize_kernel=True)
         images += _flux_ratios(rng.uniform(0.8, 1.6), rng.uniform(0.3, 0.7))[:, None, None] * blob[None]
 
+    # Compact blue background sources: clump look-alikes, but beyond the disc's clumps.
+    for _ in range(extra_rng.integers(0, s.max_compact_blue_sources + 1)):
+        x, y = extra_rng.uniform(0, size, 2)
+        if disc_plane_radius(x, y) < CLUMP_REGION_SCALE_LENGTHS * h:
+            continue
+        flux = psf_area * noise_r * np.exp(extra_rng.uniform(np.log(8), np.log(80)))
+        width = np.hypot(fwhm, extra_rng.uniform(0, 1.5 * fwhm))  # point-like to barely resolved
+        colour = _flux_ratios(extra_rng.uniform(-0.1, 0.4), extra_rng.uniform(-0.2, 0.2))
+        images += colour[:, None, None] * _moffat(xx, yy, x, y, flux, width)[None]
+    jpeg_style = JpegStyle(q=float(extra_rng.uniform(*s.jpeg_q_range)),
+                           white_percentile=float(extra_rng.uniform(*s.jpeg_white_percentile_range)),
+                           saturation=float(extra_rng.uniform(*s.jpeg_saturation_range)),
+                           quality=int(extra_rng.integers(s.jpeg_quality_range[0], s.jpeg_quality_range[1] + 1)))
+
     # Sky noise (g is noisier relative to its signal, as in SDSS) plus source noise.
     band_noise = noise_r * np.array([1.3, 1.0, 1.2])[:, None, None]
     variance = band_noise**2 + np.clip(images, 0, None) * noise_r * 0.05
@@ -219,7 +273,8 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
     ra = float(rng.uniform(0, 360))
     dec = float(np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-10)), np.sin(np.radians(60))))))
     return SimulatedGalaxy(bands=images.astype(np.float32), clumps=clumps, psf_fwhm_px=fwhm,
-                           pixel_scale_arcsec=float(pixel_scale), ra=ra, dec=dec, index=index, seed=seed)
+                           pixel_scale_arcsec=float(pixel_scale), ra=ra, dec=dec, index=index, seed=seed,
+                           jpeg_style=jpeg_style)
 
 
 def galaxy_name(index: int) -> str:
@@ -243,16 +298,18 @@ def write_fits(galaxy: SimulatedGalaxy, path) -> None:
         fits.PrimaryHDU(galaxy.bands, header=header).writeto(tmp, overwrite=True, output_verify="exception")
 
 
-def write_jpeg(galaxy: SimulatedGalaxy, path, quality: int = 90) -> None:
-    """North-up colour JPEG (rows flipped w.r.t. the FITS array), written atomically."""
-    from PIL import Image
+def write_jpeg(galaxy: SimulatedGalaxy, path) -> None:
+    """North-up colour JPEG (rows flipped w.r.t. the FITS array) in the galaxy's JPEG style."""
+    from PIL import Image, ImageEnhance
 
     from .atomic import atomic_path
     from .composite import lupton_composite
 
-    rgb = lupton_composite(galaxy.bands, BANDS)[::-1]
+    style = galaxy.jpeg_style
+    rgb = lupton_composite(galaxy.bands, BANDS, q=style.q, white_percentile=style.white_percentile)[::-1]
+    image = ImageEnhance.Color(Image.fromarray(np.ascontiguousarray(rgb))).enhance(style.saturation)
     with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="JPEG", quality=quality)
+        image.save(tmp, format="JPEG", quality=style.quality)
 
 
 def write_dataset(outdir, n: int = 10, seed: int = 0, settings: SimulationSettings | None = None,
