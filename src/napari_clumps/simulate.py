@@ -26,9 +26,12 @@ from pathlib import Path
 import numpy as np
 
 BOX_SIDE_PER_FWHM = 2.5
-#: Clumps lie within this many disc scale lengths of the centre (in the disc plane; 93 % of the
-#: drawn positions). Compact sources beyond it are negatives; stars within it count as odd clumps.
-CLUMP_REGION_SCALE_LENGTHS = 3.5
+#: Where the galaxy is seen: its (unconvolved) r surface brightness is at least this many times
+#: the sky noise per pixel. Clumps lie there; a star there counts as an odd clump.
+ON_GALAXY_SNR = 2.0
+#: Look-alike negatives (stars, compact blue sources) only where the galaxy is fainter than this;
+#: in between, where nobody could say whether a source is on the galaxy, none are placed.
+OFF_GALAXY_SNR = 0.5
 BANDS = ("g", "r", "i")
 TRUTH_MODEL_ID = "simulation-truth"
 
@@ -55,7 +58,7 @@ class SimulationSettings:
     clump_free_fraction: float = 0.2
     #: Fraction of injected clumps that are "odd" (red, compact; volunteers' label 2). Stars over
     #: the disc add odd clumps: ~27 % of all truth boxes are odd, as in Clump Scout (27.6 %).
-    odd_fraction: float = 0.12
+    odd_fraction: float = 0.16
     #: Disc scale length in pixels (log-uniform range).
     disc_scale_px: tuple = (24.0, 45.0)
     #: Sky noise per pixel in r, in units of the disc's central r surface brightness.
@@ -174,10 +177,6 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
     u = dx * np.cos(theta) + dy * np.sin(theta)  # disc-plane coordinates
     v = (-dx * np.sin(theta) + dy * np.cos(theta)) / axis_ratio
     radius, azimuth = np.hypot(u, v), np.arctan2(v, u)
-
-    def disc_plane_radius(x, y):
-        du, dv = x - cx, y - cy
-        return np.hypot(du * np.cos(theta) + dv * np.sin(theta), (-du * np.sin(theta) + dv * np.cos(theta)) / axis_ratio)
     disc = np.exp(-radius / h)
     arm_amplitude = rng.choice([0.0, rng.uniform(0.2, 0.7)], p=[0.3, 0.7])
     if arm_amplitude:
@@ -199,6 +198,9 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
     noise_r = rng.uniform(*s.noise_range)
     psf_area = np.pi * (fwhm / 2.3548) ** 2 * 2  # 2 pi sigma^2 of a Gaussian of that FWHM
 
+    def galaxy_snr(x, y):  # the galaxy's local surface brightness over the sky noise per pixel
+        return disc_r[int(np.clip(y, 0, size - 1)), int(np.clip(x, 0, size - 1))] / noise_r
+
     # Clumps: disc-plane positions weighted to the outer disc, projected like the disc.
     clumps = []
     n_clumps = 0
@@ -218,6 +220,8 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
             continue
         if any(np.hypot(x - c.x, y - c.y) < 0.8 * side for c in clumps):
             continue  # volunteers' boxes rarely overlap much
+        if galaxy_snr(x, y) < ON_GALAXY_SNR:
+            continue  # volunteers mark clumps in the galaxy, not in empty sky
         local = disc_r[int(y), int(x)]
         # Peak above the local disc: a contrast vs the disc and a floor vs the noise.
         peak = max(rng.uniform(0.5, 3.0) * local, rng.uniform(8, 25) * noise_r)
@@ -234,7 +238,9 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
         x, y = rng.uniform(0, size, 2)
         flux = psf_area * noise_r * np.exp(rng.uniform(np.log(8), np.log(400)))
         colour = _flux_ratios(rng.uniform(0.5, 1.6), rng.uniform(0.1, 0.6))
-        if disc_plane_radius(x, y) < CLUMP_REGION_SCALE_LENGTHS * h:
+        if OFF_GALAXY_SNR <= galaxy_snr(x, y) < ON_GALAXY_SNR:
+            continue
+        if galaxy_snr(x, y) >= ON_GALAXY_SNR:
             margin = 0.3 * side
             if not (margin < x < size - margin and margin < y < size - margin) or any(
                     np.hypot(x - c.x, y - c.y) < 0.8 * side for c in clumps):
@@ -251,10 +257,10 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
         blob = convolve_fft(blob, kernel, boundary="fill", normalize_kernel=True)
         images += _flux_ratios(rng.uniform(0.8, 1.6), rng.uniform(0.3, 0.7))[:, None, None] * blob[None]
 
-    # Compact blue background sources: clump look-alikes, but beyond the disc's clumps.
+    # Compact blue background sources: clump look-alikes, but off the galaxy.
     for _ in range(extra_rng.integers(0, s.max_compact_blue_sources + 1)):
         x, y = extra_rng.uniform(0, size, 2)
-        if disc_plane_radius(x, y) < CLUMP_REGION_SCALE_LENGTHS * h:
+        if galaxy_snr(x, y) >= OFF_GALAXY_SNR:
             continue
         flux = psf_area * noise_r * np.exp(extra_rng.uniform(np.log(8), np.log(80)))
         width = np.hypot(fwhm, extra_rng.uniform(0, 1.5 * fwhm))  # point-like to barely resolved
