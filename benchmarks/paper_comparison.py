@@ -60,17 +60,20 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
     train_dir, test_dir = work / "train", work / "test"
+    simulated_at = work / "simulated_at_commit.txt"  # the simulator changes; the data must not
     if not (train_dir / "truth.csv").exists():
         run(CLI + ["simulate", train_dir, "--n", args.n_train, "--seed", 1000], log)
-    if not (test_dir / "truth.csv").exists():
         run(CLI + ["simulate", test_dir, "--n", args.n_test, "--seed", 424242], log)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        simulated_at.write_text(commit.stdout.strip() or "unknown")
 
     timings_file = work / "timings.json"
 
+    def timings() -> dict:
+        return json.loads(timings_file.read_text()) if timings_file.exists() else {}
+
     def record(key, seconds):  # re-read first: the two detectors may be trained by two processes
-        timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-        timings[key] = seconds
-        timings_file.write_text(json.dumps(timings, indent=1))
+        timings_file.write_text(json.dumps({**timings(), key: seconds}, indent=1))
 
     for name in MODELS.values():
         if args.only and name != args.only:
@@ -78,7 +81,9 @@ def main(argv=None):
         base, stages_run = name, 0
         for stage in range(1, args.stages + 1):
             model_file = work / f"{name}.stage{stage}.safetensors"
-            if not model_file.exists():
+            # a stage is done when its time is recorded: the trainer writes the file after every
+            # epoch, so an interrupted stage leaves a file too
+            if f"{name}.stage{stage}.train_s" not in timings():
                 if args.max_stages is not None and stages_run >= args.max_stages:
                     break
                 record(f"{name}.stage{stage}.train_s", run(CLI + [
@@ -88,7 +93,7 @@ def main(argv=None):
                 stages_run += 1
             base = model_file
         detections = work / f"{name}.detections.csv"
-        if not model_file.exists():
+        if f"{name}.stage{args.stages}.train_s" not in timings():
             print(f"{name}: stage {stage} of {args.stages} not trained yet; rerun to go on")
             continue
         if not detections.exists():
@@ -96,7 +101,6 @@ def main(argv=None):
                 "detect", test_dir, "--model", model_file, "--out", detections, "--score-threshold", 0.05], log))
         run(CLI + ["evaluate", "--truth", test_dir / "truth.csv", "--detections", detections], log)
 
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     rows = []
     for label, name in MODELS.items():
         metrics_file = work / f"{name}.detections.metrics.json"
@@ -107,13 +111,14 @@ def main(argv=None):
         n_test_images = 2 * args.n_test
         rows.append(
             f"| {label} | {best['threshold']:.2f} | {best['completeness']:.3f} | {best['purity']:.3f} | "
-            f"{best['f1']:.3f} | {metrics['coco']['ap50']:.3f} | {train_minutes(timings, name):.0f} | "
-            f"{1000 * timings.get(f'{name}.detect_s', float('nan')) / n_test_images:.0f} |")
+            f"{best['f1']:.3f} | {metrics['coco']['ap50']:.3f} | {train_minutes(timings(), name):.0f} | "
+            f"{1000 * timings().get(f'{name}.detect_s', float('nan')) / n_test_images:.0f} |")
     threads = os.environ.get("OMP_NUM_THREADS", "all")
     args.table.write_text(
         "# Our default configuration vs the paper's setup\n\n"
         f"Written by `benchmarks/paper_comparison.py`. Both detectors trained from random initialisation on "
-        f"the same {args.n_train} simulated galaxies (seed 1000, FITS + JPEG = {2 * args.n_train} images) in "
+        f"the same {args.n_train} simulated galaxies (simulator of commit "
+        f"{simulated_at.read_text().strip() if simulated_at.exists() else 'unknown'}, seed 1000, FITS + JPEG = {2 * args.n_train} images) in "
         f"{args.stages} stages of {args.epochs_per_stage} epochs (one-cycle lr 5e-4 restarted each stage), "
         f"batch 4, all layers trainable, no validation split; tested on "
         f"{args.n_test} held-out galaxies (seed 424242, {2 * args.n_test} images), IoU >= 0.3 matching. "
