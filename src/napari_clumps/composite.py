@@ -74,4 +74,6 @@ def lupton_composite(bands: np.ndarray, band_names, *, q: float = LUPTON_Q,
         white = float(np.max(np.abs(mean))) or 1.0
     # asinh(Q * white / stretch) / Q == 1  <=>  stretch = Q * white / sinh(Q)
     stretch = q * white / np.sinh(q)
-    return make_lupton_rgb(red, green, blue, minimum=0.0, stretch=stretch, Q=q)
+    # astropy divides by the intensity before masking where it is zero; those pixels come out black
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return make_lupton_rgb(red, green, blue, minimum=0.0, stretch=stretch, Q=q)
