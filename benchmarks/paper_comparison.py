@@ -49,8 +49,8 @@ def main(argv=None):
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "paper_comparison")
     parser.add_argument("--n-train", type=int, default=150, help="training galaxies (FITS + JPEG each)")
     parser.add_argument("--n-test", type=int, default=50, help="held-out galaxies (FITS + JPEG each)")
-    parser.add_argument("--stages", type=int, default=2, help="training stages")
-    parser.add_argument("--epochs-per-stage", type=int, default=2)
+    parser.add_argument("--stages", type=int, default=4, help="training stages")
+    parser.add_argument("--epochs-per-stage", type=int, default=1)
     parser.add_argument("--max-stages", type=int, default=None,
                         help="stop after this many stages in this run (resume later)")
     parser.add_argument("--only", choices=sorted(set(MODELS.values())), help="train/evaluate one model only")
