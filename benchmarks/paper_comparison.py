@@ -8,8 +8,8 @@ cores, which is what limits the data and epochs used here.
 
 Training runs in stages of a few epochs, each starting from the previous stage's model file
 (the learning-rate schedule restarts each stage); both detectors go through identical stages. A
-stage whose model file exists is skipped, so the paper's slow training can be spread over
-several sessions: rerun the same command. Writes docs/benchmarks/paper_comparison.md with
+stage whose training time is recorded in timings.json is skipped, so the paper's slow training
+can be spread over several sessions: rerun the same command. Writes docs/benchmarks/paper_comparison.md with
 whatever has finished.
 """
 
@@ -102,11 +102,11 @@ def main(argv=None):
                 "detect", test_dir, "--model", model_file, "--out", detections, "--score-threshold", 0.05], log))
         run(CLI + ["evaluate", "--truth", test_dir / "truth.csv", "--detections", detections], log)
 
-    rows = []
+    recorded, rows = timings(), []
     for label, name in MODELS.items():
         metrics_file = work / f"{name}.detections.metrics.json"
         if not metrics_file.exists():
-            done = sum(f"{name}.stage{k}.train_s" in timings() for k in range(1, args.stages + 1))
+            done = sum(f"{name}.stage{k}.train_s" in recorded for k in range(1, args.stages + 1))
             rows.append(f"| {label} | not finished: {done} of {args.stages} stages trained; rerun to resume |"
                         " | | | | | | | |")
             continue
@@ -115,9 +115,9 @@ def main(argv=None):
         n_test_images = 2 * args.n_test
         rows.append(
             f"| {label} | {best['threshold']:.2f} | {best['completeness']:.3f} | {best['purity']:.3f} | "
-            f"{best['f1']:.3f} | {metrics['coco']['ap50']:.3f} | {train_minutes(timings(), name):.0f} | "
-            f"{1000 * timings().get(f'{name}.detect_s', float('nan')) / n_test_images:.0f} | "
-            f"{timings().get(f'{name}.threads', '?')} |")
+            f"{best['f1']:.3f} | {metrics['coco']['ap50']:.3f} | {train_minutes(recorded, name):.0f} | "
+            f"{1000 * recorded.get(f'{name}.detect_s', float('nan')) / n_test_images:.0f} | "
+            f"{recorded.get(f'{name}.threads', '?')} |")
     args.table.write_text(
         "# Our default configuration vs the paper's setup\n\n"
         f"Written by `benchmarks/paper_comparison.py`. Both detectors trained from random initialisation on "

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .composite import LUPTON_Q, WHITE_PERCENTILE
+
 BOX_SIDE_PER_FWHM = 2.5
 #: Where the galaxy is seen: its (unconvolved) r surface brightness is at least this many times
 #: the sky noise per pixel. Clumps lie there; a star there counts as an odd clump.
@@ -87,8 +89,8 @@ class Clump:
 class JpegStyle:
     """How one galaxy's colour JPEG is made (see :class:`SimulationSettings`)."""
 
-    q: float = 3.0
-    white_percentile: float = 99.8
+    q: float = LUPTON_Q
+    white_percentile: float = WHITE_PERCENTILE
     saturation: float = 1.0
     quality: int = 90
 
@@ -201,6 +203,11 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
     def galaxy_snr(x, y):  # the galaxy's local surface brightness over the sky noise per pixel
         return disc_r[int(np.clip(y, 0, size - 1)), int(np.clip(x, 0, size - 1))] / noise_r
 
+    def room_for_truth_box(x, y):  # not cut by the image edge, not piled on another truth box
+        margin = 0.3 * side  # volunteers' boxes rarely overlap much
+        return (margin < x < size - margin and margin < y < size - margin
+                and not any(np.hypot(x - c.x, y - c.y) < 0.8 * side for c in clumps))
+
     # Clumps: disc-plane positions weighted to the outer disc, projected like the disc.
     clumps = []
     n_clumps = 0
@@ -215,11 +222,8 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
         uu, vv = r_disc * np.cos(phi), r_disc * np.sin(phi) * axis_ratio
         x = cx + uu * np.cos(theta) - vv * np.sin(theta)
         y = cy + uu * np.sin(theta) + vv * np.cos(theta)
-        margin = 0.3 * side
-        if not (margin < x < size - margin and margin < y < size - margin):
+        if not room_for_truth_box(x, y):
             continue
-        if any(np.hypot(x - c.x, y - c.y) < 0.8 * side for c in clumps):
-            continue  # volunteers' boxes rarely overlap much
         if galaxy_snr(x, y) < ON_GALAXY_SNR:
             continue  # volunteers mark clumps in the galaxy, not in empty sky
         local = disc_r[int(y), int(x)]
@@ -238,13 +242,12 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
         x, y = rng.uniform(0, size, 2)
         flux = psf_area * noise_r * np.exp(rng.uniform(np.log(8), np.log(400)))
         colour = _flux_ratios(rng.uniform(0.5, 1.6), rng.uniform(0.1, 0.6))
-        if OFF_GALAXY_SNR <= galaxy_snr(x, y) < ON_GALAXY_SNR:
+        snr = galaxy_snr(x, y)
+        if OFF_GALAXY_SNR <= snr < ON_GALAXY_SNR:
             continue
-        if galaxy_snr(x, y) >= ON_GALAXY_SNR:
-            margin = 0.3 * side
-            if not (margin < x < size - margin and margin < y < size - margin) or any(
-                    np.hypot(x - c.x, y - c.y) < 0.8 * side for c in clumps):
-                continue  # as for clumps: no truth boxes cut by the edge or piled on another
+        if snr >= ON_GALAXY_SNR:
+            if not room_for_truth_box(x, y):
+                continue
             clumps.append(Clump(x=float(x), y=float(y), flux_r=float(flux), label="odd_clump"))
         images += colour[:, None, None] * _moffat(xx, yy, x, y, flux, fwhm)[None]
     for _ in range(rng.integers(0, s.max_background_galaxies + 1)):
