@@ -110,6 +110,31 @@ def test_backbone_weights_from_a_local_file(tmp_path):
         new_detector("zoobot-convnext_pico", backbone_weights=tmp_path / "missing.safetensors")
 
 
+def test_backbone_weights_from_a_zoobot_checkpoint(tmp_path):
+    """A Zoobot (Lightning) checkpoint goes through zoobot's own loader; its encoder is ours."""
+    import lightning
+    from zoobot.pytorch.estimators.define_model import ZoobotTree
+
+    torch.manual_seed(6)
+    tree = ZoobotTree(output_dim=2, question_answer_pairs={"smooth-or-featured": ["_smooth", "_featured-or-disk"]},
+                      dependencies={"smooth-or-featured": None}, architecture_name="convnext_pico")
+    trainer = lightning.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu",
+                                enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(tree)
+    path = tmp_path / "zoobot_tree.ckpt"
+    trainer.save_checkpoint(path)
+    detector = new_detector("zoobot-convnext_pico", backbone_weights=path)
+    loaded = detector.network.backbone.body.state_dict()
+    expected = tree.encoder.state_dict()
+    assert len(loaded) > 100
+    for name, value in loaded.items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="junk.ckpt: not a Zoobot checkpoint"):
+        new_detector("zoobot-convnext_pico", backbone_weights=junk)
+
+
 def test_offline_hub_error_says_what_to_place_where(monkeypatch):
     import huggingface_hub.constants
 

@@ -154,9 +154,12 @@ def _timm_encoder(config: DetectorConfig, weights):
     path = Path(weights)
     if not path.is_file():
         raise ModelError(f"{path}: backbone weights file not found")
-    if path.suffix == ".ckpt":  # a Zoobot (Lightning) checkpoint: zoobot's own loader
-        from zoobot.pytorch.training.finetune import load_pretrained_zoobot
-
+    if path.suffix == ".ckpt":  # a Zoobot (Lightning) checkpoint: zoobot's own loader, which unpickles
+        try:
+            from zoobot.pytorch.training.finetune import load_pretrained_zoobot
+        except ImportError as error:
+            raise ModelError(f"{path}: reading Zoobot checkpoints needs zoobot's PyTorch extra "
+                             f"(pip install 'zoobot[pytorch]'): {error}") from error
         try:
             encoder = load_pretrained_zoobot(str(path))
         except Exception as error:
