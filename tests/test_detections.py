@@ -43,9 +43,13 @@ def test_outputs_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
+    from napari_clumps.model import new_detector, save_model
+
     old = os.umask(0o022)
     try:
-        path = write_detections(detections_frame("a.fits", np.zeros((0, 4)), [], []), tmp_path / "p.csv")
+        table = write_detections(detections_frame("a.fits", np.zeros((0, 4)), [], []), tmp_path / "p.csv")
+        model = save_model(new_detector("zoobot-convnext_pico", backbone_weights=None), tmp_path / "m.safetensors")
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(table).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(model).st_mode) == 0o644

@@ -17,9 +17,11 @@ def atomic_path(path):
     tmp = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; outputs get the usual permissions
     try:
         yield tmp
+        # mkstemp makes the file private, and writers that recreate it (safetensors) do too:
+        # outputs get the usual permissions, set after writing
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
