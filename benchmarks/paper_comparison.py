@@ -27,22 +27,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "napari_clumps.cli"]
-# run name (names its files and timings) -> (table label, architecture)
+# run name (names its files and timings) -> (table label, architecture, default (stages, epochs
+# per stage)): one paper epoch is ~24 min on 2 cores, one of ours ~1 min on 1
 RUNS = {
-    "zoobot-convnext_pico": ("ours (zoobot-convnext_pico)", "zoobot-convnext_pico"),
-    "zoobot-convnext_pico-paper-epochs": ("ours at the paper's epochs", "zoobot-convnext_pico"),
-    "paper-resnet50-fpn": ("paper (fasterrcnn_resnet50_fpn, 800 px)", "paper-resnet50-fpn"),
+    "zoobot-convnext_pico": ("ours (zoobot-convnext_pico)", "zoobot-convnext_pico", (1, 20)),
+    "zoobot-convnext_pico-paper-epochs": ("ours at the paper's epochs", "zoobot-convnext_pico", (2, 1)),
+    "paper-resnet50-fpn": ("paper (fasterrcnn_resnet50_fpn, 800 px)", "paper-resnet50-fpn", (2, 1)),
 }
-# (stages, epochs per stage): one paper epoch is ~24 min on 2 cores, one of ours ~1 min on 1
-DEFAULT_SCHEDULES = {"zoobot-convnext_pico": (1, 20), "zoobot-convnext_pico-paper-epochs": (2, 1),
-                     "paper-resnet50-fpn": (2, 1)}
 
 
 def parse_schedule(text: str) -> tuple[str, tuple[int, int]]:
     name, _, spec = text.partition("=")
     stages, _, epochs = spec.partition("x")
-    if name not in DEFAULT_SCHEDULES or not (stages.isdigit() and epochs.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected NAME=STAGESxEPOCHS with NAME in {sorted(DEFAULT_SCHEDULES)}")
+    if name not in RUNS or not (stages.isdigit() and epochs.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected NAME=STAGESxEPOCHS with NAME in {sorted(RUNS)}")
     return name, (int(stages), int(epochs))
 
 
@@ -79,13 +77,13 @@ def main(argv=None):
     parser.add_argument("--n-test", type=int, default=50, help="held-out galaxies (FITS + JPEG each)")
     parser.add_argument("--schedule", type=parse_schedule, action="append", default=[],
                         help="NAME=STAGESxEPOCHS, e.g. paper-resnet50-fpn=2x1 (defaults: "
-                             + ", ".join(f"{k}={s}x{e}" for k, (s, e) in DEFAULT_SCHEDULES.items()) + ")")
+                             + ", ".join(f"{k}={s}x{e}" for k, (_, _, (s, e)) in RUNS.items()) + ")")
     parser.add_argument("--max-stages", type=int, default=None,
                         help="stop after this many stages in this run (resume later)")
     parser.add_argument("--only", choices=sorted(RUNS), help="train/evaluate one run only")
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "benchmarks" / "paper_comparison.md")
     args = parser.parse_args(argv)
-    schedules = {**DEFAULT_SCHEDULES, **dict(args.schedule)}
+    schedules = {**{name: schedule for name, (_, _, schedule) in RUNS.items()}, **dict(args.schedule)}
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
@@ -105,7 +103,7 @@ def main(argv=None):
     def record(key, seconds):  # re-read first: the two detectors may be trained by two processes
         timings_file.write_text(json.dumps({**timings(), key: seconds}, indent=1))
 
-    for name, (_, architecture) in RUNS.items():
+    for name, (_, architecture, _) in RUNS.items():
         if args.only and name != args.only:
             continue
         base, stages_run = architecture, 0
@@ -155,7 +153,7 @@ def main(argv=None):
                 f"{1000 * recorded.get(f'{name}.detect_s', float('nan')) / n_test_images:.0f} | "
                 f"{recorded.get(f'{name}.threads', threads())} |")
 
-    for name, (label, _) in RUNS.items():
+    for name, (label, _, _) in RUNS.items():
         metrics_file = work / f"{name}.detections.metrics.json"
         n_stages, epochs_per_stage = schedules[name]
         if not metrics_file.exists():

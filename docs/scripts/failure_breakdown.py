@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from napari_clumps.detections import read_detections
+from napari_clumps.io import is_fits_path
 from napari_clumps.metrics import box_iou, match_image
 
 BOX = ["x_min", "y_min", "x_max", "y_max"]
@@ -49,7 +50,7 @@ def main():
     truth["hit"] = pd.concat(truth_hit)
     found["hit"] = pd.concat(det_hit)
     found["overlap"] = pd.concat(det_distance)
-    truth["kind"] = np.where(truth.image.str.lower().str.endswith((".jpg", ".jpeg", ".png")), "JPEG", "FITS")
+    truth["kind"] = np.where(truth.image.map(is_fits_path), "FITS", "JPEG")
 
     print(f"threshold {args.threshold}: completeness {truth.hit.mean():.3f}, purity {found.hit.mean():.3f} "
           f"({len(truth)} truth boxes, {len(found)} detections)")
