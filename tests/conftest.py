@@ -167,3 +167,22 @@ def trained_model(request, tmp_path_factory):
                          data_description="96 simulated galaxies, seed 21")
         save_model(detector, path)
     return path, d / "test", read_detections(test_truth)
+
+
+@pytest.fixture(scope="session")
+def galaxy_with_pasted_clump():
+    """A simulated galaxy's composite on a larger empty canvas, with a copy of one of its clumps
+    pasted into the top-left corner, off the galaxy. Returns (RGB uint8, corner extent in px):
+    a box centred within the extent in x and y is the pasted copy."""
+    from napari_clumps.composite import lupton_composite
+    from napari_clumps.simulate import BANDS, simulate_galaxy
+
+    galaxy = simulate_galaxy(seed=7, index=3)
+    rgb = lupton_composite(galaxy.bands, BANDS)
+    x, y = int(galaxy.clumps[0].x), int(galaxy.clumps[0].y)
+    half = int(galaxy.box_side) // 2
+    patch = rgb[y - half: y + half, x - half: x + half]
+    canvas = np.zeros((320, 320, 3), np.uint8)
+    canvas[60:260, 60:260] = rgb
+    canvas[4: 4 + patch.shape[0], 4: 4 + patch.shape[1]] = patch
+    return canvas, 4 + 2 * half

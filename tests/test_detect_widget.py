@@ -189,3 +189,38 @@ def test_widget_finds_held_out_clumps(make_napari_viewer, trained_model, qtbot, 
     found = read_detections(widget.export_csv(tmp_path / "widget.csv"))
     row = scores_table(truth[truth.image.isin(names)], found, thresholds=[0.5], images=names).iloc[0]
     assert row.completeness >= 0.6 and row.purity >= 0.5, row.to_dict()
+
+
+def test_off_host_boxes_hidden_until_asked_and_psf_options_reach_the_detector(make_napari_viewer, qtbot,
+                                                                              galaxy_with_pasted_clump, monkeypatch):
+    canvas, corner = galaxy_with_pasted_clump
+    viewer = make_napari_viewer()
+    image_layer = viewer.add_image(canvas, name="pasted", rgb=True)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [image_layer]
+    widget.score.value = 0.3
+    widget.psf_fwhm.value = 6.5
+    widget.pixel_scale.value = 0.4
+    seen = []
+    original = inference.iter_detections
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("psf_fwhm", "pixel_scale", "keep_off_host")})
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "iter_detections", spy)
+    _run_and_wait(widget, qtbot)
+    assert seen == [{"psf_fwhm": 6.5, "pixel_scale": 0.4, "keep_off_host": True}]
+    layer = viewer.layers["pasted clumps"]
+
+    def corner_boxes():
+        centres = [np.asarray(v).mean(axis=0) for v in layer.data]  # napari (row, col)
+        return [c for c in centres if c[0] < corner and c[1] < corner]
+
+    assert len(layer.data) >= 1 and corner_boxes() == []
+    widget.keep_off_host.value = True
+    assert len(corner_boxes()) >= 1
+    assert not layer.features["on_host"].all()
+    widget.keep_off_host.value = False
+    assert corner_boxes() == [] and layer.features["on_host"].all()

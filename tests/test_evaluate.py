@@ -59,3 +59,6 @@ def test_greedy_by_score_and_centre_rule():
     assert match_image(truth, shifted, rule="iou", iou_threshold=0.5).n_matched == 0
     assert match_image(truth, shifted, rule="centre").n_matched == 1
     assert match_image(truth, [[9, 9, 19, 19]], rule="centre").n_matched == 0
+    # the larger of the two boxes sets the distance: a 20 px detection centred 9.4 px away matches
+    assert match_image(truth, [[0, 3, 20, 23]], rule="centre").n_matched == 1
+    assert match_image(truth, [[5, 8, 15, 18]], rule="centre").n_matched == 0

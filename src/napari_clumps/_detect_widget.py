@@ -9,11 +9,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, PushButton,
-                              Select)
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label,
+                              PushButton, Select)
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ._layers import (HAND_MODEL, apply_score_threshold, boxes_table, detections_layer_over, image_name,
+from ._layers import (apply_score_threshold, boxes_table, detections_layer_over, hand_box_features, image_name,
                       label_colours, layer_to_galaxy_image)
 
 #: Lowest score the widget keeps, so that the slider can go down without re-running the model.
@@ -82,6 +82,15 @@ class DetectionWidget(QWidget):
                                  tooltip="shown boxes; moving it does not re-run the model")
         self.nms = FloatSpinBox(label="NMS IoU", min=0.05, max=0.95, step=0.05, value=0.2,
                                 tooltip="class-agnostic non-maximum suppression (0.2 as in the paper)")
+        self.keep_off_host = CheckBox(label="off host", value=False, text="show boxes off the host galaxy",
+                                      tooltip="clumps belong to the central galaxy; tick to also show boxes "
+                                              "on field stars and neighbours (hidden, not deleted)")
+        self.psf_fwhm = FloatSpinBox(label="PSF FWHM (px)", min=0.0, max=100.0, step=0.1, value=0.0,
+                                     tooltip="the images' PSF FWHM in pixels: they are resampled to the "
+                                             "model's training PSF. 0: from the FITS header or pixel scale")
+        self.pixel_scale = FloatSpinBox(label='pixel scale ("/px)', min=0.0, max=10.0, step=0.01, value=0.0,
+                                        tooltip='arcsec per pixel (with 1.2" seeing) when the PSF FWHM is not '
+                                                "given; 0: from the FITS header, or no resampling")
         self.new_label = ComboBox(label="new boxes", choices=["clump", "odd_clump"], value="clump",
                                   tooltip="class of boxes you draw")
         self.run_button = PushButton(text="Detect")
@@ -93,7 +102,8 @@ class DetectionWidget(QWidget):
         self.status.native.setWordWrap(True)
         self.images.native.setMaximumHeight(110)
         self.form = Container(widgets=[
-            self.images, self.model, self.model_file, self.device, self.score, self.nms, self.new_label,
+            self.images, self.model, self.model_file, self.device, self.score, self.keep_off_host, self.nms,
+            self.psf_fwhm, self.pixel_scale, self.new_label,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.csv_path, Container(widgets=[self.export_button, self.import_button], layout="horizontal",
                                      labels=False),
@@ -106,6 +116,7 @@ class DetectionWidget(QWidget):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.score.changed.connect(self._apply_threshold)
+        self.keep_off_host.changed.connect(self._apply_threshold)
         self.new_label.changed.connect(self._set_new_label)
         self.model_file.changed.connect(self._add_model_file)
         self.model.changed.connect(self._use_model_threshold)
@@ -170,7 +181,8 @@ class DetectionWidget(QWidget):
         self.status.value = f"detecting in {len(images)} image(s)..."
         self.worker = create_worker(  # starts at once, since handlers are connected here
             _detect_in_thread, images, [layer.name for layer in layers], self.selected_model(),
-            self.device.value, self.nms.value, self._stop.is_set,
+            self.device.value, self.nms.value, self._stop.is_set, self.psf_fwhm.value or None,
+            self.pixel_scale.value or None,
             _progress={"total": len(images), "desc": "Detecting clumps"},
             _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished})
 
@@ -200,9 +212,9 @@ class DetectionWidget(QWidget):
             self.viewer.layers.remove(name)
         layer = self.viewer.add_shapes(data, name=name, **kwargs)
         layer.events.data.connect(lambda event, layer=layer: _recolour_added(layer, event))
-        apply_score_threshold(layer, self.score.value)
+        apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
         self.status.value = (f"{image_layer.name}: {len(layer.data)} clumps shown "
-                             f"({len(result.table)} with score >= {SCORE_FLOOR}); {device_text}")
+                             f"({len(result.table)} with score >= {SCORE_FLOOR} on or off the host); {device_text}")
 
     def _failed(self, message: str):
         from napari.utils.notifications import show_error
@@ -220,13 +232,13 @@ class DetectionWidget(QWidget):
     def boxes_layers(self):
         return [layer for layer in self.viewer.layers if is_boxes_layer(layer)]
 
-    def _apply_threshold(self, value):
+    def _apply_threshold(self, _value=None):
         for layer in self.boxes_layers():
-            apply_score_threshold(layer, value)
+            apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
 
     def _set_new_label(self, label):
         for layer in self.boxes_layers():
-            layer.feature_defaults = {"label": label, "score": 1.0, "model": HAND_MODEL}
+            layer.feature_defaults = hand_box_features(label)
 
     # ------------------------------------------------------------------ CSV
 
@@ -301,7 +313,7 @@ def avoid_triton_llvm_clash() -> None:
         sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
 
 
-def _detect_in_thread(images, names, model, device, nms_iou, should_stop):
+def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fwhm=None, pixel_scale=None):
     """Worker body: yields ``("result", layer name, ImageDetections, device text)`` per image, or
     ``("error", message)`` for the failures a user can act on (bad model file, no GPU, out of
     memory); anything else propagates and napari reports it with its traceback."""
@@ -316,6 +328,7 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop):
         device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
         results = iter_detections(images, detector, names=[image_name_of(i) for i in images],
                                   device=str(torch_device), score_threshold=SCORE_FLOOR, nms_iou=nms_iou,
+                                  keep_off_host=True, psf_fwhm=psf_fwhm, pixel_scale=pixel_scale,
                                   should_stop=should_stop)
         for name, result in zip(names, results):
             yield "result", name, result, device_text

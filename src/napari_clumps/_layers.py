@@ -103,6 +103,11 @@ def _stem(path) -> str:
 HAND_MODEL = "hand"
 
 
+def hand_box_features(label: str = "clump") -> dict:
+    """Features of a box the user draws: sure (score 1), by hand, on the host."""
+    return {"label": label, "score": 1.0, "model": HAND_MODEL, "on_host": True}
+
+
 def image_name(image_layer) -> str:
     """The name an image layer has in CSVs: its file name, else the layer name."""
     path = image_layer.metadata.get("path") if image_layer is not None else None
@@ -123,24 +128,30 @@ def layer_to_galaxy_image(layer):
             rgb = np.clip(np.rint(np.nan_to_num(rgb.astype(np.float32)) / peak * 255), 0, 255).astype(np.uint8)
         bands = np.moveaxis(rgb, -1, 0) / np.float32(255)
         return GalaxyImage(path=Path(name), bands=bands, band_names=("R", "G", "B"), composite=rgb,
-                           wcs=layer.metadata.get("wcs"))
+                           wcs=layer.metadata.get("wcs"), header=layer.metadata.get("header"))
     if data.ndim != 2:
         raise ValueError(f"{layer.name}: a {data.ndim}-D layer; choose a 2-D image or an RGB layer")
     band = np.nan_to_num(data.astype(np.float32))
     return GalaxyImage(path=Path(name), bands=band[None], band_names=("L",),
-                       composite=lupton_composite(band[None], ("L",)), wcs=layer.metadata.get("wcs"))
+                       composite=lupton_composite(band[None], ("L",)), wcs=layer.metadata.get("wcs"),
+                       header=layer.metadata.get("header"))
 
 
 def detections_layer(table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None,
                      new_label: str = "clump") -> tuple:
     """A Shapes layer data tuple of a detections table, with the image's display ``transform``."""
+    import pandas as pd
+
     boxes = table[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
     data, kwargs, kind = boxes_layer(boxes, list(table.label), table.score.to_numpy(float),
                                      name=name or f"{image_name} clumps", image_kwargs=transform)
     kwargs["features"]["model"] = list(table.model)
-    kwargs["feature_defaults"] = {"label": new_label, "score": 1.0, "model": HAND_MODEL}
+    # Off the host galaxy (False) or not (True, also when no host was found or for hand labels).
+    on_host = table["on_host"] if "on_host" in table else [True] * len(table)
+    kwargs["features"]["on_host"] = pd.Series(list(on_host), dtype="boolean").fillna(True).astype(bool).tolist()
+    kwargs["feature_defaults"] = hand_box_features(new_label)
     kwargs["metadata"] = {"napari_clumps_boxes": True, "image_name": image_name, "wcs": wcs, "height": height,
-                          "below_threshold": None, "score_threshold": 0.0}
+                          "below_threshold": None, "score_threshold": 0.0, "keep_off_host": False}
     return data, kwargs, kind
 
 
@@ -175,8 +186,9 @@ def shapes_table(vertices, features, metadata: dict, layer_name: str):
         model=list(features["model"]) if "model" in features else HAND_MODEL)
 
 
-def apply_score_threshold(shapes_layer, threshold: float) -> None:
-    """Show only boxes scoring at least ``threshold``; hidden ones are kept and come back when lowered.
+def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | None = None) -> None:
+    """Show only boxes scoring at least ``threshold`` (and on the host galaxy unless
+    ``keep_off_host``; None: as the layer was); hidden ones are kept and come back.
 
     Boxes the user drew (model "hand") always stay. Edits to shown boxes are kept, because the
     layer is rebuilt from its current shapes, not from the model's output.
@@ -188,16 +200,23 @@ def apply_score_threshold(shapes_layer, threshold: float) -> None:
     current["_vertices"] = [np.asarray(v) for v in shapes_layer.data]
     pool = metadata.get("below_threshold")
     everything = current if pool is None or len(pool) == 0 else pd.concat([current, pool], ignore_index=True)
-    keep = (everything["score"].to_numpy(float) >= threshold) | (everything.get("model") == HAND_MODEL).to_numpy()
+    if keep_off_host is None:
+        keep_off_host = bool(metadata.get("keep_off_host", False))
+    on_host = everything["on_host"].fillna(True).astype(bool).to_numpy() if "on_host" in everything else True
+    keep = (((everything["score"].to_numpy(float) >= threshold) & (on_host | keep_off_host))
+            | (everything.get("model") == HAND_MODEL).to_numpy())
     shown, hidden = everything[keep].reset_index(drop=True), everything[~keep].reset_index(drop=True)
     metadata["below_threshold"] = hidden
     metadata["score_threshold"] = float(threshold)
+    metadata["keep_off_host"] = bool(keep_off_host)
     if len(shown) == len(current) and len(hidden) == (0 if pool is None else len(pool)):
         return  # nothing moves
     shapes_layer.selected_data = set()
     shapes_layer.data = []  # replace in one go: shapes and their features together
     if len(shown):
         shapes_layer.add_rectangles(list(shown["_vertices"]))
-        shapes_layer.features = shown.drop(columns="_vertices")
+    # also when nothing is shown: emptying the data leaves the old feature rows behind
+    shapes_layer.features = shown.drop(columns="_vertices")
+    if len(shown):
         shapes_layer.edge_color = label_colours(shown["label"])
     shapes_layer.refresh()

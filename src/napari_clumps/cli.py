@@ -76,7 +76,9 @@ def cmd_detect(args) -> int:
          + (" (the model's)" if args.score_threshold is None else ""))
     tables, images, failed = [], [], 0
     results = iter_detections([p for p, _ in found], detector, names=[n for _, n in found], device=str(device),
-                              batch_size=args.batch_size, score_threshold=threshold, nms_iou=args.nms_iou)
+                              batch_size=args.batch_size, score_threshold=threshold, nms_iou=args.nms_iou,
+                              keep_off_host=args.keep_off_host, psf_fwhm=args.psf_fwhm,
+                              pixel_scale=args.pixel_scale, seeing=args.seeing)
     for result in _progress(results, "detecting", len(found)):
         images.append(_images_row(result))
         if result.error:
@@ -257,6 +259,7 @@ def _demo_in_napari() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .scale import DEFAULT_SEEING_ARCSEC
 
     parser = argparse.ArgumentParser(prog="napari-clumps", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"napari-clumps {__version__}")
@@ -279,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--nms-iou", type=float, default=0.2, help="class-agnostic NMS IoU (0.2, as in the paper)")
     detect.add_argument("--batch-size", type=int, default=4, help="network inputs per batch (4)")
     detect.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    detect.add_argument("--keep-off-host", action="store_true",
+                        help="also report detections off the central (host) galaxy: field stars, neighbours")
+    detect.add_argument("--psf-fwhm", type=float, default=None, metavar="PX",
+                        help="PSF FWHM of the images in pixels; they are resampled to the model's training PSF")
+    detect.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
+                        help="pixel scale of the images in arcsec/pixel (with --seeing) when the PSF FWHM is "
+                             "not given; default: from FITS headers, else no resampling")
+    detect.add_argument("--seeing", type=float, default=None, metavar="ARCSEC",
+                        help=f"seeing FWHM in arcsec used with --pixel-scale (default {DEFAULT_SEEING_ARCSEC:g})")
     detect.set_defaults(run=cmd_detect)
 
     train = commands.add_parser("train", help="train or fine-tune a detector on labelled images")

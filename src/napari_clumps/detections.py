@@ -21,12 +21,16 @@ import numpy as np
 
 COLUMNS = ["image", "label", "score", "x_min", "y_min", "x_max", "y_max",
            "x_center", "y_center", "ra", "dec", "model"]
+#: Columns the detector adds after the contract's own (:mod:`napari_clumps.host`): the
+#: detection's elliptical distance from the host galaxy's centre in units of the host's
+#: semi-major axis, and whether it lies on the host (empty when no host was found).
+HOST_COLUMNS = ["host_distance", "on_host"]
 #: Class names by detector class index (0 is background).
 CLASS_NAMES = ("background", "clump", "odd_clump")
 LABELS = CLASS_NAMES[1:]
 # Written precision: 1e-4 px, 1e-8 deg (0.04 mas), scores to 1e-5.
 _DECIMALS = {"score": 5, "x_min": 4, "y_min": 4, "x_max": 4, "y_max": 4, "x_center": 4, "y_center": 4,
-             "ra": 8, "dec": 8}
+             "ra": 8, "dec": 8, "host_distance": 4}
 IMAGES_COLUMNS = ["image", "status", "n_detections", "width", "height", "error"]
 
 

@@ -125,19 +125,28 @@ def postprocess(boxes, scores, labels, nms_iou: float, score_threshold: float):
 
 def iter_detections(items, model=None, *, names=None, device="auto", batch_size: int = 4,
                     score_threshold: float | None = None, nms_iou: float = DEFAULT_NMS_IOU,
-                    should_stop=None):
+                    keep_off_host: bool = False, psf_fwhm: float | None = None,
+                    pixel_scale: float | None = None, seeing: float | None = None, should_stop=None):
     """Yield an :class:`ImageDetections` per item, in order.
 
     ``items``: paths, :class:`~napari_clumps.io.GalaxyImage` objects or arrays. A file that cannot
     be read yields its error and the others go on. Tiles of all images are batched together,
     ``batch_size`` network inputs at a time. ``score_threshold`` defaults to the model's
     recommended one. ``should_stop()`` is polled between batches.
+
+    Every table has the host columns of :mod:`napari_clumps.host`; detections off the host galaxy
+    are dropped unless ``keep_off_host``. ``psf_fwhm`` (pixels), or ``pixel_scale`` (arcsec/px)
+    with ``seeing`` (arcsec), say how large the PSF is (FITS headers may say it too); the image is
+    then resampled to the model's training PSF (:mod:`napari_clumps.scale`).
     """
     import torch
 
     from .detections import detections_frame
+    from .host import add_host_columns, find_host, on_host_rows
     from .io import ImageReadError
+    from .scale import image_psf_fwhm, resample, resample_factor
 
+    image_psf_fwhm(None, psf_fwhm, pixel_scale, seeing)  # bad values fail here, before any work
     detector = resolve_model(model, device)
     network, config = detector.network, detector.config
     if score_threshold is None:
@@ -160,6 +169,7 @@ def iter_detections(items, model=None, *, names=None, device="auto", batch_size:
             outputs = network([t.to(torch_device) for *_, t in batch])
         for (index, y0, x0, _), out in zip(batch, outputs):
             boxes = out["boxes"].float().cpu().numpy() + np.array([x0, y0, x0, y0], np.float32)
+            boxes /= pending[index]["factor"]  # back to the image's own pixels
             pending[index]["parts"].append((boxes, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy()))
         batch.clear()
 
@@ -173,6 +183,9 @@ def iter_detections(items, model=None, *, names=None, device="auto", batch_size:
         order = np.argsort(-scores, kind="stable")
         table = detections_frame(state["name"], boxes[order], labels[order], scores[order], wcs=image.wcs,
                                  model=detector.model_id)
+        table = add_host_columns(table, find_host(image))
+        if not keep_off_host:
+            table = on_host_rows(table).reset_index(drop=True)
         finished[index] = ImageDetections(state["name"], table, width=image.width, height=image.height)
 
     def ready():
@@ -192,9 +205,12 @@ def iter_detections(items, model=None, *, names=None, device="auto", batch_size:
             finished[index] = ImageDetections(name, error=str(error))
             yield from ready()
             continue
-        tensor = image_tensor(image, config.in_chans)
-        windows = tile_windows(image.height, image.width, tile, overlap)
-        pending[index] = {"image": image, "name": name, "parts": [], "n_tiles": len(windows)}
+        factor = resample_factor(config.psf_fwhm_px, image_psf_fwhm(image, psf_fwhm, pixel_scale, seeing))
+        tensor = resample(image_tensor(image, config.in_chans), factor)
+        height, width = tensor.shape[-2:]
+        windows = tile_windows(height, width, tile, overlap)
+        pending[index] = {"image": image, "name": name, "parts": [], "n_tiles": len(windows),
+                          "factor": np.array([width / image.width, height / image.height] * 2, np.float32)}
         for y0, x0, y1, x1 in windows:
             batch.append((index, y0, x0, tensor[:, y0:y1, x0:x1]))
             if len(batch) >= batch_size:
@@ -221,7 +237,7 @@ def detect(images, model=None, **options):
     """
     import pandas as pd
 
-    from .detections import COLUMNS
+    from .detections import COLUMNS, HOST_COLUMNS
 
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
@@ -230,4 +246,4 @@ def detect(images, model=None, **options):
         if result.error:
             raise ValueError(result.error)
         tables.append(result.table)
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS + HOST_COLUMNS)

@@ -71,6 +71,9 @@ class DetectorConfig:
     #: Images larger than this (after input_scale) are tiled with this overlap.
     tile_size: int = 512
     tile_overlap: int = 64
+    #: PSF FWHM (pixels) of the training images; images whose PSF is known are resampled to it
+    #: (:mod:`napari_clumps.scale`). 0: unknown, images are used as they are.
+    psf_fwhm_px: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
