@@ -65,6 +65,14 @@ def test_odd_training_data_trains_without_nan(case):
     assert all(torch.isfinite(p).all() for p in detector.network.parameters())
 
 
+def test_without_validation_the_threshold_is_the_base_models():
+    base = _tiny()
+    base.provenance["score_threshold"] = 0.65
+    tuned = train(base, _items(3), TrainingOptions(epochs=1, batch_size=2, trainable_blocks=None, val_fraction=0))
+    assert tuned.score_threshold == 0.65
+    assert "no validation images" in tuned.provenance["threshold_source"]
+
+
 def test_bad_options_and_empty_data_are_refused():
     with pytest.raises(TrainingError, match="no training images"):
         train(_tiny(), [], TrainingOptions(epochs=1))

@@ -382,6 +382,10 @@ def _with_provenance(trained, base, options, history, n_train, n_val, data_descr
         "best_val_f1": max((h.get("val_f1", math.nan) for h in history), default=math.nan),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    if threshold is not None:  # the best-F1 threshold on the validation images
+    if threshold is not None:
         provenance["score_threshold"] = round(float(threshold), 2)
+        provenance["threshold_source"] = "best F1 on the validation images"
+    elif "score_threshold" in base.provenance:  # no validation images: the base model's, not 0.3
+        provenance["score_threshold"] = base.provenance["score_threshold"]
+        provenance["threshold_source"] = f"the base model's ({provenance['base_model']}); no validation images"
     return Detector(trained.network, trained.config, provenance, trained.source)
