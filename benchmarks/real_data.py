@@ -12,8 +12,9 @@ what is done unless --force; the table docs/benchmarks/real_data.md is rewritten
   on the host galaxy only (the default now), and on the host with the image's PSF given from its
   pixel scale (FWHM = 1.2" / scale, as the catalogue's nominal boxes assume).
 * ``ellipticals``: detections per image at the default threshold on 200 real SDSS ellipticals
-  (Galaxy Zoo 1 class, ../shared/data/real_galaxies/sdss_gz1; a fixed random sample), where no
-  clumps are expected; all detections and on-host only.
+  (Galaxy Zoo 1 class, ../shared/data/real_galaxies/sdss_gz1; a fixed random sample of those the
+  real-sky training set does not use, benchmarks/real_sky_training_gz1.txt), where no clumps are
+  expected; all detections and on-host only.
 * ``sim``: the simulated test set (napari-clumps simulate --n 200 --seed 424242), IoU >= 0.3.
 * ``scale``: the dev images resampled by 0.5 and 2 (boxes too), scored with and without the PSF
   option, to see what the pixel-scale handling buys.
@@ -40,6 +41,8 @@ RESULTS = ROOT / "docs" / "benchmarks" / "real_data.json"
 TABLE = ROOT / "docs" / "benchmarks" / "real_data.md"
 PLOT = ROOT / "docs" / "images" / "learning_curve.png"
 BUILD = ROOT / "build" / "real_data"
+#: GZ1 images the real-sky training set uses (hosts, negatives): never in the clump-free test sample.
+TRAINING_GZ1 = ROOT / "benchmarks" / "real_sky_training_gz1.txt"
 #: Seeing assumed by the dev set's nominal boxes (its README): box side = 2.5 x 1.2" / scale.
 DEV_SEEING_ARCSEC = 1.2
 N_ELLIPTICALS = 200
@@ -58,18 +61,29 @@ def dev_set():
     return paths, truth, fwhm
 
 
+#: The training PSF (pixels) assumed for rows where the images' PSF is given (--psf-fwhm-px), for
+#: models that do not record one; None: the model's own ``psf_fwhm_px``.
+TRAINING_PSF_OVERRIDE = None
+
+
 def detect_all(model, images, names, psf_fwhm=None):
     """All detections (score >= 0.05, on and off the host); ``psf_fwhm`` a dict by name or None."""
     from napari_clumps.inference import iter_detections
 
+    own = model.config.psf_fwhm_px
+    if psf_fwhm and TRAINING_PSF_OVERRIDE is not None:
+        model.config.psf_fwhm_px = TRAINING_PSF_OVERRIDE
     tables = []
-    for image, name in zip(images, names):
-        fwhm = psf_fwhm.get(name) if psf_fwhm else None
-        for result in iter_detections([image], model, names=[name], score_threshold=0.05, keep_off_host=True,
-                                      psf_fwhm=fwhm, device="cpu"):
-            if result.error:
-                raise SystemExit(result.error)
-            tables.append(result.table)
+    try:
+        for image, name in zip(images, names):
+            fwhm = psf_fwhm.get(name) if psf_fwhm else None
+            for result in iter_detections([image], model, names=[name], score_threshold=0.05, keep_off_host=True,
+                                          psf_fwhm=fwhm, device="cpu"):
+                if result.error:
+                    raise SystemExit(result.error)
+                tables.append(result.table)
+    finally:
+        model.config.psf_fwhm_px = own
     return pd.concat(tables, ignore_index=True)
 
 
@@ -120,15 +134,37 @@ def _truth_on_host(paths, truth) -> float:
     return round(on / len(truth), 4)
 
 
-def section_ellipticals(detector):
+def elliptical_sample(random_state: int = 0, exclude=()) -> list[str]:
+    """200 GZ1 ellipticals never used by the real-sky training set (nor in ``exclude``).
+
+    ``random_state`` 0 is the clump-free test sample; others serve calibration.
+    """
     catalogue = pd.read_csv(ELLIPTICALS.parent / "sdss_gz1.csv")
-    names = catalogue[catalogue.gz1_class == "elliptical"].image.sort_values()
-    names = list(names.sample(N_ELLIPTICALS, random_state=0))
-    found = detect_all(detector, [ELLIPTICALS / n for n in names], names)
-    found = found[found.score >= detector.score_threshold]
+    used = {line.strip() for line in TRAINING_GZ1.read_text().splitlines() if not line.startswith("#")}
+    used |= set(exclude)
+    names = catalogue[(catalogue.gz1_class == "elliptical") & ~catalogue.image.isin(used)].image.sort_values()
+    return list(names.sample(N_ELLIPTICALS, random_state=random_state))
+
+
+def per_image_by_threshold(found, n_images: int) -> pd.DataFrame:
+    """On-host detections per image by class at thresholds 0.05-0.95 (clump-free galaxies)."""
     from napari_clumps.host import on_host_rows
 
-    out = {"n_images": len(names), "threshold": detector.score_threshold}
+    found = on_host_rows(found)
+    rows = [{"threshold": t, **{label: float(((found.score >= t) & (found.label == label)).sum()) / n_images
+                                for label in ("clump", "odd_clump")}}
+            for t in np.round(np.arange(0.05, 1.0, 0.05), 2)]
+    return pd.DataFrame(rows)
+
+
+def section_ellipticals(detector):
+    names = elliptical_sample()
+    everything = detect_all(detector, [ELLIPTICALS / n for n in names], names)
+    found = everything[everything.score >= detector.score_threshold]
+    from napari_clumps.host import on_host_rows
+
+    out = {"n_images": len(names), "threshold": detector.score_threshold,
+           "on host by threshold": per_image_by_threshold(everything, len(names)).round(4).to_dict(orient="records")}
     for variant, table in (("all detections", found), ("on host", on_host_rows(found))):
         out[variant] = {label: round(float((table.label == label).sum()) / len(names), 4)
                         for label in ("clump", "odd_clump")}
@@ -171,7 +207,12 @@ def section_scale(detector):
     return out
 
 
-def section_learning(detector, epochs: int):
+#: Fine-tuning recipes of the learning curve: the library's defaults (encoder frozen, lr 3e-4) and
+#: every layer trained at a lower rate.
+LEARNING_RECIPES = {"learning": {}, "learning_all_layers": {"trainable_blocks": None, "learning_rate": 1e-4}}
+
+
+def section_learning(detector, epochs: int, recipe: dict):
     import copy
 
     from napari_clumps.io import read_image
@@ -194,7 +235,8 @@ def section_learning(detector, epochs: int):
                                            np.ones(len(t), int), name))
             base = Detector(copy.deepcopy(detector.network), detector.config, dict(detector.provenance))
             start = time.perf_counter()
-            tuned = train(base, items, TrainingOptions(epochs=epochs, val_fraction=0.0, device="cpu", seed=fold))
+            tuned = train(base, items, TrainingOptions(epochs=epochs, val_fraction=0.0, device="cpu", seed=fold,
+                                                       **recipe))
             seconds = time.perf_counter() - start
             found = detect_all(tuned, [images[n] for n in test_names], test_names)
             result = scores(truth, found, test_names, tuned.score_threshold, CENTRE, "clump", on_host=True)
@@ -206,7 +248,8 @@ def section_learning(detector, epochs: int):
         found = detect_all(detector, [images[n] for n in names], names)
         before.append({"fold": fold, "k": 0, **scores(truth, found, names, detector.score_threshold, CENTRE,
                                                          "clump", on_host=True)})
-    return {"epochs": epochs, "runs": before + rows}
+    return {"epochs": epochs, "recipe": {k: str(v) for k, v in recipe.items()} or "library defaults",
+            "runs": before + rows}
 
 
 SECTIONS = {"dev": section_dev, "ellipticals": section_ellipticals, "sim": section_sim, "scale": section_scale}
@@ -216,9 +259,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="model file or packaged name")
     parser.add_argument("--name", help="row name in the results (default: the model's id)")
-    parser.add_argument("--sections", default="dev,ellipticals,sim,scale")
+    parser.add_argument("--sections", default="dev,ellipticals,sim,scale",
+                        help="comma-separated: dev, ellipticals, sim, scale, learning, learning_all_layers")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of the learning curve")
-    parser.add_argument("--psf-fwhm-px", type=float, help="override the model's training PSF FWHM (pixels)")
+    parser.add_argument("--psf-fwhm-px", type=float,
+                        help="the training PSF FWHM (pixels) to assume where the images' PSF is given")
     parser.add_argument("--force", action="store_true", help="rerun sections already in the results")
     args = parser.parse_args()
     import torch
@@ -226,19 +271,19 @@ def main():
     from napari_clumps.inference import resolve_model
 
     torch.set_num_threads(2)
+    global TRAINING_PSF_OVERRIDE
+    TRAINING_PSF_OVERRIDE = args.psf_fwhm_px
     detector = resolve_model(args.model, "cpu")
-    if args.psf_fwhm_px is not None:
-        detector.config.psf_fwhm_px = args.psf_fwhm_px
     name = args.name or detector.model_id
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    entry = results.setdefault(name, {"model": str(args.model), "model_id": detector.model_id,
-                                      "psf_fwhm_px": detector.config.psf_fwhm_px})
+    entry = results.setdefault(name, {"model": str(args.model), "model_id": detector.model_id})
+    entry["psf_fwhm_px"] = args.psf_fwhm_px or detector.config.psf_fwhm_px
     for section in args.sections.split(","):
         if section in entry and not args.force:
             continue
         start = time.perf_counter()
-        entry[section] = (section_learning(detector, args.epochs) if section == "learning"
-                          else SECTIONS[section](detector))
+        entry[section] = (section_learning(detector, args.epochs, LEARNING_RECIPES[section])
+                          if section in LEARNING_RECIPES else SECTIONS[section](detector))
         entry[section + "_seconds"] = round(time.perf_counter() - start, 1)
         RESULTS.write_text(json.dumps(results, indent=1))
         print(f"{name}: {section} done in {entry[section + '_seconds']:.0f} s", file=sys.stderr)
@@ -263,6 +308,8 @@ def write_table(results: dict) -> None:
                 continue
             for klass, s in by_class.items():
                 lines.append(f"| {name} | {variant} | {klass} | {_cell(s['best'])} | {_cell(s['default'])} |")
+    lines += ["", "Rows \"PSF from pixel scale\" resample each image by (training PSF) / (1.2\" / its scale); training PSF "
+              "assumed: " + ", ".join(f"{n} {e.get('psf_fwhm_px', 0):g} px" for n, e in results.items()) + "."]
     lines += ["", "Fraction of catalogued clumps the host finder puts on their galaxy: "
               + ", ".join(f"{n} {e['dev']['truth on host']:.3f}" for n, e in results.items() if "dev" in e), ""]
     lines += ["## Real clump-free galaxies (SDSS ellipticals)", "",
@@ -286,20 +333,20 @@ def write_table(results: dict) -> None:
         for variant, s in entry.get("scale", {}).items():
             lines.append(f"| {name} | {variant} | {_cell(s['best'])} | {_cell(s['default'])} |")
     lines += ["", "## Learning curve: fine-tuned on k dev galaxies, scored on others (clump class, on host)", "",
-              "| model | epochs | fold | k | best | fine-tuned model's threshold | training s |", "|---|---|---|---|---|---|---|"]
+              "| model | recipe | fold | k | best | fine-tuned model's threshold | training s |", "|---|---|---|---|---|---|---|"]
     for name, entry in results.items():
-        learning = entry.get("learning")
-        if learning:
-            for run in learning["runs"]:
-                lines.append(f"| {name} | {learning['epochs']} | {run['fold']} | {run['k']} | {_cell(run['best'])} | "
-                             f"{_cell(run['default'])} | {run.get('seconds', '')} |")
+        for key in LEARNING_RECIPES:
+            learning = entry.get(key)
+            for run in learning["runs"] if learning else []:
+                lines.append(f"| {name} | {learning['recipe']}, {learning['epochs']} epochs | {run['fold']} | "
+                             f"{run['k']} | {_cell(run['best'])} | {_cell(run['default'])} | {run.get('seconds', '')} |")
     lines.append("")
     TABLE.write_text("\n".join(lines))
     _plot_learning(results)
 
 
 def _plot_learning(results: dict) -> None:
-    entries = {n: e["learning"] for n, e in results.items() if "learning" in e}
+    entries = {f"{n}, {k.replace('_', ' ')}": e[k] for n, e in results.items() for k in LEARNING_RECIPES if k in e}
     if not entries:
         return
     import matplotlib

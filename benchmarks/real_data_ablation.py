@@ -9,7 +9,8 @@ number of images, drawn from different sources:
 * ``simulated``: simulated galaxies only (more of what default-v4 was trained on: the control);
 * ``injected``: real clump-free hosts with injected clumps (tools/make_real_training_set.py);
 * ``injected + real negatives``: the same plus untouched real ellipticals;
-* ``injected + real negatives + simulated``: the mixture default-v5 is trained on.
+* ``injected + real negatives + simulated``: the mixture first planned for default-v5;
+* ``simulated + real negatives``: no injection, real ellipticals as negatives.
 
 Each model is scored with benchmarks/real_data.py's ``dev`` and ``ellipticals`` sections; results
 go to docs/benchmarks/real_data_ablation.json (a rerun skips arms that are done) and the table
@@ -38,6 +39,7 @@ ARMS = {
     "injected": {"injected": 1.0},
     "injected + real negatives": {"injected": 0.7, "negative": 0.3},
     "injected + real negatives + simulated": {"injected": 0.5, "negative": 0.2, "sim": 0.3},
+    "simulated + real negatives": {"sim": 0.7, "negative": 0.3},
 }
 
 
