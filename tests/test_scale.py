@@ -90,3 +90,14 @@ def test_cli_refuses_a_bad_psf_in_one_line(tmp_path, simulated, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "PSF FWHM" in err[-1]
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_cli_says_when_the_model_cannot_use_the_psf(tmp_path, simulated, capsys):
+    """The packaged default records no training PSF: a given PSF is reported as unused."""
+    from napari_clumps.cli import main
+    from napari_clumps.inference import resolve_model
+
+    assert resolve_model(None, "cpu").config.psf_fwhm_px == 0
+    folder, _ = simulated
+    assert main(["detect", str(folder / "sim_00000.jpg"), "--out", str(tmp_path / "x.csv"), "--psf-fwhm", "5"]) == 0
+    assert "records no training PSF size" in capsys.readouterr().err
