@@ -39,12 +39,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Box side over PSF FWHM (the Clump Scout convention) and the clump counts of Clump Scout galaxies:
+# one definition, in the simulator.
+from .simulate import BOX_SIDE_PER_FWHM, SimulationSettings
+
 #: Nominal asinh non-linearity of survey JPEGs: display d in 0-1 <-> x = sinh(BETA d)/sinh(BETA).
 #: With 3, display 0.1 / 0.5 / 1.0 are x = 0.03 / 0.21 / 1: a dynamic range of ~30 between a faint
 #: disc and a saturated core, as in SDSS and Legacy Surveys cutouts.
 BETA = 3.0
-#: Box side over PSF FWHM (Galaxy Zoo: Clump Scout convention; napari_clumps.simulate uses the same).
-BOX_SIDE_PER_FWHM = 2.5
 
 
 def linearise(display) -> np.ndarray:
@@ -320,7 +322,7 @@ class InjectionSettings:
     #: Relative frequency of 1, 2, ..., 9 clumps per host: Clump Scout galaxies with boxes
     #: (1: 5175, 2: 8329, 3: 3573, 4: 1602, 5: 710, 6: 376, 7+: 191 split as in the simulator;
     #: median 2, mean 2.3 clumps per clumpy galaxy).
-    count_weights: tuple = (5175, 8329, 3573, 1602, 710, 376, 100, 55, 36)
+    count_weights: tuple = SimulationSettings.clump_count_weights
     #: Contrast = mean linearised excess within 0.5 PSF FWHM of the clump / the host's local light
     #: (median of the annulus 1.5-3 FWHM), log-normal: median and log-sigma, clipped to a range.
     #: Dev set, all 213 clumps: median 0.46, log-sigma 0.88 (measurement noise included),
