@@ -321,13 +321,15 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
 
     from .inference import iter_detections, resolve_model
     from .model import ModelError, select_device
+    from .scale import unused_psf_note
 
     try:
         torch_device = select_device(device)
         detector = resolve_model(model, str(torch_device))
         device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
-        if (psf_fwhm or pixel_scale) and not detector.config.psf_fwhm_px:
-            device_text += "; PSF not used: the model records no training PSF size"
+        note = unused_psf_note(detector.config, psf_fwhm, pixel_scale)
+        if note:
+            device_text += f"; {note}"
         results = iter_detections(images, detector, names=[image_name_of(i) for i in images],
                                   device=str(torch_device), score_threshold=SCORE_FLOOR, nms_iou=nms_iou,
                                   keep_off_host=True, psf_fwhm=psf_fwhm, pixel_scale=pixel_scale,

@@ -140,7 +140,7 @@ def layer_to_galaxy_image(layer):
 def detections_layer(table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None,
                      new_label: str = "clump") -> tuple:
     """A Shapes layer data tuple of a detections table, with the image's display ``transform``."""
-    import pandas as pd
+    from .host import on_host_flags
 
     boxes = table[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
     data, kwargs, kind = boxes_layer(boxes, list(table.label), table.score.to_numpy(float),
@@ -148,7 +148,7 @@ def detections_layer(table, *, image_name: str, transform: dict, wcs=None, heigh
     kwargs["features"]["model"] = list(table.model)
     # Off the host galaxy (False) or not (True, also when no host was found or for hand labels).
     on_host = table["on_host"] if "on_host" in table else [True] * len(table)
-    kwargs["features"]["on_host"] = pd.Series(list(on_host), dtype="boolean").fillna(True).astype(bool).tolist()
+    kwargs["features"]["on_host"] = on_host_flags(on_host).tolist()
     kwargs["feature_defaults"] = hand_box_features(new_label)
     kwargs["metadata"] = {"napari_clumps_boxes": True, "image_name": image_name, "wcs": wcs, "height": height,
                           "below_threshold": None, "score_threshold": 0.0, "keep_off_host": False}
@@ -195,6 +195,8 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
     """
     import pandas as pd
 
+    from .host import on_host_flags
+
     metadata = shapes_layer.metadata
     current = pd.DataFrame(shapes_layer.features).reset_index(drop=True)
     current["_vertices"] = [np.asarray(v) for v in shapes_layer.data]
@@ -202,7 +204,7 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
     everything = current if pool is None or len(pool) == 0 else pd.concat([current, pool], ignore_index=True)
     if keep_off_host is None:
         keep_off_host = bool(metadata.get("keep_off_host", False))
-    on_host = everything["on_host"].fillna(True).astype(bool).to_numpy() if "on_host" in everything else True
+    on_host = on_host_flags(everything["on_host"]) if "on_host" in everything else True
     keep = (((everything["score"].to_numpy(float) >= threshold) & (on_host | keep_off_host))
             | (everything.get("model") == HAND_MODEL).to_numpy())
     shown, hidden = everything[keep].reset_index(drop=True), everything[~keep].reset_index(drop=True)

@@ -64,6 +64,7 @@ def cmd_detect(args) -> int:
     from .detections import COLUMNS, images_list_path, write_detections
     from .inference import iter_detections, resolve_model
     from .model import select_device
+    from .scale import unused_psf_note
 
     found = expand_paths(args.paths)
     if not found:
@@ -74,9 +75,9 @@ def cmd_detect(args) -> int:
     _say(f"model: {detector.source} ({detector.model_id}); device: {device}"
          + (" (auto)" if args.device == "auto" else "") + f"; score threshold {threshold:g}"
          + (" (the model's)" if args.score_threshold is None else ""))
-    if (args.psf_fwhm or args.pixel_scale) and not detector.config.psf_fwhm_px:
-        _say(f"note: {detector.model_id} records no training PSF size, so --psf-fwhm / --pixel-scale "
-             "cannot resample the images; they are used as they are")
+    note = unused_psf_note(detector.config, args.psf_fwhm, args.pixel_scale)
+    if note:
+        _say(f"note: {detector.model_id}: {note}; they are used as they are")
     tables, images, failed = [], [], 0
     results = iter_detections([p for p, _ in found], detector, names=[n for _, n in found], device=str(device),
                               batch_size=args.batch_size, score_threshold=threshold, nms_iou=args.nms_iou,

@@ -176,8 +176,15 @@ def add_host_columns(table, host: Host | None):
     return table
 
 
+def on_host_flags(values) -> np.ndarray:
+    """``on_host`` values as booleans, unknown (no host found, hand-drawn) counted as on the host."""
+    import pandas as pd
+
+    return pd.Series(list(values), dtype="boolean").fillna(True).to_numpy(bool)
+
+
 def on_host_rows(table):
     """Rows on the host, and rows whose image has no host (unknown is kept)."""
     if "on_host" not in table:
         return table
-    return table[table["on_host"].astype("boolean").fillna(True).astype(bool)]
+    return table[on_host_flags(table["on_host"])]

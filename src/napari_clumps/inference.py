@@ -183,7 +183,7 @@ def iter_detections(items, model=None, *, names=None, device="auto", batch_size:
         order = np.argsort(-scores, kind="stable")
         table = detections_frame(state["name"], boxes[order], labels[order], scores[order], wcs=image.wcs,
                                  model=detector.model_id)
-        table = add_host_columns(table, find_host(image))
+        table = add_host_columns(table, find_host(image) if len(table) else None)  # no search for nothing
         if not keep_off_host:
             table = on_host_rows(table).reset_index(drop=True)
         finished[index] = ImageDetections(state["name"], table, width=image.width, height=image.height)

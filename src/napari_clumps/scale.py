@@ -89,3 +89,11 @@ def resample(tensor, factor: float):
     return torch.nn.functional.interpolate(tensor[None], scale_factor=factor, mode="bilinear",
                                            align_corners=False, antialias=factor < 1.0,
                                            recompute_scale_factor=True)[0]
+
+
+def unused_psf_note(config, psf_fwhm=None, pixel_scale=None) -> str:
+    """A line telling the user that a PSF they gave cannot be used (the model records no training
+    PSF size), or "" when there is nothing to say."""
+    if (psf_fwhm or pixel_scale) and not config.psf_fwhm_px:
+        return "the model records no training PSF size, so the PSF given cannot resample the images"
+    return ""
