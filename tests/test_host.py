@@ -18,8 +18,9 @@ def _disc_with_star(size=200, star=(30.5, 170.5), seed=0):
     rng = np.random.default_rng(seed)
     centres = np.arange(size) + 0.5
     xx, yy = np.meshgrid(centres, centres)
-    disc = np.exp(-np.hypot((xx - size / 2) / 1.0, (yy - size / 2) / 0.6) / 18)
-    star_image = 3 * np.exp(-((xx - star[0]) ** 2 + (yy - star[1]) ** 2) / (2 * 2.0**2))
+    zoom = size / 200  # the same scene at any size
+    disc = np.exp(-np.hypot((xx - size / 2) / 1.0, (yy - size / 2) / 0.6) / (18 * zoom))
+    star_image = 3 * np.exp(-((xx - star[0]) ** 2 + (yy - star[1]) ** 2) / (2 * (2.0 * zoom) ** 2))
     bands = np.stack([disc + star_image] * 3) + rng.normal(0, 0.01, (3, size, size))
     return lupton_composite(bands.astype(np.float32), BANDS)
 
@@ -56,6 +57,21 @@ def test_a_field_star_is_off_the_host_and_farther_than_the_disc():
     assert distance[0] < 0.2 < distance[1] < 1.0 < distance[2]
     kept = on_host_rows(table)
     assert kept.label.tolist() == ["clump", "clump"]
+
+
+def test_a_large_cutout_is_segmented_binned_in_its_own_pixels():
+    """Above SEGMENTATION_MAX_SIDE the host is found on a binned image; it is reported in the
+    full image's pixels: the same galaxy drawn twice as large has a host twice as large."""
+    from napari_clumps import host as host_module
+
+    small, large = _disc_with_star(200, (30.5, 170.5)), _disc_with_star(400, (61.0, 341.0))
+    assert min(large.shape[:2]) > host_module.SEGMENTATION_MAX_SIDE >= min(small.shape[:2])
+    host_small, host_large = find_host(small), find_host(large)
+    assert host_large.mask.shape == large.shape[:2]
+    assert host_large.x == pytest.approx(2 * host_small.x, abs=2)
+    assert host_large.y == pytest.approx(2 * host_small.y, abs=2)
+    assert host_large.semi_major == pytest.approx(2 * host_small.semi_major, rel=0.15)
+    assert host_large.contains([200, 250, 61], [200, 200, 341]).tolist() == [True, True, False]
 
 
 def test_no_host_keeps_every_detection():
