@@ -19,7 +19,8 @@ import torch
 
 from napari_clumps.composite import lupton_composite
 from napari_clumps.host import find_host
-from napari_clumps.inference import detect, packaged_model_path
+from napari_clumps.inference import detect
+from napari_clumps.model import packaged_model_path
 from napari_clumps.model import load_model
 from napari_clumps.simulate import simulate_galaxy
 

@@ -57,9 +57,9 @@ def best_row(metrics: dict) -> dict:
 
 
 def shipped_model():
-    from napari_clumps.inference import resolve_model
+    from napari_clumps.model import get_detector
 
-    return resolve_model(None, "cpu")
+    return get_detector(None, "cpu")
 
 
 def threads() -> str:

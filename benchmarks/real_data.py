@@ -6,7 +6,7 @@ Sections (each stored in docs/benchmarks/real_data.json under the model's NAME, 
 what is done unless --force; the table docs/benchmarks/real_data.md is rewritten from the JSON):
 
 * ``dev``: the 37 real SDSS Stripe 82 galaxies with catalogued clumps
-  (../shared/data/real_clumps_gzh_s82). Matching by centre distance (design.md: half the larger
+  (../shared/data/real_clumps_gzh_s82). Matching by centre distance (docs/contracts.md: half the larger
   box side), completeness / purity / F1 for the ``clump`` class alone and for all classes, at the
   best threshold and at the model's default threshold; for every detection (the old behaviour),
   on the host galaxy only (the default now), and on the host with the image's PSF given from its
@@ -268,12 +268,12 @@ def main():
     args = parser.parse_args()
     import torch
 
-    from napari_clumps.inference import resolve_model
+    from napari_clumps.model import get_detector
 
     torch.set_num_threads(2)
     global TRAINING_PSF_OVERRIDE
     TRAINING_PSF_OVERRIDE = args.psf_fwhm_px
-    detector = resolve_model(args.model, "cpu")
+    detector = get_detector(args.model, "cpu")
     name = args.name or detector.model_id
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     entry = results.setdefault(name, {"model": str(args.model), "model_id": detector.model_id})

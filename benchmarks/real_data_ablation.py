@@ -80,7 +80,7 @@ def main():
     args = parser.parse_args()
     import torch
 
-    from napari_clumps.inference import resolve_model
+    from napari_clumps.model import get_detector
     from napari_clumps.model import Detector, load_model
     from napari_clumps.training import TrainingOptions, train
 
@@ -89,7 +89,7 @@ def main():
     truth = pd.concat([pd.read_csv(args.real / "truth.csv"), pd.read_csv(args.sim / "truth.csv")])
     truth["image"] = truth.image.map(lambda n: Path(n).name)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    base_path = resolve_model(None, "cpu").source
+    base_path = get_detector(None, "cpu").source
     for arm in args.arms.split(","):
         if arm in results:
             continue

@@ -154,7 +154,7 @@ def trained_model(request, tmp_path_factory):
 
     package = Path(napari_clumps.__file__).parent
     key = hashlib.sha256(b"".join((package / f).read_bytes() for f in
-                                  ("model.py", "training.py", "simulate.py", "inference.py", "composite.py"))).hexdigest()[:16]
+                                  ("model.py", "networks.py", "training.py", "simulate.py", "inference.py", "composite.py"))).hexdigest()[:16]
     d = Path(request.config.cache.mkdir(f"trained_model_{key}"))
     path, test_truth = d / "model.safetensors", d / "test" / "truth.csv"
     if not (path.exists() and test_truth.exists()):

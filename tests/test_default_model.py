@@ -1,13 +1,13 @@
 """The packaged default model: small, loads fast from the package, used when no model is named."""
 from napari_clumps.cli import main
 from napari_clumps.detections import read_detections
-from napari_clumps.inference import DEFAULT_MODEL, packaged_model_path, resolve_model
+from napari_clumps.model import DEFAULT_MODEL, get_detector, packaged_model_path
 
 
 def test_packaged_default_model_is_small_and_documented():
     path = packaged_model_path(DEFAULT_MODEL)
     assert path.is_file() and path.stat().st_size <= 25 * 1024 * 1024
-    detector = resolve_model(None, "cpu")
+    detector = get_detector(None, "cpu")
     assert detector.config.backbone == "zoobot-convnext_pico"
     provenance = detector.provenance
     assert provenance["model_id"].startswith("default")

@@ -179,11 +179,11 @@ def test_trained_detector_finds_held_out_clumps(trained_model):
 
 def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
     """Nine held-out galaxies in a 3 x 3 mosaic (600 x 600, tiled at 256 px): the same clumps."""
-    from napari_clumps.inference import resolve_model
+    from napari_clumps.model import get_detector
     from napari_clumps.io import read_image
 
     path, folder, truth = trained_model
-    detector = resolve_model(str(path), "cpu")
+    detector = get_detector(str(path), "cpu")
     detector.config.tile_size, detector.config.tile_overlap = 256, 64
     names = [f"sim_{i:05d}.jpg" for i in range(9)]
     mosaic = np.zeros((600, 600, 3), np.uint8)
@@ -245,3 +245,33 @@ def test_a_bad_file_is_reported_and_the_rest_detected(trained_model, bad_files):
     assert str(bad_files["truncated_fits"]) in results[1].error
     with pytest.raises(ValueError, match="truncated.fits"):
         detect(items, path)
+
+
+def test_detect_takes_a_folder_and_names_images_relative_to_it(trained_model):
+    """``detect("folder/")`` runs on every image in it, as the CLI does, and names them relative
+    to the folder; the rows are those of the files run one by one."""
+    from napari_clumps import detect as top_level_detect
+    from napari_clumps.io import find_images
+
+    path, folder, _ = trained_model
+    files = find_images([folder])
+    assert len(files) >= 48  # FITS + JPEG per galaxy, and nothing else
+    outcomes = list(iter_detections([folder], path, score_threshold=0.3))
+    assert [o.name for o in outcomes] == [name for _, name in files]
+    assert all(not o.error for o in outcomes)
+    table = top_level_detect(str(folder), path, score_threshold=0.3)
+    one_by_one = detect([str(p) for p, _ in files], path, names=[n for _, n in files], score_threshold=0.3)
+    assert len(table) == len(one_by_one) > 0
+    assert table.image.tolist() == one_by_one.image.tolist()
+    np.testing.assert_allclose(table.x_min, one_by_one.x_min)
+
+
+def test_get_detector_from_an_architecture_gives_an_untrained_head_that_detect_refuses():
+    from napari_clumps.model import get_detector
+
+    detector = get_detector("zoobot-convnext_pico", "cpu", backbone_weights="none")
+    assert not detector.trained and detector.config.backbone == "zoobot-convnext_pico"
+    with pytest.raises(ModelError, match="untrained detection head"):
+        detect(np.zeros((64, 64, 3), np.uint8), detector)
+    with pytest.raises(ModelError, match="no-such-model: no such model file or packaged model"):
+        get_detector("no-such-model", "cpu")

@@ -49,12 +49,13 @@ def test_enlarged_image_with_its_psf_given_finds_the_clumps_where_they_are(train
     back in the enlarged image's pixels, on its (enlarged) truth, as well as at native size."""
     from skimage.transform import rescale
 
-    from napari_clumps.inference import detect, resolve_model
+    from napari_clumps.inference import detect
+    from napari_clumps.model import get_detector
     from napari_clumps.io import read_image
     from napari_clumps.metrics import scores_table
 
     model, folder, truth = trained_model
-    detector = resolve_model(str(model), "cpu")
+    detector = get_detector(str(model), "cpu")
     names = sorted(p.name for p in folder.glob("*.fits"))[:10]
     images = [read_image(folder / n) for n in names]
     fwhm = {n: float(im.header["PSFFWHM"]) for n, im in zip(names, images)}
@@ -95,9 +96,9 @@ def test_cli_refuses_a_bad_psf_in_one_line(tmp_path, simulated, capsys):
 def test_cli_says_when_the_model_cannot_use_the_psf(tmp_path, simulated, capsys):
     """The packaged default records no training PSF: a given PSF is reported as unused."""
     from napari_clumps.cli import main
-    from napari_clumps.inference import resolve_model
+    from napari_clumps.model import get_detector
 
-    assert resolve_model(None, "cpu").config.psf_fwhm_px == 0
+    assert get_detector(None, "cpu").config.psf_fwhm_px == 0
     folder, _ = simulated
     assert main(["detect", str(folder / "sim_00000.jpg"), "--out", str(tmp_path / "x.csv"), "--psf-fwhm", "5"]) == 0
     assert "records no training PSF size" in capsys.readouterr().err

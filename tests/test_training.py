@@ -68,7 +68,12 @@ def test_odd_training_data_trains_without_nan(case):
 def test_without_validation_the_threshold_is_the_base_models():
     base = _tiny()
     base.provenance["score_threshold"] = 0.65
+    before = {k: v.clone() for k, v in base.network.state_dict().items()}
     tuned = train(base, _items(3), TrainingOptions(epochs=1, batch_size=2, trainable_blocks=None, val_fraction=0))
+    # the base detector (e.g. the cached default model) is left as it was; the copy trained
+    after = base.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(before[k], v) for k, v in tuned.network.state_dict().items())
     assert tuned.score_threshold == 0.65
     assert "no validation images" in tuned.provenance["threshold_source"]
 

@@ -41,7 +41,7 @@ $BIN/python tools/package_model.py "$WORK/trained_stage4.safetensors" src/napari
 # 5. a second held-out set, evaluated once at the packaged threshold (see docs/model-card.md)
 $BIN/napari-clumps simulate "$WORK/fresh" --n 200 --seed 777777
 $BIN/napari-clumps detect "$WORK/fresh" --out "$WORK/fresh_detections.csv" --score-threshold 0.05
-THRESHOLD=$($BIN/python -c "from napari_clumps.inference import resolve_model; print(resolve_model(None, 'cpu').score_threshold)")
+THRESHOLD=$($BIN/python -c "from napari_clumps.model import get_detector; print(get_detector(None, 'cpu').score_threshold)")
 $BIN/napari-clumps evaluate --truth "$WORK/fresh/truth.csv" --detections "$WORK/fresh_detections.csv" --score-threshold "$THRESHOLD"
 
 # ---------------------------------------------------------------------------------------------

@@ -31,9 +31,9 @@ def main():
     parser.add_argument("--threshold", type=float, default=None)
     args = parser.parse_args()
     if args.threshold is None:
-        from napari_clumps.inference import resolve_model
+        from napari_clumps.model import get_detector
 
-        args.threshold = resolve_model(None, "cpu").score_threshold
+        args.threshold = get_detector(None, "cpu").score_threshold
     truth = read_detections(args.truth)
     found = read_detections(args.detections)
     found = found[found.score >= args.threshold]

@@ -34,12 +34,12 @@ def main():
     from PIL import Image, ImageDraw
 
     from napari_clumps.host import on_host_rows
-    from napari_clumps.inference import resolve_model
+    from napari_clumps.model import get_detector
     from napari_clumps.inject import estimate_psf_fwhm, linearise_rgb, measure_clump
     from napari_clumps.io import read_image
     from napari_clumps.metrics import match_image
 
-    detector = resolve_model(args.model, "cpu")
+    detector = get_detector(args.model, "cpu")
     threshold = detector.score_threshold
     paths, truth, nominal_fwhm = real_data.dev_set()
     names = [p.name for p in paths]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from napari_clumps._sample_data import hubble_image
+from napari_clumps.samples import hubble_image
 from napari_clumps.inference import detect
 from napari_clumps.io import read_image
 from napari_clumps.plotting import save_boxes_png

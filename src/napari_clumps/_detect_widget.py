@@ -13,6 +13,9 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlid
                               PushButton, Select)
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from .detections import LABELS
+from .inference import DEFAULT_NMS_IOU
+from .model import DEVICES, PAPER_SCORE_THRESHOLD
 from ._layers import (apply_score_threshold, boxes_table, detections_layer_over, hand_box_features, image_name,
                       label_colours, layer_to_galaxy_image)
 
@@ -76,12 +79,12 @@ class DetectionWidget(QWidget):
                               tooltip="the packaged default model or a model file")
         self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.pt *.pth",
                                    tooltip="add a model file (napari-clumps model or paper checkpoint)")
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto",
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto",
                                tooltip="auto: CUDA, then Apple MPS, then CPU")
-        self.score = FloatSlider(label="score >=", min=SCORE_FLOOR, max=1.0, step=0.01, value=0.3,
+        self.score = FloatSlider(label="score >=", min=SCORE_FLOOR, max=1.0, step=0.01, value=PAPER_SCORE_THRESHOLD,
                                  tooltip="shown boxes; moving it does not re-run the model")
-        self.nms = FloatSpinBox(label="NMS IoU", min=0.05, max=0.95, step=0.05, value=0.2,
-                                tooltip="class-agnostic non-maximum suppression (0.2 as in the paper)")
+        self.nms = FloatSpinBox(label="NMS IoU", min=0.05, max=0.95, step=0.05, value=DEFAULT_NMS_IOU,
+                                tooltip=f"class-agnostic non-maximum suppression ({DEFAULT_NMS_IOU:g} as in the paper)")
         self.keep_off_host = CheckBox(label="off host", value=False, text="show boxes off the host galaxy",
                                       tooltip="clumps belong to the central galaxy; tick to also show boxes "
                                               "on field stars and neighbours (hidden, not deleted)")
@@ -91,7 +94,7 @@ class DetectionWidget(QWidget):
         self.pixel_scale = FloatSpinBox(label='pixel scale ("/px)', min=0.0, max=10.0, step=0.01, value=0.0,
                                         tooltip='arcsec per pixel (with 1.2" seeing) when the PSF FWHM is not '
                                                 "given; 0: from the FITS header, or no resampling")
-        self.new_label = ComboBox(label="new boxes", choices=["clump", "odd_clump"], value="clump",
+        self.new_label = ComboBox(label="new boxes", choices=list(LABELS), value=LABELS[0],
                                   tooltip="class of boxes you draw")
         self.run_button = PushButton(text="Detect")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -149,8 +152,7 @@ class DetectionWidget(QWidget):
 
     def _use_model_threshold(self, value):
         """Start the slider at the chosen model's recommended threshold (read from its metadata)."""
-        from .inference import packaged_model_path
-        from .model import read_provenance, recommended_threshold
+        from .model import packaged_model_path, read_provenance, recommended_threshold
 
         path = packaged_model_path() if value == DEFAULT_CHOICE else Path(value)
         if path.is_file():
@@ -243,19 +245,18 @@ class DetectionWidget(QWidget):
     # ------------------------------------------------------------------ CSV
 
     def export_csv(self, path) -> Path | None:
-        """Write the boxes of every clump layer (as edited) to the design.md CSV + images list."""
+        """Write the boxes of every clump layer (as edited) to the detections CSV + images list (docs/contracts.md)."""
         import pandas as pd
         from napari.utils.notifications import show_info, show_warning
 
-        from .detections import write_detections
+        from .detections import images_row, write_detections
 
         layers = self.boxes_layers()
         if not layers:
             show_warning("napari-clumps: no clump layers to export; run Detect or load a CSV first")
             return None
         tables = [boxes_table(layer) for layer in layers]
-        images = pd.DataFrame([{"image": layer.metadata["image_name"], "status": "ok", "n_detections": len(t),
-                                "height": layer.metadata.get("height"), "error": ""}
+        images = pd.DataFrame([images_row(layer.metadata["image_name"], len(t), height=layer.metadata.get("height"))
                                for layer, t in zip(layers, tables)])
         path = write_detections(pd.concat(tables, ignore_index=True), Path(path), images)
         show_info(f"napari-clumps: wrote {sum(map(len, tables))} boxes to {path}")
@@ -319,13 +320,13 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
     memory); anything else propagates and napari reports it with its traceback."""
     import torch
 
-    from .inference import iter_detections, resolve_model
-    from .model import ModelError, select_device
+    from .inference import iter_detections
+    from .model import ModelError, get_detector, select_device
     from .scale import unused_psf_note
 
     try:
         torch_device = select_device(device)
-        detector = resolve_model(model, str(torch_device))
+        detector = get_detector(model, str(torch_device))
         device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
         note = unused_psf_note(detector.config, psf_fwhm, pixel_scale)
         if note:

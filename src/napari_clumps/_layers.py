@@ -9,22 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .detections import label_names
-from .pixels import boxes_to_napari_rectangles
+from .detections import CLASS_COLOURS, HAND_MODEL, box_array, label_names
+from .pixels import boxes_to_napari_rectangles, napari_north_up
 
-#: Edge colours of boxes by class.
-CLASS_COLOURS = {"clump": "#00e5ff", "odd_clump": "#ff9f1c"}
 
 
 def display_transform(is_fits: bool, height: int) -> dict:
-    """Layer kwargs that show FITS data north up (FITS row 1 at the bottom, as DS9 does).
-
-    Data coordinates (and so every box) stay those of the array; only the display flips:
-    world row = (height - 1) - data row.
-    """
-    if not is_fits:
-        return {}
-    return {"scale": (-1.0, 1.0), "translate": (float(height - 1), 0.0)}
+    """Layer kwargs of an image (and its boxes): FITS north up (:func:`~napari_clumps.pixels.napari_north_up`)."""
+    return napari_north_up(height) if is_fits else {}
 
 
 def image_layers(image) -> list[tuple]:
@@ -99,9 +91,6 @@ def _stem(path) -> str:
 
 # ----------------------------------------------------------------------------- boxes <-> layers
 
-#: ``model`` feature of boxes drawn by hand.
-HAND_MODEL = "hand"
-
 
 def hand_box_features(label: str = "clump") -> dict:
     """Features of a box the user draws: sure (score 1), by hand, on the host."""
@@ -116,25 +105,15 @@ def image_name(image_layer) -> str:
 
 def layer_to_galaxy_image(layer):
     """The :class:`~napari_clumps.io.GalaxyImage` behind an image layer (what the detector sees)."""
-    from .composite import lupton_composite
     from .io import GalaxyImage
 
     data = np.asarray(layer.data)
-    name = image_name(layer)
+    name, wcs, header = image_name(layer), layer.metadata.get("wcs"), layer.metadata.get("header")
     if layer.rgb:
-        rgb = data[..., :3]
-        if rgb.dtype != np.uint8:
-            peak = 255.0 if np.issubdtype(rgb.dtype, np.integer) and rgb.max() > 1 else 1.0
-            rgb = np.clip(np.rint(np.nan_to_num(rgb.astype(np.float32)) / peak * 255), 0, 255).astype(np.uint8)
-        bands = np.moveaxis(rgb, -1, 0) / np.float32(255)
-        return GalaxyImage(path=Path(name), bands=bands, band_names=("R", "G", "B"), composite=rgb,
-                           wcs=layer.metadata.get("wcs"), header=layer.metadata.get("header"))
+        return GalaxyImage.from_rgb(data, name, wcs, header)
     if data.ndim != 2:
         raise ValueError(f"{layer.name}: a {data.ndim}-D layer; choose a 2-D image or an RGB layer")
-    band = np.nan_to_num(data.astype(np.float32))
-    return GalaxyImage(path=Path(name), bands=band[None], band_names=("L",),
-                       composite=lupton_composite(band[None], ("L",)), wcs=layer.metadata.get("wcs"),
-                       header=layer.metadata.get("header"))
+    return GalaxyImage.from_bands(np.nan_to_num(data.astype(np.float32))[None], ("L",), name, wcs, header)
 
 
 def detections_layer(table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None,
@@ -142,7 +121,7 @@ def detections_layer(table, *, image_name: str, transform: dict, wcs=None, heigh
     """A Shapes layer data tuple of a detections table, with the image's display ``transform``."""
     from .host import on_host_flags
 
-    boxes = table[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+    boxes = box_array(table)
     data, kwargs, kind = boxes_layer(boxes, list(table.label), table.score.to_numpy(float),
                                      name=name or f"{image_name} clumps", image_kwargs=transform)
     kwargs["features"]["model"] = list(table.model)

@@ -14,6 +14,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from .training import TrainingOptions
 from ._detect_widget import (DEFAULT_CHOICE, _forget, _listeners, avoid_triton_llvm_clash, image_layer_choices,
                              is_boxes_layer, model_file_choices, register_model_file)
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
@@ -41,12 +42,15 @@ class FineTuneWidget(QWidget):
         self.images = Select(label="reviewed images", choices=self._image_choices, allow_multiple=True,
                              tooltip="images whose boxes you checked; one without boxes is a negative")
         self.base = ComboBox(label="base model", choices=self._base_choices)
-        self.epochs = SpinBox(label="epochs", min=1, max=500, value=10)
-        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-6, max=1e-2, step=1e-5, value=3e-4)
+        defaults = TrainingOptions()
+        self.epochs = SpinBox(label="epochs", min=1, max=500, value=defaults.epochs)
+        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-6, max=1e-2, step=1e-5,
+                                          value=defaults.learning_rate)
         self.learning_rate.native.setDecimals(6)
-        self.trainable_blocks = SpinBox(label="trainable blocks", min=-1, max=8, value=0,
+        self.trainable_blocks = SpinBox(label="trainable blocks", min=-1, max=8, value=defaults.trainable_blocks,
                                         tooltip="encoder stages to train, deepest first; 0 = frozen, -1 = all")
-        self.val_fraction = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05, value=0.2)
+        self.val_fraction = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05,
+                                         value=defaults.val_fraction)
         self.output = FileEdit(label="save as", mode="w", filter="*.safetensors",
                                value="finetuned.safetensors")
         self.train_button = PushButton(text="Train")
@@ -91,7 +95,7 @@ class FineTuneWidget(QWidget):
 
     def training_items(self):
         """Labelled images from the chosen layers, and the notes on boxes that were repaired."""
-        from .detections import CLASS_NAMES
+        from .detections import CLASS_NAMES, box_array
         from .training import LabelledImage, clean_boxes
 
         items, notes = [], []
@@ -102,7 +106,7 @@ class FineTuneWidget(QWidget):
                 boxes, labels = np.zeros((0, 4)), np.zeros(0, int)
             else:
                 table = boxes_table(shapes)
-                boxes = table[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+                boxes = box_array(table)
                 labels = np.array([CLASS_NAMES.index(v) for v in table.label])
             boxes, labels, repaired = clean_boxes(boxes, labels, image.width, image.height, layer.name)
             notes.extend(repaired)
@@ -114,8 +118,6 @@ class FineTuneWidget(QWidget):
     def start(self):
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_info, show_warning
-
-        from .training import TrainingOptions
 
         if not self.images.value:
             show_warning("napari-clumps: choose the images you reviewed")
@@ -130,7 +132,7 @@ class FineTuneWidget(QWidget):
         options = TrainingOptions(
             epochs=self.epochs.value, learning_rate=self.learning_rate.value,
             trainable_blocks=None if self.trainable_blocks.value < 0 else self.trainable_blocks.value,
-            val_fraction=self.val_fraction.value, batch_size=4)
+            val_fraction=self.val_fraction.value)
         self._stop.clear()
         self._history_steps, self._history_f1 = [], []
         self._redraw()
@@ -224,13 +226,12 @@ class FineTuneWidget(QWidget):
 
 def _train_in_thread(items, base, options, out, report, should_stop):
     """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error."""
-    from .cli import base_detector
-    from .model import ModelError
+    from .model import DEFAULT_MODEL, ModelError, get_detector
     from .training import TrainingCancelled, TrainingError, train
 
     try:
         name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
-        detector = base_detector("default" if name is None else name, None)
+        detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
         trained = train(detector, items, options, out=out, callback=report, should_stop=should_stop,
                         data_description=f"{len(items)} images corrected in napari")
     except TrainingCancelled as stop:

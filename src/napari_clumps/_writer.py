@@ -1,4 +1,4 @@
-"""npe2 writer: Shapes layers of clump boxes -> the design.md detections CSV (``*.clumps.csv``).
+"""npe2 writer: Shapes layers of clump boxes -> the detections CSV of docs/contracts.md (``*.clumps.csv``).
 
 The ``.clumps.csv`` extension keeps clear of napari's built-in shapes CSV writer (``*.csv``).
 """
@@ -12,7 +12,7 @@ def write_clumps_csv(path: str, layer_data: list[tuple]) -> list[str]:
     import pandas as pd
 
     from ._layers import shapes_table
-    from .detections import images_list_path, write_detections
+    from .detections import images_list_path, images_row, write_detections
 
     tables, images = [], []
     for data, attributes, layer_type in layer_data:
@@ -22,8 +22,7 @@ def write_clumps_csv(path: str, layer_data: list[tuple]) -> list[str]:
         name = metadata.get("image_name") or attributes.get("name", "image")
         table = shapes_table(data, attributes.get("features", {}), metadata, name)
         tables.append(table)
-        images.append({"image": name, "status": "ok", "n_detections": len(table), "height": metadata.get("height"),
-                       "error": ""})
+        images.append(images_row(name, len(table), height=metadata.get("height")))
     path = Path(path)
     write_detections(pd.concat(tables, ignore_index=True), path, pd.DataFrame(images))
     return [str(path), str(images_list_path(path))]

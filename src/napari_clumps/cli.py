@@ -16,24 +16,6 @@ def _progress(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, unit="img", disable=None, file=sys.stderr)
 
 
-def expand_paths(paths) -> list[tuple[Path, str]]:
-    """Files given, and supported images found (recursively, sorted) in folders given.
-
-    Returns ``(path, name)`` pairs; ``name`` is the path as given, or relative to its folder.
-    """
-    from .io import is_supported_path
-
-    found = []
-    for given in paths:
-        given = Path(given)
-        if given.is_dir():
-            for path in sorted(p for p in given.rglob("*") if p.is_file() and is_supported_path(p)):
-                found.append((path, path.relative_to(given).as_posix()))
-        else:
-            found.append((given, str(given)))
-    return found
-
-
 def cmd_simulate(args) -> int:
     from .simulate import write_dataset
 
@@ -50,27 +32,20 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _images_row(result) -> dict:
-    """The images-list row of one image's detection outcome (see napari_clumps.detections)."""
-    if result.error:
-        return dict(image=result.name, status="failed", n_detections=0, error=result.error)
-    return dict(image=result.name, status="ok", n_detections=len(result.table), width=result.width,
-                height=result.height, error="")
-
-
 def cmd_detect(args) -> int:
     import pandas as pd
 
     from .detections import COLUMNS, images_list_path, write_detections
-    from .inference import iter_detections, resolve_model
-    from .model import select_device
+    from .inference import iter_detections
+    from .io import find_images
+    from .model import get_detector, select_device
     from .scale import unused_psf_note
 
-    found = expand_paths(args.paths)
+    found = find_images(args.paths)
     if not found:
         raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
     device = select_device(args.device)
-    detector = resolve_model(args.model, str(device))
+    detector = get_detector(args.model, str(device))
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
     _say(f"model: {detector.source} ({detector.model_id}); device: {device}"
          + (" (auto)" if args.device == "auto" else "") + f"; score threshold {threshold:g}"
@@ -84,7 +59,7 @@ def cmd_detect(args) -> int:
                               keep_off_host=args.keep_off_host, psf_fwhm=args.psf_fwhm,
                               pixel_scale=args.pixel_scale, seeing=args.seeing)
     for result in _progress(results, "detecting", len(found)):
-        images.append(_images_row(result))
+        images.append(result.images_row())
         if result.error:
             failed += 1
             _say(f"error: {result.error}")
@@ -100,13 +75,13 @@ def cmd_detect(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .model import select_device
+    from .model import get_detector, select_device
     from .training import TrainingOptions, load_labelled_images, train
 
     items, notes = load_labelled_images(args.images, args.labels)
     for note in notes:
         _say(f"note: {note}")
-    detector = base_detector(args.model, args.backbone_weights)
+    detector = get_detector(args.model, "cpu", backbone_weights=args.backbone_weights)
     options = TrainingOptions(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
                               trainable_blocks=None if args.trainable_blocks < 0 else args.trainable_blocks,
                               val_fraction=args.val_fraction, patience=args.patience,
@@ -139,37 +114,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-def base_detector(name, backbone_weights=None):
-    """The starting point of training: a built-in architecture, a model file or a packaged model."""
-    from .inference import resolve_model
-    from .model import BACKBONES, new_detector
-
-    if name in BACKBONES:
-        weights = backbone_weights or ("hub" if BACKBONES[name]().hub_id else None)
-        if weights == "none":
-            weights = None
-        return new_detector(name, backbone_weights=weights)
-    return resolve_model(name, "cpu")
-
-
 def cmd_evaluate(args) -> int:
     import json
 
-    from .detections import read_detections, read_images_list
-    from .metrics import coco_average_precision, plot_scores, scores_table
+    from .metrics import evaluate, plot_scores
 
-    truth, found = read_detections(args.truth), read_detections(args.detections)
-    listed = read_images_list(args.truth)
-    images = list(listed.image) if listed is not None else None
-    rule = {"rule": args.rule, "iou_threshold": args.iou}
-    table = scores_table(truth, found, images=images, **rule)
-    at = scores_table(truth, found, thresholds=[args.score_threshold], images=images, **rule).iloc[0]
+    result = evaluate(args.truth, args.detections, score_threshold=args.score_threshold, rule=args.rule,
+                      iou_threshold=args.iou)
+    table, at, ap = result["by_threshold"], result["at_threshold"], result["coco"]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"at score >= {args.score_threshold:g}: completeness {at.completeness:.3f}, purity {at.purity:.3f}, "
-          f"F1 {at.f1:.3f} ({int(at.n_matched)} matched of {int(at.n_truth)} true clumps and "
-          f"{int(at.n_detections)} detections; rule {args.rule}"
+    print(f"at score >= {args.score_threshold:g}: completeness {at['completeness']:.3f}, purity {at['purity']:.3f}, "
+          f"F1 {at['f1']:.3f} ({int(at['n_matched'])} matched of {int(at['n_truth'])} true clumps and "
+          f"{int(at['n_detections'])} detections; rule {args.rule}"
           + (f", IoU >= {args.iou:g})" if args.rule == "iou" else ")"))
-    ap = coco_average_precision(truth, found, images)
     print(f"COCO-style AP (class-agnostic): AP[.5:.95] {ap['ap']:.3f}, AP50 {ap['ap50']:.3f}")
     stem = str(args.detections).removesuffix(".csv")
     plot = Path(args.plot) if args.plot else Path(stem + ".metrics.png")
@@ -179,19 +136,17 @@ def cmd_evaluate(args) -> int:
     from .atomic import atomic_path
 
     with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps({"truth": str(args.truth), "detections": str(args.detections), **rule,
-                                   "score_threshold": args.score_threshold,
-                                   "at_threshold": {k: float(at[k]) for k in at.index}, "coco": ap,
-                                   "by_threshold": table.to_dict(orient="records")}, indent=2))
+        tmp.write_text(json.dumps({"truth": str(args.truth), "detections": str(args.detections),
+                                   **result, "by_threshold": table.to_dict(orient="records")}, indent=2))
     print(f"metrics written to {out}")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .io import ImageReadError, read_image
+    from .io import ImageReadError, find_images, read_image
 
     failed = 0
-    for path, _ in expand_paths(args.paths):
+    for path, _ in find_images(args.paths):
         try:
             print(read_image(path).describe())
         except ImageReadError as error:
@@ -205,10 +160,11 @@ def cmd_demo(args) -> int:
     import pandas as pd
     from PIL import Image
 
-    from ._sample_data import hubble_image
+    from .samples import hubble_image
     from .detections import images_list_path, write_detections
-    from .inference import iter_detections, resolve_model
-    from .io import read_image
+    from .inference import iter_detections
+    from .io import find_images, read_image
+    from .model import get_detector
     from .plotting import save_boxes_png
     from .simulate import write_dataset
 
@@ -219,16 +175,16 @@ def cmd_demo(args) -> int:
     real = out / "real" / "hubble_xdf_crop.png"
     real.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(hubble_image().composite).save(real)
-    paths = [p for p, _ in expand_paths([out / "simulated"])] + [real]
+    paths = [p for p, _ in find_images([out / "simulated"])] + [real]
     names = [p.relative_to(out).as_posix() for p in paths]
-    detector = resolve_model(args.model, "auto")
+    detector = get_detector(args.model, "auto")
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
     _say(f"model: {detector.source} ({detector.model_id}); device: "
          f"{next(detector.network.parameters()).device}; score threshold {threshold:g}")
     tables, images = [], []
     for path, result in zip(paths, iter_detections(paths, detector, names=names, score_threshold=threshold)):
         tables.append(result.table)
-        images.append(_images_row(result))
+        images.append(result.images_row())
         png = save_boxes_png(read_image(path), result.table, out / "png" / (Path(result.name).name + ".png"))
         print(f"{result.name}: {len(result.table)} clumps -> {png}")
     csv = write_detections(pd.concat(tables, ignore_index=True), out / "detections.csv", pd.DataFrame(images))
@@ -262,8 +218,15 @@ def _demo_in_napari() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser; every default comes from the core library (none is typed here twice)."""
     from . import __version__
+    from .inference import DEFAULT_BATCH_SIZE, DEFAULT_NMS_IOU
+    from .metrics import DEFAULT_IOU, MATCH_RULES
+    from .model import DEFAULT_MODEL, DEVICES, PAPER_SCORE_THRESHOLD
     from .scale import DEFAULT_SEEING_ARCSEC
+    from .training import TrainingOptions
+
+    training = TrainingOptions()
 
     parser = argparse.ArgumentParser(prog="napari-clumps", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"napari-clumps {__version__}")
@@ -278,14 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     detect = commands.add_parser("detect", help="detect clumps in images or folders of images")
     detect.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    detect.add_argument("--model", default=None, help="model file or packaged model name (default: the packaged default)")
+    detect.add_argument("--model", default=DEFAULT_MODEL, help="model file or packaged model name (default: %(default)s)")
     detect.add_argument("--out", type=Path, default=Path("detections.csv"), help="CSV to write (default detections.csv)")
     detect.add_argument("--score-threshold", type=float, default=None,
                         help="keep detections scoring at least this (default: the model's recommended "
-                             "threshold, 0.3 for models without one)")
-    detect.add_argument("--nms-iou", type=float, default=0.2, help="class-agnostic NMS IoU (0.2, as in the paper)")
-    detect.add_argument("--batch-size", type=int, default=4, help="network inputs per batch (4)")
-    detect.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+                             f"threshold, {PAPER_SCORE_THRESHOLD:g} for models without one)")
+    detect.add_argument("--nms-iou", type=float, default=DEFAULT_NMS_IOU,
+                        help="class-agnostic NMS IoU (%(default)s, as in the paper)")
+    detect.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="network inputs per batch (%(default)s)")
+    detect.add_argument("--device", default="auto", choices=DEVICES)
     detect.add_argument("--keep-off-host", action="store_true",
                         help="also report detections off the central (host) galaxy: field stars, neighbours")
     detect.add_argument("--psf-fwhm", type=float, default=None, metavar="PX",
@@ -301,27 +265,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--images", nargs="+", required=True, help="image files or folders; all count as fully labelled")
     train.add_argument("--labels", type=Path, required=True, help="labels CSV in the detections format (score ignored)")
     train.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
-    train.add_argument("--model", default="default", help="base: built-in architecture, model file or 'default'")
+    train.add_argument("--model", default=DEFAULT_MODEL,
+                       help="base: built-in architecture, model file or packaged model (default: %(default)s)")
     train.add_argument("--backbone-weights", default=None,
                        help="for a built-in architecture: weights file, Zoobot .ckpt, 'hub' or 'none' (from scratch)")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--trainable-blocks", type=int, default=0,
-                       help="encoder stages to train from the deepest; 0 freezes it (default), -1 trains all")
-    train.add_argument("--val-fraction", type=float, default=0.2)
-    train.add_argument("--patience", type=int, default=0, help="early stop after this many epochs without a better validation F1")
-    train.add_argument("--scale-jitter", type=float, default=0.0, help="random rescaling by up to this fraction")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    train.add_argument("--epochs", type=int, default=training.epochs, help="(default %(default)s)")
+    train.add_argument("--lr", type=float, default=training.learning_rate,
+                       help="peak learning rate of the one-cycle schedule (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=training.batch_size, help="(default %(default)s)")
+    train.add_argument("--trainable-blocks", type=int, default=training.trainable_blocks,
+                       help="encoder stages to train from the deepest; 0 freezes it, -1 trains all "
+                            "(default %(default)s)")
+    train.add_argument("--val-fraction", type=float, default=training.val_fraction,
+                       help="images held out to validate and calibrate the threshold (default %(default)s)")
+    train.add_argument("--patience", type=int, default=training.patience,
+                       help="early stop after this many epochs without a better validation F1 (0: never)")
+    train.add_argument("--scale-jitter", type=float, default=training.scale_jitter,
+                       help="random rescaling by up to this fraction (default %(default)s)")
+    train.add_argument("--seed", type=int, default=training.seed)
+    train.add_argument("--device", default=training.device, choices=DEVICES)
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="completeness, purity and F1 of detections against truth")
     evaluate.add_argument("--truth", type=Path, required=True)
     evaluate.add_argument("--detections", type=Path, required=True)
-    evaluate.add_argument("--rule", choices=["iou", "centre"], default="iou")
-    evaluate.add_argument("--iou", type=float, default=0.3, help="IoU needed for a match (rule iou)")
-    evaluate.add_argument("--score-threshold", type=float, default=0.3, help="threshold of the summary line")
+    evaluate.add_argument("--rule", choices=MATCH_RULES, default=MATCH_RULES[0])
+    evaluate.add_argument("--iou", type=float, default=DEFAULT_IOU, help="IoU needed for a match (rule iou)")
+    evaluate.add_argument("--score-threshold", type=float, default=PAPER_SCORE_THRESHOLD,
+                          help="threshold of the summary line (default %(default)s)")
     evaluate.add_argument("--json", default=None, help="JSON to write (default DETECTIONS.metrics.json)")
     evaluate.add_argument("--plot", default=None, help="plot to write (default DETECTIONS.metrics.png)")
     evaluate.set_defaults(run=cmd_evaluate)
@@ -332,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the main job on bundled data (offline)")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     demo.add_argument("--n", type=int, default=4, help="simulated galaxies (default 4)")
-    demo.add_argument("--model", default=None, help="model (default: the packaged default model)")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="model (default: %(default)s)")
     demo.add_argument("--score-threshold", type=float, default=None, help="default: the model's")
     demo.add_argument("--napari", action="store_true",
                       help="open napari with the samples and the detection widget instead")

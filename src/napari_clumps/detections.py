@@ -1,4 +1,4 @@
-"""The detections table: the CSV contract of design.md.
+"""The detections table: the schema of the CSV contract (docs/contracts.md), in one place.
 
 Columns, in this order (more may follow)::
 
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ["image", "label", "score", "x_min", "y_min", "x_max", "y_max",
-           "x_center", "y_center", "ra", "dec", "model"]
+#: A box, pixel-edge convention (:mod:`napari_clumps.pixels`), as torchvision orders it.
+BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
+COLUMNS = ["image", "label", "score", *BOX_COLUMNS, "x_center", "y_center", "ra", "dec", "model"]
 #: Columns the detector adds after the contract's own (:mod:`napari_clumps.host`): the
 #: detection's elliptical distance from the host galaxy's centre in units of the host's
 #: semi-major axis, and whether it lies on the host (empty when no host was found).
@@ -28,10 +29,25 @@ HOST_COLUMNS = ["host_distance", "on_host"]
 #: Class names by detector class index (0 is background).
 CLASS_NAMES = ("background", "clump", "odd_clump")
 LABELS = CLASS_NAMES[1:]
+#: Box colours by class, wherever boxes are drawn (napari layers, PNG pictures).
+CLASS_COLOURS = {"clump": "#00e5ff", "odd_clump": "#ff9f1c"}
+#: ``model`` of boxes drawn by hand (score 1).
+HAND_MODEL = "hand"
 # Written precision: 1e-4 px, 1e-8 deg (0.04 mas), scores to 1e-5.
-_DECIMALS = {"score": 5, "x_min": 4, "y_min": 4, "x_max": 4, "y_max": 4, "x_center": 4, "y_center": 4,
-             "ra": 8, "dec": 8, "host_distance": 4}
+_DECIMALS = {"score": 5, **dict.fromkeys(BOX_COLUMNS, 4), "x_center": 4, "y_center": 4, "ra": 8, "dec": 8,
+             "host_distance": 4}
 IMAGES_COLUMNS = ["image", "status", "n_detections", "width", "height", "error"]
+
+
+def box_array(table) -> np.ndarray:
+    """The boxes of a detections table as an ``(N, 4)`` float array."""
+    return table[BOX_COLUMNS].to_numpy(float).reshape(-1, 4)
+
+
+def images_row(image: str, n_detections: int = 0, width=None, height=None, error: str = "") -> dict:
+    """One row of an images list: an image processed (``ok``) or ``failed`` with its ``error``."""
+    return {"image": str(image), "status": "failed" if error else "ok", "n_detections": 0 if error else n_detections,
+            "width": width, "height": height, "error": error}
 
 
 class DetectionsFileError(ValueError):
@@ -67,7 +83,7 @@ def detections_frame(image: str, boxes, labels, scores, wcs=None, model="", **ex
         "image": [str(image)] * n,
         "label": labels,
         "score": np.broadcast_to(np.asarray(scores, float), (n,)).copy(),
-        "x_min": boxes[:, 0], "y_min": boxes[:, 1], "x_max": boxes[:, 2], "y_max": boxes[:, 3],
+        **dict(zip(BOX_COLUMNS, boxes.T)),
         "x_center": x_center, "y_center": y_center, "ra": ra, "dec": dec,
         "model": [str(model)] * n if isinstance(model, str) else [str(m) for m in model],
     })

@@ -6,54 +6,17 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .model import Detector, ModelError, load_model, select_device
-
-log = logging.getLogger(__name__)
 
 #: The paper's post-processing: class-agnostic NMS at IoU 0.2 (and a score threshold of 0.3,
 #: used for models without a calibrated threshold of their own).
 DEFAULT_NMS_IOU = 0.2
-DEFAULT_MODEL = "default"
-_PACKAGED_MODELS = {"default": "default_clump_detector.safetensors"}
-
-
-def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:
-    return Path(__file__).parent / "models" / _PACKAGED_MODELS[name]
-
-
-_MODEL_CACHE: dict = {}
-
-
-def resolve_model(model=None, device="auto") -> Detector:
-    """A :class:`Detector` from a Detector, a model file, or a packaged model name (cached)."""
-    if isinstance(model, Detector):
-        return model
-    name = DEFAULT_MODEL if model is None else str(model)
-    if name in _PACKAGED_MODELS:
-        path = packaged_model_path(name)
-        if not path.is_file():
-            raise ModelError(f"{path}: the packaged '{name}' model is missing from this installation")
-    else:
-        path = Path(name)
-        if not path.exists():
-            from .model import BACKBONES
-
-            if name in BACKBONES:
-                raise ModelError(f"{name}: a built-in architecture has an untrained detection head; train it "
-                                 f"first (napari-clumps train --model {name}) or pass a trained model file")
-            raise ModelError(f"{name}: no such model file or packaged model")
-    torch_device = select_device(device)
-    key = (str(path.resolve()), path.stat().st_mtime_ns, str(torch_device))
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()  # keep one model in memory
-        _MODEL_CACHE[key] = load_model(path, device=torch_device)
-    return _MODEL_CACHE[key]
+#: Network inputs (images or tiles) per forward pass.
+DEFAULT_BATCH_SIZE = 4
 
 
 def as_galaxy_image(item, name: str | None = None):
@@ -68,16 +31,7 @@ def as_galaxy_image(item, name: str | None = None):
         return item
     if isinstance(item, (str, Path)):
         return read_image(item)
-    array = np.asarray(item)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"{name or 'array'}: expected an (H, W, 3) colour or (H, W) grey image, got {array.shape}")
-    array = array[..., :3]
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(np.nan_to_num(array.astype(np.float32)) * 255), 0, 255).astype(np.uint8)
-    return GalaxyImage(path=Path(name or "array"), bands=np.moveaxis(array, -1, 0) / np.float32(255),
-                       band_names=("R", "G", "B"), composite=array)
+    return GalaxyImage.from_rgb(item, name or "array")
 
 
 def image_tensor(image, in_chans: int = 3):
@@ -110,6 +64,14 @@ class ImageDetections:
     width: int = 0
     height: int = 0
 
+    def images_row(self) -> dict:
+        """This outcome as a row of the images list (:func:`napari_clumps.detections.images_row`)."""
+        from .detections import images_row
+
+        if self.error:
+            return images_row(self.name, error=self.error)
+        return images_row(self.name, len(self.table), self.width, self.height)
+
 
 def postprocess(boxes, scores, labels, nms_iou: float, score_threshold: float):
     """Class-agnostic NMS then the score threshold (numpy arrays in, numpy arrays out)."""
@@ -123,15 +85,17 @@ def postprocess(boxes, scores, labels, nms_iou: float, score_threshold: float):
     return np.asarray(boxes)[keep], np.asarray(scores)[keep], np.asarray(labels)[keep]
 
 
-def iter_detections(items, model=None, *, names=None, device="auto", batch_size: int = 4,
+def iter_detections(items, model=None, *, names=None, device="auto", batch_size: int = DEFAULT_BATCH_SIZE,
                     score_threshold: float | None = None, nms_iou: float = DEFAULT_NMS_IOU,
                     keep_off_host: bool = False, psf_fwhm: float | None = None,
                     pixel_scale: float | None = None, seeing: float | None = None, should_stop=None):
-    """Yield an :class:`ImageDetections` per item, in order.
+    """Yield an :class:`ImageDetections` per image, in order.
 
-    ``items``: paths, :class:`~napari_clumps.io.GalaxyImage` objects or arrays. A file that cannot
-    be read yields its error and the others go on. Tiles of all images are batched together,
-    ``batch_size`` network inputs at a time. ``score_threshold`` defaults to the model's
+    ``items``: paths, folders (searched recursively, sorted; images named relative to the
+    folder, as the CLI names them), :class:`~napari_clumps.io.GalaxyImage` objects or arrays. A
+    file that cannot be read yields its error and the others go on. Tiles of all images are
+    batched together, ``batch_size`` network inputs at a time. ``model``: anything
+    :func:`~napari_clumps.model.get_detector` takes. ``score_threshold`` defaults to the model's
     recommended one. ``should_stop()`` is polled between batches.
 
     Every table has the host columns of :mod:`napari_clumps.host`; detections off the host galaxy
@@ -139,108 +103,156 @@ def iter_detections(items, model=None, *, names=None, device="auto", batch_size:
     with ``seeing`` (arcsec), say how large the PSF is (FITS headers may say it too); the image is
     then resampled to the model's training PSF (:mod:`napari_clumps.scale`).
     """
-    import torch
-
-    from .detections import detections_frame
-    from .host import add_host_columns, find_host, on_host_rows
     from .io import ImageReadError
-    from .scale import image_psf_fwhm, resample, resample_factor
+    from .model import ModelError, get_detector
+    from .scale import image_psf_fwhm
 
     image_psf_fwhm(None, psf_fwhm, pixel_scale, seeing)  # bad values fail here, before any work
-    detector = resolve_model(model, device)
-    network, config = detector.network, detector.config
-    if score_threshold is None:
-        score_threshold = detector.score_threshold
-    torch_device = next(network.parameters()).device
-    network.eval()
-    names = list(names) if names is not None else [None] * len(items)
-    tile = max(int(round(config.tile_size / config.input_scale)), 32)
-    overlap = int(round(config.tile_overlap / config.input_scale))
-    autocast = (torch.autocast("cuda", dtype=torch.float16) if torch_device.type == "cuda"
-                else contextlib.nullcontext())
-
-    pending = {}  # image index -> dict(image, name, parts, n_tiles)
-    batch = []  # (image index, y0, x0, tensor)
-    next_to_yield = 0
-    finished = {}
-
-    def run_batch():
-        with torch.inference_mode(), autocast:
-            outputs = network([t.to(torch_device) for *_, t in batch])
-        for (index, y0, x0, _), out in zip(batch, outputs):
-            boxes = out["boxes"].float().cpu().numpy() + np.array([x0, y0, x0, y0], np.float32)
-            boxes /= pending[index]["factor"]  # back to the image's own pixels
-            pending[index]["parts"].append((boxes, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy()))
-        batch.clear()
-
-    def finish(index):
-        state = pending.pop(index)
-        image, parts = state["image"], state["parts"]  # every image has at least one tile
-        boxes = np.concatenate([p[0] for p in parts])
-        scores = np.concatenate([p[1] for p in parts])
-        labels = np.concatenate([p[2] for p in parts])
-        boxes, scores, labels = postprocess(boxes, scores, labels, nms_iou, score_threshold)
-        order = np.argsort(-scores, kind="stable")
-        table = detections_frame(state["name"], boxes[order], labels[order], scores[order], wcs=image.wcs,
-                                 model=detector.model_id)
-        table = add_host_columns(table, find_host(image) if len(table) else None)  # no search for nothing
-        if not keep_off_host:
-            table = on_host_rows(table).reset_index(drop=True)
-        finished[index] = ImageDetections(state["name"], table, width=image.width, height=image.height)
-
-    def ready():
-        nonlocal next_to_yield
-        while next_to_yield in finished:
-            yield finished.pop(next_to_yield)
-            next_to_yield += 1
-
+    items, names = expand_items(items, names)
+    detector = get_detector(model, device)
+    if not detector.trained:
+        raise ModelError(f"{detector.source}: a built-in architecture has an untrained detection head; train "
+                         f"it first (napari-clumps train --model {detector.source}) or pass a trained model file")
+    run = _BatchedRun(detector, batch_size, score_threshold, nms_iou, keep_off_host)
     for index, (item, name) in enumerate(zip(items, names)):
         if should_stop is not None and should_stop():
             return
-        name = name or (str(item) if isinstance(item, (str, Path)) else
-                        str(getattr(item, "path", f"image_{index}")))
         try:
             image = as_galaxy_image(item, name)
         except (ImageReadError, ValueError) as error:
-            finished[index] = ImageDetections(name, error=str(error))
-            yield from ready()
-            continue
-        factor = resample_factor(config.psf_fwhm_px, image_psf_fwhm(image, psf_fwhm, pixel_scale, seeing))
-        tensor = resample(image_tensor(image, config.in_chans), factor)
-        height, width = tensor.shape[-2:]
-        windows = tile_windows(height, width, tile, overlap)
-        pending[index] = {"image": image, "name": name, "parts": [], "n_tiles": len(windows),
-                          "factor": np.array([width / image.width, height / image.height] * 2, np.float32)}
-        for y0, x0, y1, x1 in windows:
-            batch.append((index, y0, x0, tensor[:, y0:y1, x0:x1]))
-            if len(batch) >= batch_size:
+            run.fail(index, name, str(error))
+        else:
+            for _ in run.add(index, name, image, image_psf_fwhm(image, psf_fwhm, pixel_scale, seeing)):
                 if should_stop is not None and should_stop():
                     return
-                run_batch()
-                for done in [i for i, s in pending.items() if len(s["parts"]) == s["n_tiles"]]:
-                    finish(done)
-                yield from ready()
-    if batch:
-        run_batch()
-    for done in sorted(pending):
-        finish(done)
-    yield from ready()
+                run.run_batch()
+        yield from run.ready()
+    run.run_batch()
+    run.finish_all()
+    yield from run.ready()
+
+
+def expand_items(items, names=None) -> tuple[list, list[str]]:
+    """``items`` with every folder replaced by its images (:func:`~napari_clumps.io.find_images`)
+    and a name for each: the one given, the path as given, or ``image_<i>`` for arrays."""
+    from .io import find_images
+
+    items = list(items)
+    if names is not None:
+        names = [str(n) if n is not None else None for n in names]
+        if len(names) != len(items):
+            raise ValueError(f"{len(names)} names for {len(items)} images")
+    expanded, expanded_names = [], []
+    for index, item in enumerate(items):
+        given = names[index] if names is not None else None
+        if isinstance(item, (str, Path)) and Path(item).is_dir():
+            found = find_images([item])
+            expanded += [path for path, _ in found]
+            expanded_names += [f"{given}/{name}" if given else name for _, name in found]
+            continue
+        expanded.append(item)
+        expanded_names.append(given or (str(item) if isinstance(item, (str, Path)) else
+                                        str(getattr(item, "path", f"image_{index}"))))
+    return expanded, expanded_names
+
+
+class _BatchedRun:
+    """Tiles of many images through the network in batches, and each image's table once all its
+    tiles are done; tables come out in the order the images went in."""
+
+    def __init__(self, detector, batch_size: int, score_threshold, nms_iou: float, keep_off_host: bool):
+        import torch
+
+        self.detector, self.batch_size, self.nms_iou = detector, batch_size, nms_iou
+        self.keep_off_host = keep_off_host
+        self.score_threshold = detector.score_threshold if score_threshold is None else score_threshold
+        self.device = next(detector.network.parameters()).device
+        detector.network.eval()
+        config = detector.config
+        self.tile = max(int(round(config.tile_size / config.input_scale)), 32)
+        self.overlap = int(round(config.tile_overlap / config.input_scale))
+        self.autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
+                         else contextlib.nullcontext())
+        self.pending = {}  # image index -> dict(image, name, parts, n_tiles, factor)
+        self.batch = []  # (image index, y0, x0, tensor)
+        self.finished = {}
+        self.next_to_yield = 0
+
+    def add(self, index: int, name: str, image, psf_fwhm):
+        """Queue the tiles of an image; yields each time a batch is full (the caller runs it)."""
+        from .scale import resample, resample_factor
+
+        config = self.detector.config
+        tensor = resample(image_tensor(image, config.in_chans), resample_factor(config.psf_fwhm_px, psf_fwhm))
+        height, width = tensor.shape[-2:]
+        windows = tile_windows(height, width, self.tile, self.overlap)
+        self.pending[index] = {"image": image, "name": name, "parts": [], "n_tiles": len(windows),
+                               "factor": np.array([width / image.width, height / image.height] * 2, np.float32)}
+        for y0, x0, y1, x1 in windows:
+            self.batch.append((index, y0, x0, tensor[:, y0:y1, x0:x1]))
+            if len(self.batch) >= self.batch_size:
+                yield
+
+    def run_batch(self) -> None:
+        """The network on the queued tiles; images whose tiles are all done get their tables."""
+        import torch
+
+        if not self.batch:
+            return
+        with torch.inference_mode(), self.autocast:
+            outputs = self.detector.network([t.to(self.device) for *_, t in self.batch])
+        for (index, y0, x0, _), out in zip(self.batch, outputs):
+            state = self.pending[index]
+            boxes = out["boxes"].float().cpu().numpy() + np.array([x0, y0, x0, y0], np.float32)
+            boxes /= state["factor"]  # back to the image's own pixels
+            state["parts"].append((boxes, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy()))
+        self.batch.clear()
+        for index in [i for i, state in self.pending.items() if len(state["parts"]) == state["n_tiles"]]:
+            self._finish(index)
+
+    def finish_all(self) -> None:
+        for index in sorted(self.pending):
+            self._finish(index)
+
+    def fail(self, index: int, name: str, error: str) -> None:
+        self.finished[index] = ImageDetections(name, error=error)
+
+    def ready(self):
+        """Outcomes that are next in order."""
+        while self.next_to_yield in self.finished:
+            yield self.finished.pop(self.next_to_yield)
+            self.next_to_yield += 1
+
+    def _finish(self, index: int) -> None:
+        from .detections import detections_frame
+        from .host import add_host_columns, find_host, on_host_rows
+
+        state = self.pending.pop(index)
+        image, parts = state["image"], state["parts"]
+        boxes, scores, labels = (np.concatenate([part[k] for part in parts]) for k in range(3))
+        boxes, scores, labels = postprocess(boxes, scores, labels, self.nms_iou, self.score_threshold)
+        order = np.argsort(-scores, kind="stable")
+        table = detections_frame(state["name"], boxes[order], labels[order], scores[order], wcs=image.wcs,
+                                 model=self.detector.model_id)
+        table = add_host_columns(table, find_host(image) if len(table) else None)  # no search for nothing
+        if not self.keep_off_host:
+            table = on_host_rows(table).reset_index(drop=True)
+        self.finished[index] = ImageDetections(state["name"], table, width=image.width, height=image.height)
 
 
 def detect(images, model=None, **options):
-    """Detect clumps in one image or many; returns a detections table (design.md schema).
+    """Detect clumps in one image or many; returns a detections table (docs/contracts.md).
 
-    ``images``: a path, :class:`~napari_clumps.io.GalaxyImage` or array, or a list of them.
-    ``model``: a :class:`~napari_clumps.model.Detector`, a model file or a packaged model name
-    (default: the packaged default model). Options as :func:`iter_detections`. Unreadable
+    ``images``: a path, a folder, a :class:`~napari_clumps.io.GalaxyImage` or an array, or a list
+    of them. ``model``: a :class:`~napari_clumps.model.Detector`, a model file or a packaged model
+    name (default: the packaged default model). Options as :func:`iter_detections`. Unreadable
     images raise; use :func:`iter_detections` to skip them instead.
     """
     import pandas as pd
 
     from .detections import COLUMNS, HOST_COLUMNS
 
-    single = not isinstance(images, (list, tuple))
-    items = [images] if single else list(images)
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
     tables = []
     for result in iter_detections(items, model, **options):
         if result.error:

@@ -314,9 +314,9 @@ class InjectionSettings:
     """Every number of :func:`inject_clumps`; where each comes from is said beside it.
 
     "Dev set" is the 37 real SDSS Stripe 82 galaxies with 213 catalogued clumps
-    (shared/data/real_clumps_gzh_s82), measured with :func:`measure_clump` by
+    (the real development set, docs/data.md), measured with :func:`measure_clump` by
     ``tools/make_real_training_set.py --calibrate`` (numbers in docs/real-sky-training.md);
-    "Clump Scout" is the 46,164 volunteer boxes of shared/data/clumpscout_boxes.csv.
+    "Clump Scout" is the 46,164 volunteer boxes of ``clumpscout_boxes.csv`` (docs/data.md).
     """
 
     #: Relative frequency of 1, 2, ..., 9 clumps per host: Clump Scout galaxies with boxes
@@ -348,7 +348,7 @@ class InjectionSettings:
     #: core / shoulder light ratio; quartiles 1.5 / 2.2; stars measured the same way: 1.05).
     #: Host structure and noise widen every measurement: injected 1.0-1.6 measure 1.6 (1.4 / 2.0).
     size_range: tuple = (1.0, 1.6)
-    #: Truth box side = this x PSF FWHM (Clump Scout convention; shared/data/clumpscout_boxes.csv).
+    #: Truth box side = this x PSF FWHM (Clump Scout convention; docs/data.md).
     box_side_per_fwhm: float = BOX_SIDE_PER_FWHM
     #: Clump centres at least this many PSF FWHM apart (= 0.8 box side, as in the simulator:
     #: volunteers' boxes rarely overlap much).

@@ -62,6 +62,41 @@ class GalaxyImage:
     n_bad_pixels: int = 0
     hdu_names: tuple = field(default_factory=tuple)
 
+    @classmethod
+    def from_rgb(cls, array, path="array", wcs=None, header=None, n_bad_pixels: int = 0) -> "GalaxyImage":
+        """A display image, as JPEG/PNG files and RGB layers hold: ``(H, W, 3|4)`` colour or
+        ``(H, W[, 1])`` grey; uint8, integers 0-255 or floats 0-1 (alpha dropped, NaN as 0).
+        Its bands are the channels in 0-1 and its composite the channels themselves."""
+        array = np.asarray(array)
+        if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+            array = array[..., :3]
+        elif array.ndim == 2:
+            array = array[..., None]
+        else:
+            raise ValueError(f"{path}: expected an (H, W, 3) colour or (H, W) grey image, got shape {array.shape}")
+        if np.issubdtype(array.dtype, np.integer):
+            peak = 255.0 if array.dtype == np.uint8 or array.max(initial=0) > 1 else 1.0
+            channels = array.astype(np.float32) / np.float32(peak)
+        else:
+            channels = np.nan_to_num(array.astype(np.float32))
+        bands = np.ascontiguousarray(np.moveaxis(channels, -1, 0))
+        composite = array if array.dtype == np.uint8 else np.clip(np.rint(channels * 255), 0, 255).astype(np.uint8)
+        names = ("L",) if composite.shape[-1] == 1 else ("R", "G", "B")
+        if composite.shape[-1] == 1:
+            composite = np.repeat(composite, 3, axis=-1)
+        return cls(path=Path(path), bands=bands, band_names=names, composite=np.ascontiguousarray(composite),
+                   wcs=wcs, header=header, n_bad_pixels=n_bad_pixels)
+
+    @classmethod
+    def from_bands(cls, bands, band_names, path, wcs=None, header=None, **extra) -> "GalaxyImage":
+        """Raw bands ``(n_bands, H, W)`` (FITS data, simulations); the composite is their Lupton
+        stretch (:mod:`napari_clumps.composite`)."""
+        from .composite import lupton_composite
+
+        bands = np.ascontiguousarray(bands, dtype=np.float32)
+        return cls(path=Path(path), bands=bands, band_names=tuple(band_names),
+                   composite=lupton_composite(bands, band_names), wcs=wcs, header=header, **extra)
+
     @property
     def height(self) -> int:
         return int(self.bands.shape[1])
@@ -98,6 +133,23 @@ def is_fits_path(path) -> bool:
 
 def is_supported_path(path) -> bool:
     return str(path).lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def find_images(paths) -> list[tuple[Path, str]]:
+    """The files given, and the supported images in the folders given (recursively, sorted).
+
+    Returns ``(path, name)`` pairs; ``name`` is the path as given, or for a file found in a
+    folder its path relative to that folder (the CSV ``image`` column, docs/contracts.md).
+    """
+    found = []
+    for given in [paths] if isinstance(paths, (str, Path)) else paths:
+        given = Path(given)
+        if given.is_dir():
+            for path in sorted(p for p in given.rglob("*") if p.is_file() and is_supported_path(p)):
+                found.append((path, path.relative_to(given).as_posix()))
+        else:
+            found.append((given, str(given)))
+    return found
 
 
 def read_image(path) -> GalaxyImage:
@@ -215,18 +267,7 @@ def _read_fits(path: Path) -> GalaxyImage:
     if wcs is None and header is not primary_header:
         wcs = _celestial_wcs(primary_header)
         header = primary_header if wcs is not None else header
-    from .composite import lupton_composite
-
-    return GalaxyImage(
-        path=path,
-        bands=np.ascontiguousarray(bands, dtype=np.float32),
-        band_names=tuple(names),
-        composite=lupton_composite(bands, names),
-        wcs=wcs,
-        header=header,
-        n_bad_pixels=n_bad,
-        hdu_names=tuple(hdu_names),
-    )
+    return GalaxyImage.from_bands(bands, names, path, wcs, header, n_bad_pixels=n_bad, hdu_names=tuple(hdu_names))
 
 
 def _squeeze_leading(path, data: np.ndarray) -> np.ndarray:
@@ -264,7 +305,4 @@ def _read_raster(path: Path) -> GalaxyImage:
     except Exception as error:
         raise ImageReadError(path, f"not a readable JPEG/PNG image ({_first_line(error)})") from error
     bands, n_bad = _replace_non_finite(path, np.ascontiguousarray(bands))
-    composite = np.clip(np.rint(np.moveaxis(bands, 0, -1) * 255), 0, 255).astype(np.uint8)
-    if composite.shape[-1] == 1:
-        composite = np.repeat(composite, 3, axis=-1)
-    return GalaxyImage(path=path, bands=bands, band_names=names, composite=composite, n_bad_pixels=n_bad)
+    return GalaxyImage.from_rgb(np.moveaxis(bands, 0, -1), path, n_bad_pixels=n_bad)

@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .detections import box_array
+
 DEFAULT_IOU = 0.3
+#: Matching rules of :func:`match_image`.
+MATCH_RULES = ("iou", "centre")
 
 
 @dataclass
@@ -70,7 +74,7 @@ def match_image(truth_boxes, det_boxes, det_scores=None, *, rule: str = "iou",
         allowed = distance <= centre_factor * half_side
         quality = -distance
     else:
-        raise ValueError(f"unknown matching rule {rule!r}; use 'iou' or 'centre'")
+        raise ValueError(f"unknown matching rule {rule!r}; use one of {', '.join(MATCH_RULES)}")
     for d in np.argsort(-scores, kind="stable"):
         candidates = np.flatnonzero(allowed[d] & ~truth_matched)
         if len(candidates):
@@ -92,17 +96,16 @@ def scores_table(truth, detections, thresholds=None, images=None, **rule) -> "pa
     names = sorted(set(images) if images is not None else set(truth.image) | set(detections.image))
     truth_by = {k: v for k, v in truth.groupby("image")}
     det_by = {k: v for k, v in detections.groupby("image")}
-    columns = ["x_min", "y_min", "x_max", "y_max"]
     rows = []
     for threshold in thresholds:
         n_truth = n_det = matched = 0
         for name in names:
             t = truth_by.get(name)
             d = det_by.get(name)
-            t_boxes = t[columns].to_numpy(float) if t is not None else np.zeros((0, 4))
+            t_boxes = box_array(t) if t is not None else np.zeros((0, 4))
             if d is not None:
                 d = d[d.score >= threshold]
-            d_boxes = d[columns].to_numpy(float) if d is not None else np.zeros((0, 4))
+            d_boxes = box_array(d) if d is not None else np.zeros((0, 4))
             d_scores = d.score.to_numpy(float) if d is not None else np.zeros(0)
             match = match_image(t_boxes, d_boxes, d_scores, **rule)
             n_truth += len(t_boxes)
@@ -128,15 +131,14 @@ def coco_average_precision(truth, detections, images=None) -> dict:
     names = sorted(set(images) if images is not None else set(truth.image) | set(detections.image))
     truth_by = {k: v for k, v in truth.groupby("image")}
     det_by = {k: v for k, v in detections.groupby("image")}
-    columns = ["x_min", "y_min", "x_max", "y_max"]
     preds, targets = [], []
     for name in names:
         d, t = det_by.get(name), truth_by.get(name)
-        d_boxes = torch.tensor(d[columns].to_numpy(float) if d is not None else np.zeros((0, 4)), dtype=torch.float32)
+        d_boxes = torch.tensor(box_array(d) if d is not None else np.zeros((0, 4)), dtype=torch.float32)
         preds.append({"boxes": d_boxes, "scores": torch.tensor(d.score.to_numpy(float) if d is not None else [],
                                                                 dtype=torch.float32),
                       "labels": torch.zeros(len(d_boxes), dtype=torch.int64)})
-        t_boxes = torch.tensor(t[columns].to_numpy(float) if t is not None else np.zeros((0, 4)), dtype=torch.float32)
+        t_boxes = torch.tensor(box_array(t) if t is not None else np.zeros((0, 4)), dtype=torch.float32)
         targets.append({"boxes": t_boxes, "labels": torch.zeros(len(t_boxes), dtype=torch.int64)})
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
     metric.update(preds, targets)
@@ -167,3 +169,32 @@ def plot_scores(table, path, title: str = "") -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
     plt.close(fig)
+
+
+def evaluate(truth, detections, *, score_threshold: float | None = None, rule: str = MATCH_RULES[0],
+             iou_threshold: float = DEFAULT_IOU, images=None) -> dict:
+    """Score detections against truth: the one-call API behind ``napari-clumps evaluate``.
+
+    ``truth`` and ``detections``: detections tables or CSV paths. ``images``: the image names
+    to count; by default those of the truth CSV's images list (so an image with no clumps and
+    no detections counts), else every image in either table. Returns ``by_threshold`` (the
+    :func:`scores_table` over thresholds 0.05-0.95), ``at_threshold`` (its row at
+    ``score_threshold``, default the paper's 0.3), ``coco`` (:func:`coco_average_precision`)
+    and the settings used.
+    """
+    from .detections import read_detections, read_images_list
+    from .model import PAPER_SCORE_THRESHOLD
+
+    if score_threshold is None:
+        score_threshold = PAPER_SCORE_THRESHOLD
+    if images is None and not hasattr(truth, "columns"):
+        listed = read_images_list(truth)
+        images = list(listed.image) if listed is not None else None
+    truth = truth if hasattr(truth, "columns") else read_detections(truth)
+    detections = detections if hasattr(detections, "columns") else read_detections(detections)
+    settings = {"rule": rule, "iou_threshold": iou_threshold}
+    at = scores_table(truth, detections, thresholds=[score_threshold], images=images, **settings).iloc[0]
+    return {**settings, "score_threshold": score_threshold,
+            "by_threshold": scores_table(truth, detections, images=images, **settings),
+            "at_threshold": {k: float(at[k]) for k in at.index},
+            "coco": coco_average_precision(truth, detections, images)}

@@ -3,9 +3,12 @@
 * :class:`DetectorConfig` says everything needed to rebuild a detector; it travels inside every
   model file with the weights and the provenance.
 * :data:`BACKBONES` names the built-in choices; :func:`build_detector` makes the network.
+* :func:`get_detector` is the one way to get a detector from a name, a file or a built-in
+  architecture; it is built from :func:`load_model` (a model file), :func:`new_detector` (a
+  built-in architecture with an untrained head) and the packaged models.
 * :func:`save_model` / :func:`load_model` read and write model files (safetensors: loading
-  never executes code); :func:`load_paper_checkpoint` reads the ``nn.DataParallel`` state dicts
-  released with Popp et al. 2024.
+  never executes code; the format is in docs/contracts.md); :func:`load_paper_checkpoint` reads
+  the ``nn.DataParallel`` state dicts released with Popp et al. 2024.
 
 Classes are background / clump / odd clump (:data:`napari_clumps.detections.CLASS_NAMES`).
 """
@@ -177,31 +180,6 @@ def _timm_encoder(config: DetectorConfig, weights):
         raise ModelError(f"{path}: not {config.timm_arch} weights ({type(error).__name__}: {error})") from error
 
 
-def _timm_fpn_backbone_class():
-    import torch
-    from torch import nn
-    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
-
-    class TimmFPN(nn.Module):
-        """A timm encoder's last four stages (strides 4-32) + an FPN with a stride-64 max-pool level."""
-
-        def __init__(self, encoder: nn.Module, fpn_channels: int):
-            super().__init__()
-            n_levels = len(encoder.feature_info)
-            self.indices = list(range(n_levels - 4, n_levels))
-            encoder.prune_intermediate_layers(self.indices, prune_head=True, prune_norm=False)
-            self.body = encoder
-            in_channels = [encoder.feature_info[i]["num_chs"] for i in self.indices]
-            self.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
-            self.out_channels = fpn_channels
-
-        def forward(self, x: torch.Tensor):
-            features = self.body.forward_intermediates(x, indices=self.indices, intermediates_only=True)
-            return self.fpn({str(i): f for i, f in enumerate(features)})
-
-    return TimmFPN
-
-
 def build_detector(config: DetectorConfig, backbone_weights=None):
     """A torchvision ``FasterRCNN`` for ``config``; ``backbone_weights`` as in :func:`_timm_encoder`."""
     from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn
@@ -231,7 +209,9 @@ def build_detector(config: DetectorConfig, backbone_weights=None):
     if config.kind != "timm":
         raise ModelError(f"{config.backbone}: unknown detector kind {config.kind!r}")
 
-    backbone = _timm_fpn_backbone_class()(_timm_encoder(config, backbone_weights), config.fpn_channels)
+    from .networks import FixedScaleTransform, TimmFPN
+
+    backbone = TimmFPN(_timm_encoder(config, backbone_weights), config.fpn_channels)
     anchors = AnchorGenerator(sizes=tuple(tuple(s) for s in config.anchor_sizes),
                               aspect_ratios=(tuple(config.aspect_ratios),) * len(config.anchor_sizes))
     pooler = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
@@ -239,34 +219,8 @@ def build_detector(config: DetectorConfig, backbone_weights=None):
         backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pooler,
         box_head=TwoMLPHead(config.fpn_channels * 7 * 7, config.box_head_width),
         box_predictor=FastRCNNPredictor(config.box_head_width, n_classes), **common)
-    model.transform = _fixed_scale_transform(model.transform, config.input_scale)
+    model.transform = FixedScaleTransform.replacing(model.transform, config.input_scale)
     return model
-
-
-def _fixed_scale_transform(transform, scale: float):
-    """torchvision's transform, resizing by a fixed factor instead of to ``min_size``.
-
-    Clumps are PSF-sized: the network must see them at the pixel size it was trained on,
-    whatever the cutout's size, so the image is not stretched to a fixed side.
-    """
-    import torch
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-
-    class FixedScaleTransform(GeneralizedRCNNTransform):
-        def resize(self, image, target=None):
-            if self.scale == 1.0:
-                return image, target
-            size = image.shape[-2:]
-            image = torch.nn.functional.interpolate(image[None], scale_factor=self.scale, mode="bilinear",
-                                                    align_corners=False, recompute_scale_factor=True)[0]
-            if target is not None and "boxes" in target:
-                target["boxes"] = resize_boxes(target["boxes"], size, image.shape[-2:])
-            return image, target
-
-    new = FixedScaleTransform(transform.min_size, transform.max_size, transform.image_mean,
-                              transform.image_std, size_divisible=32)
-    new.scale = float(scale)
-    return new
 
 
 # ----------------------------------------------------------------------------- model files
@@ -290,6 +244,11 @@ class Detector:
     def score_threshold(self) -> float:
         """The model's recommended score threshold (calibrated when it was made), else 0.3."""
         return recommended_threshold(self.provenance)
+
+    @property
+    def trained(self) -> bool:
+        """False for a built-in architecture fresh from :func:`new_detector` (untrained head)."""
+        return not self.provenance.get("untrained", False)
 
 
 #: The paper's score threshold, for models that were not calibrated.
@@ -315,8 +274,51 @@ def new_detector(name: str, backbone_weights="hub", **changes) -> Detector:
     """A detector of built-in architecture ``name`` with an untrained detection head."""
     config = config_for(name, **changes)
     network = build_detector(config, backbone_weights)
-    return Detector(network, config, {"model_id": f"{name}-untrained", "base": name,
+    return Detector(network, config, {"model_id": f"{name}-untrained", "base": name, "untrained": True,
                                       "backbone_weights": str(backbone_weights)}, source=name)
+
+
+#: Models that ship inside the package, by name.
+PACKAGED_MODELS = {"default": "default_clump_detector.safetensors"}
+DEFAULT_MODEL = "default"
+_LOADED: dict = {}  # the last model file loaded, by (path, modification time, device)
+
+
+def packaged_model_path(name: str = DEFAULT_MODEL) -> Path:
+    return Path(__file__).parent / "models" / PACKAGED_MODELS[name]
+
+
+def get_detector(model=None, device="auto", *, backbone_weights=None) -> Detector:
+    """A :class:`Detector` from whatever names one.
+
+    ``model``: a Detector (returned as it is); None or a packaged model's name (``"default"``);
+    a model file (``.safetensors``, or a paper checkpoint ``.pt``/``.pth``); or a built-in
+    architecture of :data:`BACKBONES`, which gives a detector with an *untrained* head to train
+    (its encoder from ``backbone_weights``: a weights file, ``"hub"`` (the default when the
+    architecture has Zoobot weights) or ``"none"``). Model files are cached (the last one), so
+    asking again is free; :func:`napari_clumps.training.train` never changes the detector it is given.
+    """
+    if isinstance(model, Detector):
+        return model
+    name = DEFAULT_MODEL if model is None else str(model)
+    if name in PACKAGED_MODELS:
+        path = packaged_model_path(name)
+        if not path.is_file():
+            raise ModelError(f"{path}: the packaged '{name}' model is missing from this installation")
+    elif name in BACKBONES and not Path(name).exists():
+        weights = backbone_weights or ("hub" if BACKBONES[name]().hub_id else None)
+        detector = new_detector(name, backbone_weights=None if weights == "none" else weights)
+        return Detector(detector.network.to(select_device(device)), detector.config, detector.provenance, name)
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise ModelError(f"{name}: no such model file or packaged model")
+    torch_device = select_device(device)
+    key = (str(path.resolve()), path.stat().st_mtime_ns, str(torch_device))
+    if key not in _LOADED:
+        _LOADED.clear()  # keep one model in memory
+        _LOADED[key] = load_model(path, device=torch_device)
+    return _LOADED[key]
 
 
 def save_model(detector: Detector, path, half: bool = False) -> Path:
@@ -397,6 +399,10 @@ def load_paper_checkpoint(path, device="cpu") -> Detector:
     return Detector(network.to(device).eval(), config, provenance, str(path))
 
 
+#: Device choices: "auto" picks CUDA, then Apple MPS, then the CPU.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
 def select_device(device: str = "auto"):
     """A ``torch.device``: ``auto`` picks CUDA, then Apple MPS, then the CPU."""
     import torch
@@ -411,6 +417,6 @@ def select_device(device: str = "auto"):
         raise ModelError("cuda: no CUDA GPU is available here; use --device cpu or auto")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ModelError("mps: Apple MPS is not available here; use --device cpu or auto")
-    if device not in ("cpu", "cuda", "mps"):
-        raise ModelError(f"{device}: unknown device; use auto, cpu, cuda or mps")
+    if device not in DEVICES:
+        raise ModelError(f"{device}: unknown device; use {', '.join(DEVICES)}")
     return torch.device(device)

@@ -1,6 +1,6 @@
 """The one place that converts between pixel conventions.
 
-The project's convention (design.md, used by the CSV, the detector and the tests):
+The project's convention (docs/contracts.md, used by the CSV, the detector and the tests):
 
 * 0-based pixel **edges** of the image array as the reader returns it;
 * ``x`` = column, ``y`` = row; pixel ``(row r, col c)`` covers ``[c, c+1) x [r, r+1)``;
@@ -13,8 +13,10 @@ Other conventions met in practice:
 * **napari data coordinates** put pixel centres at integers and order axes ``(row, col)``,
   so the edge point ``(x, y)`` is napari ``(y - 0.5, x - 0.5)``.
 
-How a layer is *displayed* (FITS north-up) is a layer transform on top of its data
-coordinates and never changes these numbers.
+How an image is *displayed* never changes these numbers. FITS arrays hold FITS row 1 (the
+south edge, for the usual north-up WCS) at row 0; DS9, napari layers and our pictures show them
+north up, row 0 at the bottom, as survey JPEG cutouts store them (:func:`north_up`,
+:func:`napari_north_up`, :func:`flip_boxes_vertically`).
 """
 from __future__ import annotations
 
@@ -82,3 +84,14 @@ def flip_boxes_vertically(boxes, height: int) -> np.ndarray:
     """Boxes of an image whose rows were reversed (``array[::-1]``), e.g. a north-up JPEG of a FITS array."""
     boxes = np.asarray(boxes, float).reshape(-1, 4)
     return np.column_stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]])
+
+
+def north_up(array) -> np.ndarray:
+    """The rows of a FITS array reversed: the image as DS9 shows it and cutout services store it."""
+    return np.asarray(array)[::-1]
+
+
+def napari_north_up(height: int) -> dict:
+    """napari layer kwargs that show a FITS array of ``height`` rows north up: only the display
+    flips (world row = height - 1 - data row), so data coordinates and boxes stay the array's."""
+    return {"scale": (-1.0, 1.0), "translate": (float(height - 1), 0.0)}

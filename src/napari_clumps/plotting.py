@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CLASS_COLOURS = {"clump": "#00e5ff", "odd_clump": "#ff9f1c"}
+from .detections import CLASS_COLOURS, box_array
+from .pixels import flip_boxes_vertically, north_up
 
 
 def save_boxes_png(image, table, path, title: str | None = None) -> Path:
@@ -21,20 +22,18 @@ def save_boxes_png(image, table, path, title: str | None = None) -> Path:
     from .atomic import atomic_path
 
     height, width = image.height, image.width
+    shown, boxes = image.composite, box_array(table)
+    if image.is_fits:  # drawn north up; boxes follow the rows
+        shown, boxes = north_up(shown), flip_boxes_vertically(boxes, height)
     fig, ax = plt.subplots(figsize=(4.2, 4.2 * height / width + 0.3))
     # extent in edge coordinates: pixel (r, c) spans [c, c+1) x [r, r+1)
-    origin = "lower" if image.is_fits else "upper"
-    extent = (0, width, 0, height) if image.is_fits else (0, width, height, 0)
-    ax.imshow(image.composite, origin=origin, extent=extent, interpolation="nearest")
-    for row in table.itertuples():
-        colour = CLASS_COLOURS.get(row.label, "white")
-        ax.add_patch(Rectangle((row.x_min, row.y_min), row.x_max - row.x_min, row.y_max - row.y_min,
-                               fill=False, ec=colour, lw=1.2))
-        text_y = row.y_max if image.is_fits else row.y_min
-        ax.text(row.x_min, text_y, f"{row.score:.2f}", color=colour, fontsize=7,
-                va="bottom", ha="left")
+    ax.imshow(shown, extent=(0, width, height, 0), interpolation="nearest")
+    for (x_min, y_min, x_max, y_max), label, score in zip(boxes, table.label, table.score):
+        colour = CLASS_COLOURS.get(label, "white")
+        ax.add_patch(Rectangle((x_min, y_min), x_max - x_min, y_max - y_min, fill=False, ec=colour, lw=1.2))
+        ax.text(x_min, y_min, f"{score:.2f}", color=colour, fontsize=7, va="bottom", ha="left")
     ax.set_xlim(0, width)
-    ax.set_ylim((0, height) if image.is_fits else (height, 0))
+    ax.set_ylim(height, 0)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"{Path(image.path).name}: {len(table)} clumps", fontsize=8)

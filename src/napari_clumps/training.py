@@ -1,6 +1,6 @@
 """Training and fine-tuning the detector on images with boxes (no napari).
 
-* :func:`load_labelled_images` pairs images with a labels CSV (design.md format); every image
+* :func:`load_labelled_images` pairs images with a labels CSV (the detections format, docs/contracts.md); every image
   given counts as fully labelled, so one with no rows is a negative.
 * :func:`clean_boxes` repairs or drops hand-drawn boxes (inverted corners, partly outside,
   zero size) and says what it did.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detections import CLASS_NAMES
+from .detections import CLASS_NAMES, box_array
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,11 @@ def load_labelled_images(image_paths, labels_csv, *, strict_names: bool = True) 
     name. Returns the labelled images and the cleaning notes. Rows naming no given image raise
     when ``strict_names``.
     """
-    from .cli import expand_paths
     from .detections import read_detections
-    from .io import read_image
+    from .io import find_images, read_image
 
     table = read_detections(labels_csv)
-    found = expand_paths(image_paths)
+    found = find_images(image_paths)
     if not found:
         raise TrainingError("no images given")
     by_key = {}
@@ -105,7 +104,7 @@ def load_labelled_images(image_paths, labels_csv, *, strict_names: bool = True) 
             import pandas as pd
 
             rows = pd.concat(rows)
-            boxes = rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+            boxes = box_array(rows)
             labels = np.array([CLASS_NAMES.index(v) for v in rows.label])
         else:
             boxes, labels = np.zeros((0, 4)), np.zeros(0, int)
@@ -267,7 +266,8 @@ def evaluate_items(detector, items: list[LabelledImage], score_threshold: float 
 
 def train(detector, items: list[LabelledImage], options: TrainingOptions | None = None, *, out=None,
           callback=None, should_stop=None, data_description: str = ""):
-    """Fine-tune ``detector`` on ``items``; returns the trained :class:`~napari_clumps.model.Detector`.
+    """Fine-tune a copy of ``detector`` on ``items``; returns the trained
+    :class:`~napari_clumps.model.Detector` (the detector given is left as it was).
 
     ``out``: a model file written (atomically) after each epoch that improves validation F1, or
     each epoch without validation. On cancel (``should_stop()`` true, polled every step) the
@@ -284,85 +284,119 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
         raise TrainingError("epochs and batch size must be at least 1")
     torch.manual_seed(options.seed)
     device = select_device(options.device)
-    network = detector.network.to(device)
-    config = detector.config
+    network = copy.deepcopy(detector.network).to(device)
     set_trainable_blocks(network, options.trainable_blocks)
     train_items, val_items = split_train_val(items, options.val_fraction, options.seed)
-    generator = torch.Generator().manual_seed(options.seed)
-    loader = torch.utils.data.DataLoader(
-        _Dataset(train_items, config.in_chans, augmentations(options.scale_jitter)),
-        batch_size=options.batch_size, shuffle=True, collate_fn=_collate, generator=generator,
-        num_workers=options.num_workers, drop_last=len(train_items) > options.batch_size)
-    params = [p for p in network.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
-    steps = len(loader)
-    total_steps = options.epochs * steps
-    if total_steps >= 10:  # one-cycle: warm up over 20 % of the steps, then anneal
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=options.learning_rate,
-                                                        total_steps=total_steps, pct_start=0.2)
-    else:  # too few steps for the schedule's phases: a constant rate
-        scheduler = torch.optim.lr_scheduler.ConstantLR(optimiser, factor=1.0, total_iters=0)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loader = _loader(train_items, detector.config.in_chans, options)
+    optimisation = _Optimisation(network, options, device, total_steps=options.epochs * len(loader))
+    best = _BestEpoch()
+    history, start = [], time.perf_counter()
 
-    history, best_f1, best_state, best_threshold, stale = [], -1.0, None, None, 0
-    start = time.perf_counter()
+    def progress(kind, epoch, step, loss, record=None):
+        if callback is not None:
+            record = record or {}
+            callback(TrainingProgress(kind, epoch, options.epochs, step, len(loader), loss, time.perf_counter() - start,
+                                      record.get("val_f1"), record.get("val_completeness"), record.get("val_purity"),
+                                      history=history))
+
     for epoch in range(1, options.epochs + 1):
         network.train()
         losses = []
         for step, (images, targets) in enumerate(loader, start=1):
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
-            images = [im.to(device) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                loss = sum(network(images, targets).values())
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} in epoch {epoch}; lower the learning rate")
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimiser)
-            torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
-            scaler.step(optimiser)
-            scaler.update()
-            scheduler.step()
-            losses.append(loss.item())
-            if callback is not None:
-                callback(TrainingProgress("step", epoch, options.epochs, step, steps, losses[-1],
-                                          time.perf_counter() - start, history=history))
+            losses.append(optimisation.step(images, targets, epoch))
+            progress("step", epoch, step, losses[-1])
+        network.eval()
+        trained = Detector(network, detector.config, dict(detector.provenance), detector.source)
         record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                   "seconds": round(time.perf_counter() - start, 2)}
-        network.eval()
-        trained = Detector(network, config, dict(detector.provenance), detector.source)
         if val_items:
             metrics = evaluate_items(trained, val_items, options.val_score_threshold, device=str(device))
             record.update({f"val_{k}": v for k, v in metrics.items()})
         history.append(record)
-        val_f1 = record.get("val_f1")
-        improved = val_f1 is None or val_f1 > best_f1
-        if improved:
-            best_f1 = -1.0 if val_f1 is None else val_f1
-            best_threshold = record.get("val_threshold")
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
-            stale = 0
-            if out is not None:
-                save_model(_with_provenance(trained, detector, options, history, len(train_items),
-                                            len(val_items), data_description, best_threshold), out)
-        else:
-            stale += 1
-        if callback is not None:
-            callback(TrainingProgress("epoch", epoch, options.epochs, steps, steps, record["loss"],
-                                      time.perf_counter() - start, val_f1, record.get("val_completeness"),
-                                      record.get("val_purity"), history=history))
-        if options.patience and stale >= options.patience:
-            log.info("early stop after epoch %d: no better validation F1 for %d epochs", epoch, stale)
+        if best.update(record, network) and out is not None:
+            save_model(_with_provenance(trained, detector, options, history, len(train_items), len(val_items),
+                                        data_description, best.threshold), out)
+        progress("epoch", epoch, len(loader), record["loss"], record)
+        if options.patience and best.stale >= options.patience:
+            log.info("early stop after epoch %d: no better validation F1 for %d epochs", epoch, best.stale)
             break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
-    final = Detector(network, config, dict(detector.provenance), detector.source)
+    best.restore(network)
+    final = Detector(network.eval(), detector.config, dict(detector.provenance), detector.source)
     return _with_provenance(final, detector, options, history, len(train_items), len(val_items), data_description,
-                            best_threshold)
+                            best.threshold)
+
+
+def _loader(items, in_chans: int, options: TrainingOptions):
+    """Shuffled, augmented batches of ``items`` (seeded)."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        _Dataset(items, in_chans, augmentations(options.scale_jitter)), batch_size=options.batch_size,
+        shuffle=True, collate_fn=_collate, generator=torch.Generator().manual_seed(options.seed),
+        num_workers=options.num_workers, drop_last=len(items) > options.batch_size)
+
+
+class _Optimisation:
+    """AdamW over the trainable parameters, a one-cycle schedule, gradient clipping, and mixed
+    precision on CUDA: one :meth:`step` per batch."""
+
+    def __init__(self, network, options: TrainingOptions, device, total_steps: int):
+        import torch
+
+        self.network, self.device, self.grad_clip = network, device, options.grad_clip
+        self.params = [p for p in network.parameters() if p.requires_grad]
+        self.optimiser = torch.optim.AdamW(self.params, lr=options.learning_rate, weight_decay=options.weight_decay)
+        if total_steps >= 10:  # one-cycle: warm up over 20 % of the steps, then anneal
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimiser, max_lr=options.learning_rate,
+                                                                 total_steps=total_steps, pct_start=0.2)
+        else:  # too few steps for the schedule's phases: a constant rate
+            self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimiser, factor=1.0, total_iters=0)
+        self.use_amp = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def step(self, images, targets, epoch: int) -> float:
+        """One optimisation step on a batch; returns its loss."""
+        import torch
+
+        images = [im.to(self.device) for im in images]
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            loss = sum(self.network(images, targets).values())
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} in epoch {epoch}; lower the learning rate")
+        self.optimiser.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimiser)
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.scaler.step(self.optimiser)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item()
+
+
+class _BestEpoch:
+    """The weights of the epoch with the best validation F1 (without validation: the last)."""
+
+    def __init__(self):
+        self.f1, self.state, self.threshold, self.stale = -1.0, None, None, 0
+
+    def update(self, record: dict, network) -> bool:
+        """Keep ``network``'s weights if this epoch is the best so far; returns whether it is."""
+        val_f1 = record.get("val_f1")
+        if val_f1 is not None and val_f1 <= self.f1:
+            self.stale += 1
+            return False
+        self.f1 = -1.0 if val_f1 is None else val_f1
+        self.threshold = record.get("val_threshold")
+        self.state = copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
+        self.stale = 0
+        return True
+
+    def restore(self, network) -> None:
+        if self.state is not None:
+            network.load_state_dict(self.state)
 
 
 def _with_provenance(trained, base, options, history, n_train, n_val, data_description, threshold=None):
