@@ -20,6 +20,7 @@ as survey cutout services make them (north up, so its rows are the FITS rows fli
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,10 +35,34 @@ ON_GALAXY_SNR = 2.0
 #: Look-alike negatives (stars, compact blue sources) only where the galaxy is fainter than this;
 #: in between, where nobody could say whether a source is on the galaxy, none are placed.
 OFF_GALAXY_SNR = 0.5
+#: Power index (beta) of the Moffat PSF: broader wings than a Gaussian's, as seeing has.
+MOFFAT_BETA = 3.5
+#: The PSF kernel spans this many FWHM (4 each side): the profile there is below 1e-4 of its peak.
+PSF_KERNEL_SIDE_PER_FWHM = 8
+#: FWHM over sigma of a Gaussian, 2 sqrt(2 ln 2). A point source's flux is taken as its peak x
+#: 2 pi sigma^2 of a Gaussian of the PSF's FWHM (the PSF's effective area).
+GAUSSIAN_FWHM_PER_SIGMA = 2.3548
+#: Intrinsic axis ratio of a disc seen edge-on: discs have thickness.
+DISC_THICKNESS = 0.15
+#: Arms of a disc's spiral pattern.
+SPIRAL_ARMS = 2
+#: Added to radius / scale length before its log, which has no value at the centre.
+SPIRAL_CENTRE_SOFTENING = 1e-3
+#: Tries at placing a galaxy's clumps: a galaxy with little visible disc gets fewer clumps.
+MAX_CLUMP_PLACEMENT_ATTEMPTS = 200
+#: A truth box's centre is at least this many box sides inside the image edge ...
+TRUTH_BOX_EDGE_MARGIN = 0.3
+#: ... and this many box sides from any other truth box's centre (boxes rarely overlap much).
+MIN_TRUTH_BOX_SEPARATION = 0.8
+#: Background galaxies are placed no nearer the disc centre than this many disc scale lengths.
+BACKGROUND_GALAXY_MIN_DISC_SCALES = 1.5
+#: Key of the second random stream (``SeedSequence([seed, index, EXTRA_STREAM])``).
+EXTRA_STREAM = 1
 BANDS = ("g", "r", "i")
 TRUTH_MODEL_ID = "simulation-truth"
 
-# Colours as flux ratios g:r:i relative to r (from g-r and r-i in magnitudes).
+
+# Colours as flux ratios g:r:i relative to r (from g-r and r-i in magnitudes: 0.4 dex per mag).
 def _flux_ratios(g_r: float, r_i: float) -> np.ndarray:
     return np.array([10 ** (-0.4 * g_r), 1.0, 10 ** (0.4 * r_i)])
 
@@ -75,6 +100,75 @@ class SimulationSettings:
     jpeg_white_percentile_range: tuple = (99.0, 99.95)
     jpeg_saturation_range: tuple = (0.7, 1.5)
     jpeg_quality_range: tuple = (50, 95)
+
+    # The numbers below were inline in the simulator until it was split into steps (issue 12);
+    # the defaults are those numbers. Ranges are drawn uniformly unless said otherwise; colours
+    # are (g-r range, r-i range) in magnitudes. Brightnesses are in the units of the disc (its
+    # central r surface brightness is 1) or of the sky noise per pixel in r ("snr").
+    #: Offset of the disc centre from the frame centre: Gaussian sigma in pixels, per axis.
+    disc_centre_sigma_px: float = 2.0
+    #: cos(inclination): 0.3 is ~73 deg, as volunteers skip edge-on discs.
+    cos_inclination_range: tuple = (0.3, 1.0)
+    #: Fraction of discs with a two-armed logarithmic spiral pattern.
+    spiral_fraction: float = 0.7
+    #: Spiral amplitude: relative modulation of the disc from one scale length outwards.
+    spiral_amplitude_range: tuple = (0.2, 0.7)
+    #: Spiral pitch angle in degrees.
+    spiral_pitch_deg: tuple = (12.0, 30.0)
+    #: Disc colour.
+    disc_colour: tuple = ((0.4, 0.7), (0.2, 0.4))
+    #: Fraction of galaxies with a Sersic bulge (same centre and position angle as the disc).
+    bulge_fraction: float = 0.7
+    #: Bulge effective radius in disc scale lengths.
+    bulge_r_eff_per_disc_scale: tuple = (0.15, 0.4)
+    #: Bulge Sersic index.
+    bulge_sersic_n: tuple = (1.5, 4.0)
+    #: Bulge axis ratio (bulges are rounder than inclined discs).
+    bulge_axis_ratio: tuple = (0.7, 1.0)
+    #: Bulge peak r surface brightness (before the PSF), in units of the disc's central one.
+    bulge_peak: tuple = (0.5, 3.0)
+    #: Bulge colour: redder than the disc.
+    bulge_colour: tuple = ((0.7, 0.95), (0.35, 0.5))
+    #: Clump distance from the centre in the disc plane: Gamma(shape, scale) in disc scale lengths
+    #: (mean ~2.2: mostly the outer disc, as the volunteers' boxes).
+    clump_radius_gamma: tuple = (6.0, 0.36)
+    #: Clump peak over the local (unconvolved) disc brightness; the peak is the larger of this
+    #: contrast and the floor ``clump_peak_snr_range``.
+    clump_contrast_range: tuple = (0.5, 3.0)
+    #: Floor of the clump peak, in sky noise: a clump on a faint outer disc is still seen.
+    clump_peak_snr_range: tuple = (8.0, 25.0)
+    #: Clump colour: bluer than the disc (young stars).
+    clump_colour: tuple = ((-0.1, 0.3), (-0.2, 0.1))
+    #: Odd clump colour: red.
+    odd_clump_colour: tuple = ((1.0, 1.5), (0.4, 0.7))
+    #: Star brightness in sky noise, log-uniform (flux = this x sky noise x PSF area): any.
+    star_peak_snr_range: tuple = (8.0, 400.0)
+    #: Star colour: redder than clumps.
+    star_colour: tuple = ((0.5, 1.6), (0.1, 0.6))
+    #: Background galaxy Sersic effective radius in pixels (small: far away).
+    background_r_eff_px: tuple = (1.5, 6.0)
+    #: Background galaxy Sersic index.
+    background_sersic_n: tuple = (1.0, 4.0)
+    #: Background galaxy axis ratio.
+    background_axis_ratio: tuple = (0.3, 1.0)
+    #: Background galaxy peak before the PSF, in sky noise.
+    background_peak_snr_range: tuple = (5.0, 40.0)
+    #: Background galaxy colour: red (distant, redshifted).
+    background_colour: tuple = ((0.8, 1.6), (0.3, 0.7))
+    #: Compact blue source brightness in sky noise, log-uniform (flux = this x sky noise x PSF
+    #: area): fainter than stars, as clumps are.
+    compact_blue_peak_snr_range: tuple = (8.0, 80.0)
+    #: Compact blue source size: up to this many PSF FWHM, added in quadrature to the PSF FWHM
+    #: (point-like to barely resolved).
+    compact_blue_max_size_per_fwhm: float = 1.5
+    #: Compact blue source colour: that of clumps, a little wider.
+    compact_blue_colour: tuple = ((-0.1, 0.4), (-0.2, 0.2))
+    #: Sky noise per pixel of g, r, i relative to r: g is noisier relative to its signal, as in SDSS.
+    band_noise_ratios: tuple = (1.3, 1.0, 1.2)
+    #: Source noise: variance per unit of flux, in units of the r sky noise.
+    source_noise_factor: float = 0.05
+    #: Declination range in degrees (uniform on the sphere; RA anywhere): an SDSS-like footprint.
+    dec_range_deg: tuple = (-10.0, 60.0)
 
 
 @dataclass
@@ -138,8 +232,13 @@ class SimulatedGalaxy:
         return wcs
 
 
-def _moffat(xx, yy, x0, y0, flux, fwhm, beta=3.5):
-    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+def _moffat_alpha(fwhm, beta=MOFFAT_BETA):
+    """Core width of a Moffat profile of that FWHM."""
+    return fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+
+
+def _moffat(xx, yy, x0, y0, flux, fwhm, beta=MOFFAT_BETA):
+    alpha = _moffat_alpha(fwhm, beta)
     r2 = ((xx - x0) ** 2 + (yy - y0) ** 2) / alpha**2
     return flux * (beta - 1) / (np.pi * alpha**2) * (1 + r2) ** (-beta)
 
@@ -152,137 +251,306 @@ def _sersic(xx, yy, x0, y0, amplitude, r_eff, n, axis_ratio, theta):
     return model(xx, yy)
 
 
+def _draw_colour(rng, colour) -> np.ndarray:
+    """g:r:i flux ratios of a colour drawn from ``((g-r range), (r-i range))``."""
+    (g_r, r_i) = colour
+    return _flux_ratios(rng.uniform(*g_r), rng.uniform(*r_i))
+
+
+def _draw_log_uniform(rng, value_range) -> float:
+    """A value spread evenly in log between the two ends: brightnesses span decades."""
+    low, high = value_range
+    return np.exp(rng.uniform(np.log(low), np.log(high)))
+
+
+def _add_coloured(images, colour, plane) -> None:
+    """Adds one source, ``plane`` in r, to the g, r, i images in its colour."""
+    images += colour[:, None, None] * plane[None]
+
+
+# The galaxy is drawn in steps, each from one random stream. The order of the steps and of the
+# draws within them is part of the data set: galaxy i of seed s must stay the same, and a draw
+# added to the main stream, or moved, would change the galaxies of every seed.
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The square frame's pixel centres in edge coordinates (pixel i spans i .. i + 1)."""
+
+    size: int
+    xx: np.ndarray
+    yy: np.ndarray
+
+    @classmethod
+    def square(cls, size: int) -> _Grid:
+        centres = np.arange(size) + 0.5
+        xx, yy = np.meshgrid(centres, centres)
+        return cls(size, xx, yy)
+
+
+@dataclass(frozen=True)
+class _Psf:
+    """The observing conditions: a Moffat PSF, and the pixel scale that goes with the seeing."""
+
+    box_side: float  # truth box side in px, as drawn (BOX_SIDE_PER_FWHM x fwhm, up to rounding)
+    fwhm: float  # px
+    pixel_scale: float  # arcsec per px
+
+    @property
+    def area(self) -> float:
+        """2 pi sigma^2 of a Gaussian of that FWHM: brightness x area = flux of a point source."""
+        return np.pi * (self.fwhm / GAUSSIAN_FWHM_PER_SIGMA) ** 2 * 2
+
+    @functools.cached_property
+    def kernel(self):
+        from astropy.convolution import Moffat2DKernel
+
+        side = int(PSF_KERNEL_SIDE_PER_FWHM * self.fwhm) | 1  # odd, so that it has a centre pixel
+        return Moffat2DKernel(gamma=_moffat_alpha(self.fwhm), alpha=MOFFAT_BETA, x_size=side, y_size=side)
+
+    def blur(self, image: np.ndarray) -> np.ndarray:
+        """An extended source as seen through the PSF (flux kept; zero beyond the frame)."""
+        from astropy.convolution import convolve_fft
+
+        return convolve_fft(image, self.kernel, boundary="fill", normalize_kernel=True)
+
+    def point_source(self, grid: _Grid, x, y, flux, fwhm=None) -> np.ndarray:
+        """A point source (or one a little wider than the PSF, of FWHM ``fwhm``) at x, y."""
+        return _moffat(grid.xx, grid.yy, x, y, flux, self.fwhm if fwhm is None else fwhm)
+
+
+def _draw_psf(rng, s: SimulationSettings) -> _Psf:
+    # The box side is what the volunteer data measures; the FWHM follows from it.
+    side = float(np.clip(s.box_side_median * np.exp(rng.normal(0, s.box_side_log_sigma)), *s.box_side_range))
+    fwhm = side / BOX_SIDE_PER_FWHM
+    return _Psf(box_side=side, fwhm=fwhm, pixel_scale=rng.uniform(*s.seeing_arcsec) / fwhm)
+
+
+@dataclass(frozen=True)
+class _Disc:
+    """Where the disc is and how it is seen: centre, scale length and projection."""
+
+    cx: float
+    cy: float
+    scale: float  # exponential scale length h, px
+    axis_ratio: float  # projected minor over major axis
+    theta: float  # position angle of the major axis, radians from +x
+
+    def plane_coordinates(self, grid: _Grid):
+        """Radius and azimuth in the disc plane (deprojected) of every pixel."""
+        dx, dy = grid.xx - self.cx, grid.yy - self.cy
+        u = dx * np.cos(self.theta) + dy * np.sin(self.theta)
+        v = (-dx * np.sin(self.theta) + dy * np.cos(self.theta)) / self.axis_ratio
+        return np.hypot(u, v), np.arctan2(v, u)
+
+    def project(self, radius, azimuth):
+        """Frame x, y of a point at ``radius``, ``azimuth`` in the disc plane."""
+        u, v = radius * np.cos(azimuth), radius * np.sin(azimuth) * self.axis_ratio
+        return (self.cx + u * np.cos(self.theta) - v * np.sin(self.theta),
+                self.cy + u * np.sin(self.theta) + v * np.cos(self.theta))
+
+
+def _draw_disc(rng, s: SimulationSettings) -> _Disc:
+    cx, cy = s.size / 2 + rng.normal(0, s.disc_centre_sigma_px, 2)
+    scale = float(np.exp(rng.uniform(*np.log(s.disc_scale_px))))
+    cos_i = rng.uniform(*s.cos_inclination_range)
+    # A disc seen edge-on is not a line: it has thickness.
+    return _Disc(cx=cx, cy=cy, scale=scale, axis_ratio=np.hypot(cos_i, DISC_THICKNESS),
+                 theta=rng.uniform(0, np.pi))
+
+
+def _draw_spiral_pattern(rng, s: SimulationSettings, disc: _Disc, radius, azimuth):
+    """Relative modulation of the disc by a logarithmic spiral, or None for a disc without arms."""
+    # The amplitude is drawn whether or not the disc gets arms (the draw order is fixed).
+    amplitude = rng.choice([0.0, rng.uniform(*s.spiral_amplitude_range)],
+                           p=[1 - s.spiral_fraction, s.spiral_fraction])
+    if not amplitude:
+        return None
+    pitch = np.radians(rng.uniform(*s.spiral_pitch_deg))
+    log_radius = np.log(radius / disc.scale + SPIRAL_CENTRE_SOFTENING)
+    phase = SPIRAL_ARMS * (azimuth - log_radius / np.tan(pitch)) + rng.uniform(0, 2 * np.pi)
+    # The arms grow from nothing at the centre to full amplitude at one scale length, so the
+    # centre stays smooth, where a log spiral winds infinitely tight.
+    return 1 + amplitude * np.cos(phase) * np.clip(radius / disc.scale, 0, 1)
+
+
+def _disc_images(rng, s: SimulationSettings, disc: _Disc, grid: _Grid) -> np.ndarray:
+    """g, r, i of the exponential disc and its spiral pattern, before the PSF."""
+    radius, azimuth = disc.plane_coordinates(grid)
+    light = np.exp(-radius / disc.scale)
+    spiral = _draw_spiral_pattern(rng, s, disc, radius, azimuth)
+    if spiral is not None:
+        light *= spiral
+    return _draw_colour(rng, s.disc_colour)[:, None, None] * light[None]
+
+
+def _add_bulge(rng, s: SimulationSettings, images, disc: _Disc, grid: _Grid) -> None:
+    """Adds a redder Sersic bulge, before the PSF, to some galaxies."""
+    if rng.random() >= s.bulge_fraction:
+        return
+    bulge = _sersic(grid.xx, grid.yy, disc.cx, disc.cy, 1.0,
+                    rng.uniform(*s.bulge_r_eff_per_disc_scale) * disc.scale, rng.uniform(*s.bulge_sersic_n),
+                    rng.uniform(*s.bulge_axis_ratio), disc.theta)
+    bulge *= rng.uniform(*s.bulge_peak) / bulge.max()
+    images += _draw_colour(rng, s.bulge_colour)[:, None, None] * bulge
+
+
+@dataclass
+class _Truth:
+    """The truth boxes so far, and where a source may go: the galaxy's surface brightness decides
+    whether a source is on it (a clump, an odd clump) or off it (a distractor)."""
+
+    disc_r: np.ndarray  # unconvolved r surface brightness of disc and bulge
+    noise_r: float  # sky noise per pixel in r
+    box_side: float
+    clumps: list = field(default_factory=list)
+
+    def galaxy_snr(self, x, y) -> float:
+        """The galaxy's local surface brightness over the sky noise per pixel."""
+        size = self.disc_r.shape[-1]
+        return self.disc_r[int(np.clip(y, 0, size - 1)), int(np.clip(x, 0, size - 1))] / self.noise_r
+
+    def has_room(self, x, y) -> bool:
+        """Not cut by the image edge, not piled on another truth box (volunteers' boxes rarely
+        overlap much)."""
+        size = self.disc_r.shape[-1]
+        margin = TRUTH_BOX_EDGE_MARGIN * self.box_side
+        return (margin < x < size - margin and margin < y < size - margin
+                and not any(np.hypot(x - c.x, y - c.y) < MIN_TRUTH_BOX_SEPARATION * self.box_side
+                            for c in self.clumps))
+
+
+def _draw_clump_count(rng, s: SimulationSettings) -> int:
+    if rng.random() < s.clump_free_fraction:
+        return 0
+    weights = np.asarray(s.clump_count_weights, float)
+    return int(rng.choice(np.arange(1, len(weights) + 1), p=weights / weights.sum()))
+
+
+def _place_clumps(rng, s: SimulationSettings, n_clumps: int, disc: _Disc, psf: _Psf, truth: _Truth) -> None:
+    """Adds up to ``n_clumps`` clumps to the truth: disc-plane positions weighted to the outer
+    disc, projected like the disc, where the galaxy is seen and there is room for a box. A galaxy
+    with little visible disc gets fewer (the attempts are bounded)."""
+    for _ in range(MAX_CLUMP_PLACEMENT_ATTEMPTS):
+        if len(truth.clumps) >= n_clumps:
+            return
+        radius = disc.scale * rng.gamma(*s.clump_radius_gamma)
+        x, y = disc.project(radius, rng.uniform(0, 2 * np.pi))
+        if not truth.has_room(x, y):
+            continue
+        if truth.galaxy_snr(x, y) < ON_GALAXY_SNR:
+            continue  # volunteers mark clumps in the galaxy, not in empty sky
+        local = truth.disc_r[int(y), int(x)]
+        # Peak above the local disc: a contrast vs the disc and a floor vs the noise.
+        over_disc = rng.uniform(*s.clump_contrast_range) * local
+        over_noise = rng.uniform(*s.clump_peak_snr_range) * truth.noise_r
+        peak = max(over_disc, over_noise)
+        label = "odd_clump" if rng.random() < s.odd_fraction else "clump"
+        truth.clumps.append(Clump(x=float(x), y=float(y), flux_r=float(peak * psf.area), label=label))
+
+
+def _add_clumps(rng, s: SimulationSettings, images, clumps, psf: _Psf, grid: _Grid) -> None:
+    """Adds the clumps' light: unresolved, so the PSF itself, bluer than the disc (odd: red)."""
+    for c in clumps:
+        colour = _draw_colour(rng, s.odd_clump_colour if c.label == "odd_clump" else s.clump_colour)
+        _add_coloured(images, colour, psf.point_source(grid, c.x, c.y, c.flux_r))
+
+
+def _add_stars(rng, s: SimulationSettings, images, truth: _Truth, psf: _Psf, grid: _Grid) -> None:
+    """Foreground stars (point sources, redder than clumps). Over the disc, no one can tell a star
+    from a red clump in one image; volunteers box it and call it odd, and so does the truth."""
+    for _ in range(rng.integers(0, s.max_stars + 1)):
+        x, y = rng.uniform(0, s.size, 2)
+        flux = psf.area * truth.noise_r * _draw_log_uniform(rng, s.star_peak_snr_range)
+        colour = _draw_colour(rng, s.star_colour)
+        snr = truth.galaxy_snr(x, y)
+        if OFF_GALAXY_SNR <= snr < ON_GALAXY_SNR:
+            continue  # nobody could say whether it is on the galaxy
+        if snr >= ON_GALAXY_SNR:
+            if not truth.has_room(x, y):
+                continue
+            truth.clumps.append(Clump(x=float(x), y=float(y), flux_r=float(flux), label="odd_clump"))
+        _add_coloured(images, colour, psf.point_source(grid, x, y, flux))
+
+
+def _add_background_galaxies(rng, s: SimulationSettings, images, disc: _Disc, noise_r: float, psf: _Psf,
+                             grid: _Grid) -> None:
+    """Small, red, extended galaxies behind, beyond the disc: not in the truth."""
+    for _ in range(rng.integers(0, s.max_background_galaxies + 1)):
+        x, y = rng.uniform(0, s.size, 2)
+        if np.hypot(x - disc.cx, y - disc.cy) < BACKGROUND_GALAXY_MIN_DISC_SCALES * disc.scale:
+            continue
+        blob = _sersic(grid.xx, grid.yy, x, y, 1.0, rng.uniform(*s.background_r_eff_px),
+                       rng.uniform(*s.background_sersic_n), rng.uniform(*s.background_axis_ratio),
+                       rng.uniform(0, np.pi))
+        blob *= noise_r * rng.uniform(*s.background_peak_snr_range) / blob.max()
+        _add_coloured(images, _draw_colour(rng, s.background_colour), psf.blur(blob))
+
+
+def _add_compact_blue_sources(rng, s: SimulationSettings, images, truth: _Truth, psf: _Psf,
+                              grid: _Grid) -> None:
+    """Compact blue background sources: clump look-alikes, but off the galaxy (not in the truth)."""
+    for _ in range(rng.integers(0, s.max_compact_blue_sources + 1)):
+        x, y = rng.uniform(0, s.size, 2)
+        if truth.galaxy_snr(x, y) >= OFF_GALAXY_SNR:
+            continue
+        flux = psf.area * truth.noise_r * _draw_log_uniform(rng, s.compact_blue_peak_snr_range)
+        # point-like to barely resolved: an intrinsic size added in quadrature to the PSF
+        width = np.hypot(psf.fwhm, rng.uniform(0, s.compact_blue_max_size_per_fwhm * psf.fwhm))
+        colour = _draw_colour(rng, s.compact_blue_colour)
+        _add_coloured(images, colour, psf.point_source(grid, x, y, flux, fwhm=width))
+
+
+def _draw_jpeg_style(rng, s: SimulationSettings) -> JpegStyle:
+    """Each galaxy's JPEG gets its own look, as cutout services differ."""
+    return JpegStyle(q=float(rng.uniform(*s.jpeg_q_range)),
+                     white_percentile=float(rng.uniform(*s.jpeg_white_percentile_range)),
+                     saturation=float(rng.uniform(*s.jpeg_saturation_range)),
+                     quality=int(rng.integers(s.jpeg_quality_range[0], s.jpeg_quality_range[1] + 1)))
+
+
+def _add_noise(rng, s: SimulationSettings, images, noise_r: float) -> np.ndarray:
+    """Sky noise per band plus source noise (growing with the flux, as photon noise does)."""
+    band_noise = noise_r * np.array(s.band_noise_ratios)[:, None, None]
+    variance = band_noise**2 + np.clip(images, 0, None) * noise_r * s.source_noise_factor
+    return images + rng.normal(size=images.shape) * np.sqrt(variance)
+
+
+def _draw_sky_position(rng, s: SimulationSettings):
+    """RA and Dec in degrees, uniform on the sphere within the Dec range."""
+    ra = float(rng.uniform(0, 360))
+    low, high = s.dec_range_deg
+    dec = float(np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(low)), np.sin(np.radians(high))))))
+    return ra, dec
+
+
 def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | None = None) -> SimulatedGalaxy:
     """Galaxy ``index`` of the data set made with ``seed``."""
-    from astropy.convolution import Moffat2DKernel, convolve_fft
-
     s = settings or SimulationSettings()
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     # Later additions to the simulator draw from their own stream, so that everything the
     # first stream draws (the galaxy, its clumps, stars, noise) stays as it was for a seed.
-    extra_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
-    size = s.size
-    centres = np.arange(size) + 0.5  # pixel centres in edge coordinates
-    xx, yy = np.meshgrid(centres, centres)
+    extra_rng = np.random.default_rng(np.random.SeedSequence([seed, index, EXTRA_STREAM]))
+    grid = _Grid.square(s.size)
 
-    side = float(np.clip(s.box_side_median * np.exp(rng.normal(0, s.box_side_log_sigma)), *s.box_side_range))
-    fwhm = side / BOX_SIDE_PER_FWHM
-    pixel_scale = rng.uniform(*s.seeing_arcsec) / fwhm
+    psf = _draw_psf(rng, s)
+    disc = _draw_disc(rng, s)
+    images = _disc_images(rng, s, disc, grid)
+    _add_bulge(rng, s, images, disc, grid)
+    disc_r = images[1].copy()  # local surface brightness before the PSF, for clump contrast
+    images = np.stack([psf.blur(band) for band in images])
 
-    # Disc (+ spiral arms) and bulge, then the PSF.
-    cx, cy = size / 2 + rng.normal(0, 2, 2)
-    h = float(np.exp(rng.uniform(*np.log(s.disc_scale_px))))
-    cos_i = rng.uniform(0.3, 1.0)  # inclination up to ~73 deg: volunteers skip edge-on discs
-    axis_ratio = np.hypot(cos_i, 0.15)  # discs have thickness
-    theta = rng.uniform(0, np.pi)
-    dx, dy = xx - cx, yy - cy
-    u = dx * np.cos(theta) + dy * np.sin(theta)  # disc-plane coordinates
-    v = (-dx * np.sin(theta) + dy * np.cos(theta)) / axis_ratio
-    radius, azimuth = np.hypot(u, v), np.arctan2(v, u)
-    disc = np.exp(-radius / h)
-    arm_amplitude = rng.choice([0.0, rng.uniform(0.2, 0.7)], p=[0.3, 0.7])
-    if arm_amplitude:
-        pitch = np.radians(rng.uniform(12, 30))
-        phase = 2 * (azimuth - np.log(radius / h + 1e-3) / np.tan(pitch)) + rng.uniform(0, 2 * np.pi)
-        disc *= 1 + arm_amplitude * np.cos(phase) * np.clip(radius / h, 0, 1)
-    disc_colour = _flux_ratios(rng.uniform(0.4, 0.7), rng.uniform(0.2, 0.4))
-    images = disc_colour[:, None, None] * disc[None]
-    if rng.random() < 0.7:
-        bulge = _sersic(xx, yy, cx, cy, 1.0, rng.uniform(0.15, 0.4) * h, rng.uniform(1.5, 4.0),
-                        rng.uniform(0.7, 1.0), theta)
-        bulge *= rng.uniform(0.5, 3.0) / bulge.max()
-        images += _flux_ratios(rng.uniform(0.7, 0.95), rng.uniform(0.35, 0.5))[:, None, None] * bulge
-    disc_r = images[1].copy()  # local surface brightness, for clump contrast
-    alpha = fwhm / (2 * np.sqrt(2 ** (1 / 3.5) - 1))
-    kernel = Moffat2DKernel(gamma=alpha, alpha=3.5, x_size=int(8 * fwhm) | 1, y_size=int(8 * fwhm) | 1)
-    images = np.stack([convolve_fft(band, kernel, boundary="fill", normalize_kernel=True) for band in images])
-
-    noise_r = rng.uniform(*s.noise_range)
-    psf_area = np.pi * (fwhm / 2.3548) ** 2 * 2  # 2 pi sigma^2 of a Gaussian of that FWHM
-
-    def galaxy_snr(x, y):  # the galaxy's local surface brightness over the sky noise per pixel
-        return disc_r[int(np.clip(y, 0, size - 1)), int(np.clip(x, 0, size - 1))] / noise_r
-
-    def room_for_truth_box(x, y):  # not cut by the image edge, not piled on another truth box
-        margin = 0.3 * side  # volunteers' boxes rarely overlap much
-        return (margin < x < size - margin and margin < y < size - margin
-                and not any(np.hypot(x - c.x, y - c.y) < 0.8 * side for c in clumps))
-
-    # Clumps: disc-plane positions weighted to the outer disc, projected like the disc.
-    clumps = []
-    n_clumps = 0
-    if rng.random() >= s.clump_free_fraction:
-        weights = np.asarray(s.clump_count_weights, float)
-        n_clumps = int(rng.choice(np.arange(1, len(weights) + 1), p=weights / weights.sum()))
-    attempts = 0
-    while len(clumps) < n_clumps and attempts < 200:
-        attempts += 1
-        r_disc = h * rng.gamma(6.0, 0.36)
-        phi = rng.uniform(0, 2 * np.pi)
-        uu, vv = r_disc * np.cos(phi), r_disc * np.sin(phi) * axis_ratio
-        x = cx + uu * np.cos(theta) - vv * np.sin(theta)
-        y = cy + uu * np.sin(theta) + vv * np.cos(theta)
-        if not room_for_truth_box(x, y):
-            continue
-        if galaxy_snr(x, y) < ON_GALAXY_SNR:
-            continue  # volunteers mark clumps in the galaxy, not in empty sky
-        local = disc_r[int(y), int(x)]
-        # Peak above the local disc: a contrast vs the disc and a floor vs the noise.
-        peak = max(rng.uniform(0.5, 3.0) * local, rng.uniform(8, 25) * noise_r)
-        label = "odd_clump" if rng.random() < s.odd_fraction else "clump"
-        clumps.append(Clump(x=float(x), y=float(y), flux_r=float(peak * psf_area), label=label))
-    for c in clumps:
-        colour = (_flux_ratios(rng.uniform(1.0, 1.5), rng.uniform(0.4, 0.7)) if c.label == "odd_clump"
-                  else _flux_ratios(rng.uniform(-0.1, 0.3), rng.uniform(-0.2, 0.1)))
-        images += colour[:, None, None] * _moffat(xx, yy, c.x, c.y, c.flux_r, fwhm)[None]
-
-    # Foreground stars (point sources, redder than clumps). Over the disc, no one can tell a star
-    # from a red clump in one image; volunteers box it and call it odd, and so does the truth.
-    for _ in range(rng.integers(0, s.max_stars + 1)):
-        x, y = rng.uniform(0, size, 2)
-        flux = psf_area * noise_r * np.exp(rng.uniform(np.log(8), np.log(400)))
-        colour = _flux_ratios(rng.uniform(0.5, 1.6), rng.uniform(0.1, 0.6))
-        snr = galaxy_snr(x, y)
-        if OFF_GALAXY_SNR <= snr < ON_GALAXY_SNR:
-            continue
-        if snr >= ON_GALAXY_SNR:
-            if not room_for_truth_box(x, y):
-                continue
-            clumps.append(Clump(x=float(x), y=float(y), flux_r=float(flux), label="odd_clump"))
-        images += colour[:, None, None] * _moffat(xx, yy, x, y, flux, fwhm)[None]
-    for _ in range(rng.integers(0, s.max_background_galaxies + 1)):
-        x, y = rng.uniform(0, size, 2)
-        if np.hypot(x - cx, y - cy) < 1.5 * h:
-            continue
-        blob = _sersic(xx, yy, x, y, 1.0, rng.uniform(1.5, 6.0), rng.uniform(1.0, 4.0),
-                       rng.uniform(0.3, 1.0), rng.uniform(0, np.pi))
-        blob *= noise_r * rng.uniform(5, 40) / blob.max()
-        blob = convolve_fft(blob, kernel, boundary="fill", normalize_kernel=True)
-        images += _flux_ratios(rng.uniform(0.8, 1.6), rng.uniform(0.3, 0.7))[:, None, None] * blob[None]
-
-    # Compact blue background sources: clump look-alikes, but off the galaxy.
-    for _ in range(extra_rng.integers(0, s.max_compact_blue_sources + 1)):
-        x, y = extra_rng.uniform(0, size, 2)
-        if galaxy_snr(x, y) >= OFF_GALAXY_SNR:
-            continue
-        flux = psf_area * noise_r * np.exp(extra_rng.uniform(np.log(8), np.log(80)))
-        width = np.hypot(fwhm, extra_rng.uniform(0, 1.5 * fwhm))  # point-like to barely resolved
-        colour = _flux_ratios(extra_rng.uniform(-0.1, 0.4), extra_rng.uniform(-0.2, 0.2))
-        images += colour[:, None, None] * _moffat(xx, yy, x, y, flux, width)[None]
-    jpeg_style = JpegStyle(q=float(extra_rng.uniform(*s.jpeg_q_range)),
-                           white_percentile=float(extra_rng.uniform(*s.jpeg_white_percentile_range)),
-                           saturation=float(extra_rng.uniform(*s.jpeg_saturation_range)),
-                           quality=int(extra_rng.integers(s.jpeg_quality_range[0], s.jpeg_quality_range[1] + 1)))
-
-    # Sky noise (g is noisier relative to its signal, as in SDSS) plus source noise.
-    band_noise = noise_r * np.array([1.3, 1.0, 1.2])[:, None, None]
-    variance = band_noise**2 + np.clip(images, 0, None) * noise_r * 0.05
-    images = images + rng.normal(size=images.shape) * np.sqrt(variance)
-
-    ra = float(rng.uniform(0, 360))
-    dec = float(np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-10)), np.sin(np.radians(60))))))
-    return SimulatedGalaxy(bands=images.astype(np.float32), clumps=clumps, psf_fwhm_px=fwhm,
-                           pixel_scale_arcsec=float(pixel_scale), ra=ra, dec=dec, index=index, seed=seed,
+    truth = _Truth(disc_r=disc_r, noise_r=rng.uniform(*s.noise_range), box_side=psf.box_side)
+    _place_clumps(rng, s, _draw_clump_count(rng, s), disc, psf, truth)
+    _add_clumps(rng, s, images, truth.clumps, psf, grid)
+    _add_stars(rng, s, images, truth, psf, grid)
+    _add_background_galaxies(rng, s, images, disc, truth.noise_r, psf, grid)
+    _add_compact_blue_sources(extra_rng, s, images, truth, psf, grid)
+    jpeg_style = _draw_jpeg_style(extra_rng, s)
+    images = _add_noise(rng, s, images, truth.noise_r)
+    ra, dec = _draw_sky_position(rng, s)
+    return SimulatedGalaxy(bands=images.astype(np.float32), clumps=truth.clumps, psf_fwhm_px=psf.fwhm,
+                           pixel_scale_arcsec=float(psf.pixel_scale), ra=ra, dec=dec, index=index, seed=seed,
                            jpeg_style=jpeg_style)
 
 
