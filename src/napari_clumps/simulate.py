@@ -9,7 +9,7 @@ galaxy's JPEG has its own stretch, colour saturation and JPEG quality. Truth box
 ``BOX_SIDE_PER_FWHM`` x PSF FWHM around each clump, as in Galaxy Zoo: Clump Scout.
 
 The distributions (PSF size, clumps per galaxy, clump distance from the centre, odd fraction)
-are calibrated to the volunteer boxes in ``shared/data/clumpscout_boxes.csv``; see
+are calibrated to the Clump Scout volunteer boxes (``clumpscout_boxes.csv``, docs/data.md); see
 ``docs/simulation.md`` for the comparison. Everything is deterministic for a seed: galaxy ``i``
 of seed ``s`` is the same whatever ``n`` is.
 
@@ -581,9 +581,10 @@ def write_jpeg(galaxy: SimulatedGalaxy, path) -> None:
 
     from .atomic import atomic_path
     from .composite import lupton_composite
+    from .pixels import north_up
 
     style = galaxy.jpeg_style
-    rgb = lupton_composite(galaxy.bands, BANDS, q=style.q, white_percentile=style.white_percentile)[::-1]
+    rgb = north_up(lupton_composite(galaxy.bands, BANDS, q=style.q, white_percentile=style.white_percentile))
     image = ImageEnhance.Color(Image.fromarray(np.ascontiguousarray(rgb))).enhance(style.saturation)
     with atomic_path(path) as tmp:
         image.save(tmp, format="JPEG", quality=style.quality)
@@ -594,7 +595,7 @@ def write_dataset(outdir, n: int = 10, seed: int = 0, settings: SimulationSettin
     """Simulate ``n`` galaxies into ``outdir``; returns the truth CSV path."""
     import pandas as pd
 
-    from .detections import detections_frame, write_detections
+    from .detections import detections_frame, images_row, write_detections
     from .pixels import flip_boxes_vertically
 
     outdir = Path(outdir)
@@ -612,10 +613,9 @@ def write_dataset(outdir, n: int = 10, seed: int = 0, settings: SimulationSettin
         tables.append(detections_frame(f"{name}.jpg", flip_boxes_vertically(boxes, size), labels,
                                        scores=1.0, wcs=None, model=TRUTH_MODEL_ID))
         for file_name in (f"{name}.fits", f"{name}.jpg"):
-            images.append(dict(image=file_name, status="ok", n_detections=len(boxes), width=size,
-                               height=size, psf_fwhm_px=round(galaxy.psf_fwhm_px, 4),
-                               pixel_scale_arcsec=round(galaxy.pixel_scale_arcsec, 5),
-                               seed=seed, index=index))
+            images.append({**images_row(file_name, len(boxes), size, size),
+                           "psf_fwhm_px": round(galaxy.psf_fwhm_px, 4),
+                           "pixel_scale_arcsec": round(galaxy.pixel_scale_arcsec, 5), "seed": seed, "index": index})
     truth_path = outdir / "truth.csv"
     write_detections(pd.concat(tables, ignore_index=True), truth_path, pd.DataFrame(images))
     settings_path = outdir / "simulation.json"
