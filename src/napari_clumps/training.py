@@ -291,6 +291,8 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
     optimisation = _Optimisation(network, options, device, total_steps=options.epochs * len(loader))
     best = _BestEpoch()
     history, start = [], time.perf_counter()
+    # what is being trained is no longer an untrained architecture: validation may run it
+    provenance = {k: v for k, v in detector.provenance.items() if k != "untrained"}
 
     def progress(kind, epoch, step, loss, record=None):
         if callback is not None:
@@ -308,7 +310,7 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
             losses.append(optimisation.step(images, targets, epoch))
             progress("step", epoch, step, losses[-1])
         network.eval()
-        trained = Detector(network, detector.config, dict(detector.provenance), detector.source)
+        trained = Detector(network, detector.config, provenance, detector.source)
         record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                   "seconds": round(time.perf_counter() - start, 2)}
         if val_items:
@@ -323,7 +325,7 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
             log.info("early stop after epoch %d: no better validation F1 for %d epochs", epoch, best.stale)
             break
     best.restore(network)
-    final = Detector(network.eval(), detector.config, dict(detector.provenance), detector.source)
+    final = Detector(network.eval(), detector.config, provenance, detector.source)
     return _with_provenance(final, detector, options, history, len(train_items), len(val_items), data_description,
                             best.threshold)
 
