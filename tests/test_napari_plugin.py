@@ -20,12 +20,16 @@ def test_npe2_discovers_readers_widgets_and_sample_data():
     assert {"*.fits", "*.fits.gz", "*.fz", "*.jpg", "*.png"} <= patterns
     assert {w.display_name for w in manifest.contributions.widgets} >= {"Simulate galaxy"}
     assert {s.key for s in manifest.contributions.sample_data} >= {"simulated_galaxy", "hubble_xdf"}
-    # the package's manifest is the repository-root file, not a copy
+    # the one manifest is a real file inside the package (no symlink, no copy at the root)
     from importlib.resources import files
     from pathlib import Path
 
-    root_manifest = Path(__file__).resolve().parents[1] / "napari.yaml"
-    assert (files("napari_clumps") / "napari.yaml").read_text() == root_manifest.read_text()
+    from npe2 import PluginManifest
+
+    packaged = Path(str(files("napari_clumps") / "napari.yaml"))
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert PluginManifest.from_file(packaged).contributions == manifest.contributions
+    assert not (Path(__file__).resolve().parents[1] / "napari.yaml").exists()
 
 
 @pytest.mark.parametrize("kind, n_bands", [("cube", 3), ("mef", 3), ("cube_gz", 3), ("single", 1), ("compressed", 1)])
