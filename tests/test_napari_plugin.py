@@ -32,6 +32,7 @@ def test_npe2_discovers_readers_widgets_and_sample_data():
     assert not (Path(__file__).resolve().parents[1] / "napari.yaml").exists()
 
 
+@pytest.mark.gui
 @pytest.mark.parametrize("kind, n_bands", [("cube", 3), ("mef", 3), ("cube_gz", 3), ("single", 1), ("compressed", 1)])
 def test_viewer_opens_fits_north_up_with_wcs(make_napari_viewer, image_files, kind, n_bands):
     viewer = make_napari_viewer()
@@ -53,6 +54,7 @@ def test_viewer_opens_fits_north_up_with_wcs(make_napari_viewer, image_files, ki
     assert composite.metadata["bands"].shape == (n_bands, *SIZE)
 
 
+@pytest.mark.gui
 @pytest.mark.parametrize("kind", ["jpeg", "png", "png_rgba", "png_grey"])
 def test_viewer_opens_jpeg_png_as_is(make_napari_viewer, image_files, kind):
     viewer = make_napari_viewer()
@@ -63,6 +65,7 @@ def test_viewer_opens_jpeg_png_as_is(make_napari_viewer, image_files, kind):
     assert layer.metadata["wcs"] is None
 
 
+@pytest.mark.gui
 def test_bad_file_reports_the_file_and_napari_stays_usable(make_napari_viewer, image_files, bad_files):
     viewer = make_napari_viewer()
     with pytest.raises(Exception) as info:
@@ -87,6 +90,7 @@ def test_a_list_of_files_keeps_the_readable_ones(image_files, bad_files):
     assert [kwargs["name"] for _, kwargs, _ in layers] == ["colour.png", "colour.jpg"]
 
 
+@pytest.mark.gui
 def test_sample_data(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-clumps", "simulated_galaxy")
@@ -102,6 +106,7 @@ def test_sample_data(make_napari_viewer):
     assert hubble.data.mean() > 5  # a real image, not blank
 
 
+@pytest.mark.gui
 def test_simulate_widget_adds_a_galaxy(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-clumps", "Simulate galaxy")
