@@ -31,11 +31,11 @@ napari: venv sysdeps
 	$(BIN)/napari
 
 test: venv sysdeps
-	$(XVFB) $(BIN)/python -m pytest
+	$(XVFB) $(BIN)/python -m pytest --cov=napari_clumps --cov-report=term
 
 # Everything but the tests marked slow (training, many detections): a few minutes.
 test-fast: venv sysdeps
 	$(XVFB) $(BIN)/python -m pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache .coverage
