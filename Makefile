@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-
 	libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libdbus-1-3 \
 	libfontconfig1
 
-.PHONY: demo test venv sysdeps napari clean
+.PHONY: demo test test-fast venv sysdeps napari clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ napari: venv sysdeps
 	$(BIN)/napari
 
 test: venv sysdeps
-	$(XVFB) $(BIN)/python -m pytest
+	$(XVFB) $(BIN)/python -m pytest --cov=napari_clumps --cov-report=term
+
+# Everything but the tests marked slow (training, many detections): a few minutes.
+test-fast: venv sysdeps
+	$(XVFB) $(BIN)/python -m pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache .coverage

@@ -10,6 +10,21 @@ import torchvision.ops  # noqa: F401
 import numpy as np
 import pytest
 
+#: Fixtures that oblige a test to carry a marker (pyproject.toml registers them): the model
+#: trained here takes minutes, and a viewer or qtbot needs Qt and an OpenGL context.
+FIXTURE_MARKERS = {"trained_model": "slow", "make_napari_viewer": "gui", "qtbot": "gui"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse to run a test that uses such a fixture without its marker, so that
+    ``-m "not slow"`` (make test-fast) and ``-m "not gui"`` stay what they say."""
+    missing = [f"{item.nodeid}: uses {fixture}, needs @pytest.mark.{marker}"
+               for item in items for fixture, marker in FIXTURE_MARKERS.items()
+               if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None]
+    if missing:
+        raise pytest.UsageError("tests missing a marker:\n" + "\n".join(missing))
+
+
 SIZE = (60, 80)  # rows, columns: not square, so that axis mix-ups show
 CRVAL = (150.1, 2.2)  # RA, Dec in degrees of FITS pixel CRPIX
 CRPIX = (31.0, 21.0)  # 1-based FITS pixel (x, y): astropy pixel (30, 20), edge (30.5, 20.5)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from napari_clumps.cli import main
 from napari_clumps.detections import images_list_path, read_detections
@@ -38,6 +39,7 @@ def test_module_entry_point_has_no_traceback_without_debug(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.fits'}: no such file"]
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_with_the_packaged_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--n", "2"]) == 0
     out = capsys.readouterr().out

@@ -4,11 +4,13 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from napari_clumps.cli import main
 from napari_clumps.detections import COLUMNS, read_detections, read_images_list
 
 
+@pytest.mark.slow
 def test_detect_folder_with_a_bad_file_then_evaluate(trained_model, tmp_path, capsys):
     model, folder, truth = trained_model
     images = tmp_path / "images"

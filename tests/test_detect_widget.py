@@ -7,6 +7,8 @@ from napari_clumps._detect_widget import SCORE_FLOOR, DetectionWidget, register_
 from napari_clumps.detections import read_detections
 from napari_clumps.pixels import boxes_to_napari_rectangles
 
+pytestmark = pytest.mark.gui  # every test here needs a napari viewer (OpenGL); the trained_model ones are slow too
+
 
 @pytest.fixture
 def widget_on_galaxy(make_napari_viewer, trained_model, qtbot):
@@ -31,6 +33,7 @@ def _run_and_wait(widget, qtbot):
     _wait_until_done(widget, qtbot)
 
 
+@pytest.mark.slow
 def test_run_gives_shapes_matching_the_core_detections(widget_on_galaxy, qtbot):
     viewer, widget, model, folder = widget_on_galaxy
     _run_and_wait(widget, qtbot)
@@ -50,6 +53,7 @@ def test_run_gives_shapes_matching_the_core_detections(widget_on_galaxy, qtbot):
     assert "on cpu" in widget.status.value
 
 
+@pytest.mark.slow
 def test_threshold_slider_hides_and_restores_without_rerunning(widget_on_galaxy, qtbot, monkeypatch):
     viewer, widget, *_ = widget_on_galaxy
     widget.score.value = SCORE_FLOOR
@@ -67,6 +71,7 @@ def test_threshold_slider_hides_and_restores_without_rerunning(widget_on_galaxy,
     assert calls == []
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_worker(make_napari_viewer, trained_model, qtbot):
     model, folder, _ = trained_model
     viewer = make_napari_viewer()
@@ -85,6 +90,7 @@ def test_cancel_stops_the_worker(make_napari_viewer, trained_model, qtbot):
     assert widget.status.value == "cancelled" and widget.run_button.enabled
 
 
+@pytest.mark.slow
 def test_edit_export_and_load_back(widget_on_galaxy, qtbot, tmp_path):
     viewer, widget, model, folder = widget_on_galaxy
     _run_and_wait(widget, qtbot)
@@ -113,6 +119,7 @@ def test_edit_export_and_load_back(widget_on_galaxy, qtbot, tmp_path):
     assert list(loaded.features["label"])[-1] == "odd_clump"
 
 
+@pytest.mark.slow
 def test_npe2_writer_and_reader_round_trip(widget_on_galaxy, qtbot, tmp_path):
     viewer, widget, *_ = widget_on_galaxy
     _run_and_wait(widget, qtbot)
@@ -168,6 +175,7 @@ def test_triton_guard_lets_torch_load_after_a_gl_context():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_widget_finds_held_out_clumps(make_napari_viewer, trained_model, qtbot, tmp_path):
     """Through the widget: 8 held-out FITS galaxies, export, score against the truth.
 

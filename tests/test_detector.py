@@ -166,6 +166,7 @@ def test_tiles_cover_the_image_with_overlap():
     assert tile_windows(200, 200, 512, 64) == [(0, 0, 200, 200)]
 
 
+@pytest.mark.slow
 def test_trained_detector_finds_held_out_clumps(trained_model):
     """Measured when written (seed fixed): completeness 0.79, purity 0.74 at score 0.5 (24 galaxies)."""
     path, folder, truth = trained_model
@@ -177,6 +178,7 @@ def test_trained_detector_finds_held_out_clumps(trained_model):
     assert row.completeness >= 0.6 and row.purity >= 0.5, row.to_dict()
 
 
+@pytest.mark.slow
 def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
     """Nine held-out galaxies in a 3 x 3 mosaic (600 x 600, tiled at 256 px): the same clumps."""
     from napari_clumps.model import get_detector
@@ -209,6 +211,7 @@ def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
     assert abs(len(found) - len(per_tile)) <= max(2, 0.2 * len(per_tile))
 
 
+@pytest.mark.slow
 def test_radec_of_detections_agrees_with_truth_to_a_tenth_of_a_pixel(trained_model):
     from astropy.io import fits
     from astropy.wcs import WCS
@@ -237,6 +240,7 @@ def test_radec_of_detections_agrees_with_truth_to_a_tenth_of_a_pixel(trained_mod
     assert checked >= 5
 
 
+@pytest.mark.slow
 def test_a_bad_file_is_reported_and_the_rest_detected(trained_model, bad_files):
     path, folder, _ = trained_model
     items = [str(folder / "sim_00000.fits"), str(bad_files["truncated_fits"]), str(folder / "sim_00001.jpg")]

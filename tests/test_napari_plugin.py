@@ -20,14 +20,19 @@ def test_npe2_discovers_readers_widgets_and_sample_data():
     assert {"*.fits", "*.fits.gz", "*.fz", "*.jpg", "*.png"} <= patterns
     assert {w.display_name for w in manifest.contributions.widgets} >= {"Simulate galaxy"}
     assert {s.key for s in manifest.contributions.sample_data} >= {"simulated_galaxy", "hubble_xdf"}
-    # the package's manifest is the repository-root file, not a copy
+    # the one manifest is a real file inside the package (no symlink, no copy at the root)
     from importlib.resources import files
     from pathlib import Path
 
-    root_manifest = Path(__file__).resolve().parents[1] / "napari.yaml"
-    assert (files("napari_clumps") / "napari.yaml").read_text() == root_manifest.read_text()
+    from npe2 import PluginManifest
+
+    packaged = Path(str(files("napari_clumps") / "napari.yaml"))
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert PluginManifest.from_file(packaged).contributions == manifest.contributions
+    assert not (Path(__file__).resolve().parents[1] / "napari.yaml").exists()
 
 
+@pytest.mark.gui
 @pytest.mark.parametrize("kind, n_bands", [("cube", 3), ("mef", 3), ("cube_gz", 3), ("single", 1), ("compressed", 1)])
 def test_viewer_opens_fits_north_up_with_wcs(make_napari_viewer, image_files, kind, n_bands):
     viewer = make_napari_viewer()
@@ -49,6 +54,7 @@ def test_viewer_opens_fits_north_up_with_wcs(make_napari_viewer, image_files, ki
     assert composite.metadata["bands"].shape == (n_bands, *SIZE)
 
 
+@pytest.mark.gui
 @pytest.mark.parametrize("kind", ["jpeg", "png", "png_rgba", "png_grey"])
 def test_viewer_opens_jpeg_png_as_is(make_napari_viewer, image_files, kind):
     viewer = make_napari_viewer()
@@ -59,6 +65,7 @@ def test_viewer_opens_jpeg_png_as_is(make_napari_viewer, image_files, kind):
     assert layer.metadata["wcs"] is None
 
 
+@pytest.mark.gui
 def test_bad_file_reports_the_file_and_napari_stays_usable(make_napari_viewer, image_files, bad_files):
     viewer = make_napari_viewer()
     with pytest.raises(Exception) as info:
@@ -83,6 +90,7 @@ def test_a_list_of_files_keeps_the_readable_ones(image_files, bad_files):
     assert [kwargs["name"] for _, kwargs, _ in layers] == ["colour.png", "colour.jpg"]
 
 
+@pytest.mark.gui
 def test_sample_data(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-clumps", "simulated_galaxy")
@@ -98,6 +106,7 @@ def test_sample_data(make_napari_viewer):
     assert hubble.data.mean() > 5  # a real image, not blank
 
 
+@pytest.mark.gui
 def test_simulate_widget_adds_a_galaxy(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-clumps", "Simulate galaxy")

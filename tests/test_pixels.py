@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from napari_clumps.pixels import (astropy_to_edge, boxes_to_napari_rectangles, edge_to_astropy,
-                                  flip_boxes_vertically, napari_rectangles_to_boxes)
+                                  flip_boxes_vertically, napari_rectangles_to_boxes, pixel_to_radec,
+                                  radec_to_pixel)
 
 
 def test_pixel_zero_centre_in_each_convention():
@@ -36,3 +37,42 @@ def test_flip_vertically_maps_rows_to_height_minus_row():
     np.testing.assert_array_equal(flip_boxes_vertically(flipped, 10), [[1, 2, 3, 7]])
     with pytest.raises(ValueError):
         flip_boxes_vertically([[1, 2, 3]], 10)
+
+
+def test_radec_to_pixel_inverts_pixel_to_radec_on_a_simulated_wcs():
+    from napari_clumps.simulate import simulate_galaxy
+
+    galaxy = simulate_galaxy(seed=3, index=1)
+    wcs, size = galaxy.wcs(), galaxy.bands.shape[-1]
+    # the galaxy's (ra, dec) is CRVAL at the image centre: FITS pixel (size + 1) / 2 is edge size / 2
+    x, y = radec_to_pixel(wcs, galaxy.ra, galaxy.dec)
+    np.testing.assert_allclose([x[0], y[0]], [size / 2, size / 2], atol=1e-6)
+    # edge points across the image (corners, pixel edges, clump centres) go to the sky and back
+    rng = np.random.default_rng(1)
+    x = np.concatenate([[0, size, 0, size, 0.5], rng.uniform(0, size, 40)])
+    y = np.concatenate([[0, 0, size, size, 0.5], rng.uniform(0, size, 40)])
+    ra, dec = pixel_to_radec(wcs, x, y)
+    x_back, y_back = radec_to_pixel(wcs, ra, dec)
+    np.testing.assert_allclose(x_back, x, atol=1e-6)
+    np.testing.assert_allclose(y_back, y, atol=1e-6)
+    # east is left (x grows westwards: RA falls), north is up (y grows northwards)
+    x_east, _ = radec_to_pixel(wcs, galaxy.ra + 1 / 3600, galaxy.dec)
+    _, y_north = radec_to_pixel(wcs, galaxy.ra, galaxy.dec + 1 / 3600)
+    assert x_east[0] < size / 2 < y_north[0]
+
+
+def test_radec_to_pixel_takes_icrs_on_a_galactic_wcs():
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["GLON-TAN", "GLAT-TAN"]
+    wcs.wcs.crval = [120.0, 30.0]
+    wcs.wcs.crpix = [50.5, 50.5]
+    wcs.wcs.cdelt = [-0.4 / 3600, 0.4 / 3600]
+    ra, dec = pixel_to_radec(wcs, [50.0, 10.25], [50.0, 80.75])
+    icrs = SkyCoord(120.0, 30.0, unit="deg", frame="galactic").icrs
+    assert ra[0] == pytest.approx(icrs.ra.deg, abs=1e-9) and dec[0] == pytest.approx(icrs.dec.deg, abs=1e-9)
+    x, y = radec_to_pixel(wcs, ra, dec)
+    np.testing.assert_allclose(x, [50.0, 10.25], atol=1e-6)
+    np.testing.assert_allclose(y, [50.0, 80.75], atol=1e-6)

@@ -44,6 +44,7 @@ def test_resample_factor():
     assert resample_factor(6.0, 100.0) == FACTOR_RANGE[0] and resample_factor(6.0, 0.1) == FACTOR_RANGE[1]
 
 
+@pytest.mark.slow
 def test_enlarged_image_with_its_psf_given_finds_the_clumps_where_they_are(trained_model):
     """A 2x enlarged image with ``psf_fwhm`` given is shrunk back for the network: the boxes come
     back in the enlarged image's pixels, on its (enlarged) truth, as well as at native size."""

@@ -1,9 +1,12 @@
 """The fine-tuning widget in a real viewer: corrected boxes in, a new model out, usable at once."""
 import numpy as np
+import pytest
 
 from napari_clumps._detect_widget import DetectionWidget, register_model_file
 from napari_clumps._train_widget import FineTuneWidget
 from napari_clumps.detections import write_detections
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]  # a viewer, and the trained_model fixture plus training
 
 
 def _open_with_truth_boxes(viewer, folder, truth, names, tmp_path):

@@ -141,6 +141,7 @@ def test_labels_naming_unknown_images_are_refused(tmp_path):
         load_labelled_images([tmp_path / "sim_00000.fits"], truth)
 
 
+@pytest.mark.slow
 def test_fine_tuning_raises_f1_on_a_new_survey(trained_model, tmp_path):
     """The base model was trained on standard simulations; the 'new survey' has clumps ~2.4x larger
     (box side median 40 px). Measured (seeds fixed, simulator of 2026-11-22): F1 at score 0.5 from 0.51 to 0.83."""

@@ -82,13 +82,6 @@ def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None =
     }, "shapes")
 
 
-def _stem(path) -> str:
-    name = Path(path).name
-    for suffix in (".gz", ".fz"):
-        name = name.removesuffix(suffix)
-    return Path(name).stem
-
-
 # ----------------------------------------------------------------------------- boxes <-> layers
 
 
