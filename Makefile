@@ -8,7 +8,7 @@ SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-
 	libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libdbus-1-3 \
 	libfontconfig1
 
-.PHONY: demo test test-fast venv sysdeps napari clean
+.PHONY: demo test test-fast lint format venv sysdeps napari clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,16 @@ demo: venv
 napari: venv sysdeps
 	$(BIN)/napari
 
-test: venv sysdeps
+# Lint and format checks (ruff, configured in pyproject.toml) come first: the suite runs on clean code.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint sysdeps
 	$(XVFB) $(BIN)/python -m pytest --cov=napari_clumps --cov-report=term
 
 # Everything but the tests marked slow (training, many detections): a few minutes.

@@ -52,8 +52,8 @@ def main():
     detect(small, detector)  # warm-up
     cells = []
     for image in (small, large):
-        total = 1000 * median_seconds(lambda: detect(image, detector), args.repeats)
-        host = 1000 * median_seconds(lambda: find_host(image), args.repeats)
+        total = 1000 * median_seconds(lambda image=image: detect(image, detector), args.repeats)
+        host = 1000 * median_seconds(lambda image=image: find_host(image), args.repeats)
         cells.append(f"{total:.0f} ms (host step {host:.0f} ms, {total / (total - host):.2f}x)")
     lines = [f"CPU: {platform.machine()}, {args.threads} threads, torch {torch.__version__}; median of "
              f"{args.repeats}. Made by `python benchmarks/default_model.py`. In brackets: the host-galaxy",

@@ -66,6 +66,14 @@ def dev_set():
 TRAINING_PSF_OVERRIDE = None
 
 
+def simulated_median_psf_px() -> float:
+    """The simulator's median PSF FWHM in pixels (median box side / box side per FWHM): the PSF a
+    model trained on the simulations has learnt, assumed when a model records none."""
+    from napari_clumps.simulate import BOX_SIDE_PER_FWHM, SimulationSettings
+
+    return round(SimulationSettings().box_side_median / BOX_SIDE_PER_FWHM, 2)
+
+
 def detect_all(model, images, names, psf_fwhm=None):
     """All detections (score >= 0.05, on and off the host); ``psf_fwhm`` a dict by name or None."""
     from napari_clumps.inference import iter_detections
@@ -262,8 +270,9 @@ def main():
     parser.add_argument("--sections", default="dev,ellipticals,sim,scale",
                         help="comma-separated: dev, ellipticals, sim, scale, learning, learning_all_layers")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of the learning curve")
-    parser.add_argument("--psf-fwhm-px", type=float,
-                        help="the training PSF FWHM (pixels) to assume where the images' PSF is given")
+    parser.add_argument("--psf-fwhm-px", type=float, default=None,
+                        help="the training PSF FWHM (pixels) to assume where the images' PSF is given "
+                             "(default: the model's, else the simulator's median, 6.64)")
     parser.add_argument("--force", action="store_true", help="rerun sections already in the results")
     args = parser.parse_args()
     import torch
@@ -272,12 +281,12 @@ def main():
 
     torch.set_num_threads(2)
     global TRAINING_PSF_OVERRIDE
-    TRAINING_PSF_OVERRIDE = args.psf_fwhm_px
     detector = get_detector(args.model, "cpu")
+    TRAINING_PSF_OVERRIDE = args.psf_fwhm_px or detector.config.psf_fwhm_px or simulated_median_psf_px()
     name = args.name or detector.model_id
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     entry = results.setdefault(name, {"model": str(args.model), "model_id": detector.model_id})
-    entry["psf_fwhm_px"] = args.psf_fwhm_px or detector.config.psf_fwhm_px
+    entry["psf_fwhm_px"] = TRAINING_PSF_OVERRIDE
     for section in args.sections.split(","):
         if section in entry and not args.force:
             continue

@@ -251,6 +251,7 @@ def test_a_bad_file_is_reported_and_the_rest_detected(trained_model, bad_files):
         detect(items, path)
 
 
+@pytest.mark.slow
 def test_detect_takes_a_folder_and_names_images_relative_to_it(trained_model):
     """``detect("folder/")`` runs on every image in it, as the CLI does, and names them relative
     to the folder; the rows are those of the files run one by one."""

@@ -296,10 +296,10 @@ def _read_raster(path: Path) -> GalaxyImage:
                 grey = np.asarray(image.convert("F"), dtype=np.float32)
                 peak = 255.0 if image.mode in ("L", "1") else max(float(grey.max()), 1.0)
                 grey = grey / peak
-                bands, names = grey[None], ("L",)
+                bands = grey[None]
             else:
                 rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # alpha dropped
-                bands, names = np.moveaxis(rgb, -1, 0), ("R", "G", "B")
+                bands = np.moveaxis(rgb, -1, 0)
     except UnidentifiedImageError as error:
         raise ImageReadError(path, "not a readable JPEG/PNG image (unrecognised content)") from error
     except Exception as error:

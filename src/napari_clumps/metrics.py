@@ -83,11 +83,11 @@ def match_image(truth_boxes, det_boxes, det_scores=None, *, rule: str = "iou",
     return ImageMatch(truth_matched, det_matched)
 
 
-def scores_table(truth, detections, thresholds=None, images=None, **rule) -> "pandas.DataFrame":
+def scores_table(truth, detections, thresholds=None, images=None, **rule):
     """Completeness, purity, F1 (and counts) at each score threshold.
 
     ``truth`` and ``detections`` are detections tables; ``images`` the image names to count
-    (default: every image in either table).
+    (default: every image in either table). Returns a pandas DataFrame, one row per threshold.
     """
     import pandas as pd
 
