@@ -8,6 +8,7 @@ resampled), end to end (array in, table out), median of --repeats after a warm-u
 host-galaxy step alone (`find_host`), which default-v5 added to the same network as default-v4:
 the ratio end to end / (end to end - host step) is v5's cost relative to v4 as it shipped.
 """
+
 import argparse
 import platform
 import statistics
@@ -20,8 +21,7 @@ import torch
 from napari_clumps.composite import lupton_composite
 from napari_clumps.host import find_host
 from napari_clumps.inference import detect
-from napari_clumps.model import packaged_model_path
-from napari_clumps.model import load_model
+from napari_clumps.model import load_model, packaged_model_path
 from napari_clumps.simulate import simulate_galaxy
 
 
@@ -46,20 +46,30 @@ def main():
     detector = load_model(path)
     galaxy = simulate_galaxy(3, 1)
     small = lupton_composite(galaxy.bands, ("g", "r", "i"))
-    large = np.asarray(torch.nn.functional.interpolate(torch.from_numpy(small).permute(2, 0, 1)[None].float(),
-                                                       size=(424, 424), mode="bilinear")[0].permute(1, 2, 0)
-                       .round().clamp(0, 255).byte())
+    large = np.asarray(
+        torch.nn.functional.interpolate(
+            torch.from_numpy(small).permute(2, 0, 1)[None].float(), size=(424, 424), mode="bilinear"
+        )[0]
+        .permute(1, 2, 0)
+        .round()
+        .clamp(0, 255)
+        .byte()
+    )
     detect(small, detector)  # warm-up
     cells = []
     for image in (small, large):
         total = 1000 * median_seconds(lambda image=image: detect(image, detector), args.repeats)
         host = 1000 * median_seconds(lambda image=image: find_host(image), args.repeats)
         cells.append(f"{total:.0f} ms (host step {host:.0f} ms, {total / (total - host):.2f}x)")
-    lines = [f"CPU: {platform.machine()}, {args.threads} threads, torch {torch.__version__}; median of "
-             f"{args.repeats}. Made by `python benchmarks/default_model.py`. In brackets: the host-galaxy",
-             "step alone and the cost of end to end relative to the network without it (default-v4).", "",
-             "| file size | load time | detect, 200 x 200 cutout | detect, 424 x 424 cutout |", "|---|---|---|---|",
-             f"| {path.stat().st_size / 1e6:.1f} MB | {load:.2f} s | {cells[0]} | {cells[1]} |"]
+    lines = [
+        f"CPU: {platform.machine()}, {args.threads} threads, torch {torch.__version__}; median of "
+        f"{args.repeats}. Made by `python benchmarks/default_model.py`. In brackets: the host-galaxy",
+        "step alone and the cost of end to end relative to the network without it (default-v4).",
+        "",
+        "| file size | load time | detect, 200 x 200 cutout | detect, 424 x 424 cutout |",
+        "|---|---|---|---|",
+        f"| {path.stat().st_size / 1e6:.1f} MB | {load:.2f} s | {cells[0]} | {cells[1]} |",
+    ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

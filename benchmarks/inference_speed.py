@@ -9,6 +9,7 @@ timm models; the paper's setup is torchvision's fasterrcnn_resnet50_fpn at its d
 (min_size 800: a 200 px crop is upsampled 4x), as Popp et al. 2024 ran it.
 Also times a trained model file if given with --model.
 """
+
 import argparse
 import platform
 import statistics

@@ -75,11 +75,18 @@ def main(argv=None):
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "paper_comparison")
     parser.add_argument("--n-train", type=int, default=150, help="training galaxies (FITS + JPEG each)")
     parser.add_argument("--n-test", type=int, default=50, help="held-out galaxies (FITS + JPEG each)")
-    parser.add_argument("--schedule", type=parse_schedule, action="append", default=[],
-                        help="NAME=STAGESxEPOCHS, e.g. paper-resnet50-fpn=2x1 (defaults: "
-                             + ", ".join(f"{k}={s}x{e}" for k, (_, _, (s, e)) in RUNS.items()) + ")")
-    parser.add_argument("--max-stages", type=int, default=None,
-                        help="stop after this many stages in this run (resume later)")
+    parser.add_argument(
+        "--schedule",
+        type=parse_schedule,
+        action="append",
+        default=[],
+        help="NAME=STAGESxEPOCHS, e.g. paper-resnet50-fpn=2x1 (defaults: "
+        + ", ".join(f"{k}={s}x{e}" for k, (_, _, (s, e)) in RUNS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--max-stages", type=int, default=None, help="stop after this many stages in this run (resume later)"
+    )
     parser.add_argument("--only", choices=sorted(RUNS), help="train/evaluate one run only")
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "benchmarks" / "paper_comparison.md")
     args = parser.parse_args(argv)
@@ -115,10 +122,36 @@ def main(argv=None):
             if f"{name}.stage{stage}.train_s" not in timings():
                 if args.max_stages is not None and stages_run >= args.max_stages:
                     break
-                record(f"{name}.stage{stage}.train_s", run(CLI + [
-                    "train", "--images", train_dir, "--labels", train_dir / "truth.csv", "--out", model_file,
-                    "--model", base, "--backbone-weights", "none", "--trainable-blocks", -1,
-                    "--epochs", epochs_per_stage, "--lr", 5e-4, "--val-fraction", 0, "--seed", stage], log))
+                record(
+                    f"{name}.stage{stage}.train_s",
+                    run(
+                        CLI
+                        + [
+                            "train",
+                            "--images",
+                            train_dir,
+                            "--labels",
+                            train_dir / "truth.csv",
+                            "--out",
+                            model_file,
+                            "--model",
+                            base,
+                            "--backbone-weights",
+                            "none",
+                            "--trainable-blocks",
+                            -1,
+                            "--epochs",
+                            epochs_per_stage,
+                            "--lr",
+                            5e-4,
+                            "--val-fraction",
+                            0,
+                            "--seed",
+                            stage,
+                        ],
+                        log,
+                    ),
+                )
                 record(f"{name}.threads", threads())
                 stages_run += 1
             base = model_file
@@ -127,8 +160,13 @@ def main(argv=None):
             print(f"{name}: stage {stage} of {n_stages} not trained yet; rerun to go on")
             continue
         if not detections.exists():
-            record(f"{name}.detect_s", run(CLI + [
-                "detect", test_dir, "--model", model_file, "--out", detections, "--score-threshold", 0.05], log))
+            record(
+                f"{name}.detect_s",
+                run(
+                    CLI + ["detect", test_dir, "--model", model_file, "--out", detections, "--score-threshold", 0.05],
+                    log,
+                ),
+            )
         run(CLI + ["evaluate", "--truth", test_dir / "truth.csv", "--detections", detections], log)
 
     # context, not an equal-budget row: the packaged default model (more data and epochs, see
@@ -137,40 +175,64 @@ def main(argv=None):
     shipped_name = f"shipped-{shipped.provenance['model_id']}"
     shipped_detections = work / f"{shipped_name}.detections.csv"
     if not shipped_detections.exists():
-        record(f"{shipped_name}.detect_s", run(CLI + [
-            "detect", test_dir, "--out", shipped_detections, "--score-threshold", 0.05], log))
-    run(CLI + ["evaluate", "--truth", test_dir / "truth.csv", "--detections", shipped_detections,
-               "--score-threshold", shipped.score_threshold], log)
+        record(
+            f"{shipped_name}.detect_s",
+            run(CLI + ["detect", test_dir, "--out", shipped_detections, "--score-threshold", 0.05], log),
+        )
+    run(
+        CLI
+        + [
+            "evaluate",
+            "--truth",
+            test_dir / "truth.csv",
+            "--detections",
+            shipped_detections,
+            "--score-threshold",
+            shipped.score_threshold,
+        ],
+        log,
+    )
 
     recorded, rows = timings(), []
     n_test_images = 2 * args.n_test
 
     def row(label, schedule, metrics, at, name):
         minutes = train_minutes(recorded, name)
-        return (f"| {label} | {schedule} | {at['threshold']:.2f} | {at['completeness']:.3f} | {at['purity']:.3f} | "
-                f"{at['f1']:.3f} | {metrics['coco']['ap50']:.3f} | "
-                f"{f'{minutes:.0f}' if minutes else 'see model card'} | "
-                f"{1000 * recorded.get(f'{name}.detect_s', float('nan')) / n_test_images:.0f} | "
-                f"{recorded.get(f'{name}.threads', threads())} |")
+        return (
+            f"| {label} | {schedule} | {at['threshold']:.2f} | {at['completeness']:.3f} | {at['purity']:.3f} | "
+            f"{at['f1']:.3f} | {metrics['coco']['ap50']:.3f} | "
+            f"{f'{minutes:.0f}' if minutes else 'see model card'} | "
+            f"{1000 * recorded.get(f'{name}.detect_s', float('nan')) / n_test_images:.0f} | "
+            f"{recorded.get(f'{name}.threads', threads())} |"
+        )
 
     for name, (label, _, _) in RUNS.items():
         metrics_file = work / f"{name}.detections.metrics.json"
         n_stages, epochs_per_stage = schedules[name]
         if not metrics_file.exists():
             done = sum(f"{name}.stage{k}.train_s" in recorded for k in range(1, n_stages + 1))
-            rows.append(f"| {label} | not finished: {done} of {n_stages} stages trained; rerun to resume |"
-                        " | | | | | | | | |")
+            rows.append(
+                f"| {label} | not finished: {done} of {n_stages} stages trained; rerun to resume | | | | | | | | | |"
+            )
             continue
         metrics = json.loads(metrics_file.read_text())
         rows.append(row(label, f"{n_stages} x {epochs_per_stage}", metrics, best_row(metrics), name))
     shipped_metrics = json.loads((work / f"{shipped_name}.detections.metrics.json").read_text())
-    rows.append(row(f"ours as shipped ({shipped.provenance['model_id']}, packaged default)", "see model card",
-                    shipped_metrics, shipped_metrics["at_threshold"], shipped_name))
+    rows.append(
+        row(
+            f"ours as shipped ({shipped.provenance['model_id']}, packaged default)",
+            "see model card",
+            shipped_metrics,
+            shipped_metrics["at_threshold"],
+            shipped_name,
+        )
+    )
     args.table.write_text(
         "# Our default configuration vs the paper's setup\n\n"
         f"Written by `benchmarks/paper_comparison.py`. Both detectors trained from random initialisation on "
         f"the same {args.n_train} simulated galaxies (simulator of commit "
-        f"{simulated_at.read_text().strip() if simulated_at.exists() else 'unknown'}, seed 1000, FITS + JPEG = {2 * args.n_train} images) in "
+        f"{simulated_at.read_text().strip() if simulated_at.exists() else 'unknown'}, seed 1000, "
+        f"FITS + JPEG = {2 * args.n_train} images) in "
         "the stages x epochs in the table (one-cycle lr 5e-4 restarted each stage; the paper's epochs "
         "cost over 20x ours, so the first row gets more of them but no more training time, and the "
         "second row is ours at the paper's epochs), "
@@ -181,8 +243,10 @@ def main(argv=None):
         "packaged default model (more data and epochs: see docs/model-card.md) on the same test "
         "galaxies at its own calibrated threshold (not tuned on them). "
         "Detection time includes model loading and image reading.\n\n"
-        "| detector | stages x epochs | threshold | completeness | purity | F1 | AP50 | train min | detect ms/image | CPU threads |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        "| detector | stages x epochs | threshold | completeness | purity | F1 | AP50 | train min "
+        "| detect ms/image | CPU threads |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
     print(args.table.read_text())
 
 

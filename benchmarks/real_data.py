@@ -22,6 +22,7 @@ what is done unless --force; the table docs/benchmarks/real_data.md is rewritten
   folds: each half of a fixed split of the 37 is once the pool to train from and once the test
   set), at the best threshold and at the fine-tuned model's own threshold.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,9 @@ def detect_all(model, images, names, psf_fwhm=None):
     try:
         for image, name in zip(images, names):
             fwhm = psf_fwhm.get(name) if psf_fwhm else None
-            for result in iter_detections([image], model, names=[name], score_threshold=0.05, keep_off_host=True,
-                                          psf_fwhm=fwhm, device="cpu"):
+            for result in iter_detections(
+                [image], model, names=[name], score_threshold=0.05, keep_off_host=True, psf_fwhm=fwhm, device="cpu"
+            ):
                 if result.error:
                     raise SystemExit(result.error)
                 tables.append(result.table)
@@ -110,8 +112,7 @@ def scores(truth, found, names, threshold, rule, label=None, on_host=False) -> d
     best = table.loc[table.f1.fillna(-1).idxmax()]
     at = table.loc[(table.threshold - threshold).abs().idxmin()]
     pick = ("threshold", "completeness", "purity", "f1")
-    return {"best": {k: round(float(best[k]), 4) for k in pick},
-            "default": {k: round(float(at[k]), 4) for k in pick}}
+    return {"best": {k: round(float(best[k]), 4) for k in pick}, "default": {k: round(float(at[k]), 4) for k in pick}}
 
 
 def section_dev(detector):
@@ -121,10 +122,15 @@ def section_dev(detector):
     found = detect_all(detector, paths, names)
     scaled = detect_all(detector, paths, names, psf_fwhm=fwhm)
     out = {}
-    for variant, table, on_host in (("all detections", found, False), ("on host", found, True),
-                                    ("on host, PSF from pixel scale", scaled, True)):
-        out[variant] = {"clump": scores(truth, table, names, threshold, CENTRE, "clump", on_host),
-                        "all classes": scores(truth, table, names, threshold, CENTRE, None, on_host)}
+    for variant, table, on_host in (
+        ("all detections", found, False),
+        ("on host", found, True),
+        ("on host, PSF from pixel scale", scaled, True),
+    ):
+        out[variant] = {
+            "clump": scores(truth, table, names, threshold, CENTRE, "clump", on_host),
+            "all classes": scores(truth, table, names, threshold, CENTRE, None, on_host),
+        }
     out["truth on host"] = _truth_on_host(paths, truth)
     return out
 
@@ -159,9 +165,16 @@ def per_image_by_threshold(found, n_images: int) -> pd.DataFrame:
     from napari_clumps.host import on_host_rows
 
     found = on_host_rows(found)
-    rows = [{"threshold": t, **{label: float(((found.score >= t) & (found.label == label)).sum()) / n_images
-                                for label in ("clump", "odd_clump")}}
-            for t in np.round(np.arange(0.05, 1.0, 0.05), 2)]
+    rows = [
+        {
+            "threshold": t,
+            **{
+                label: float(((found.score >= t) & (found.label == label)).sum()) / n_images
+                for label in ("clump", "odd_clump")
+            },
+        }
+        for t in np.round(np.arange(0.05, 1.0, 0.05), 2)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -171,11 +184,15 @@ def section_ellipticals(detector):
     found = everything[everything.score >= detector.score_threshold]
     from napari_clumps.host import on_host_rows
 
-    out = {"n_images": len(names), "threshold": detector.score_threshold,
-           "on host by threshold": per_image_by_threshold(everything, len(names)).round(4).to_dict(orient="records")}
+    out = {
+        "n_images": len(names),
+        "threshold": detector.score_threshold,
+        "on host by threshold": per_image_by_threshold(everything, len(names)).round(4).to_dict(orient="records"),
+    }
     for variant, table in (("all detections", found), ("on host", on_host_rows(found))):
-        out[variant] = {label: round(float((table.label == label).sum()) / len(names), 4)
-                        for label in ("clump", "odd_clump")}
+        out[variant] = {
+            label: round(float((table.label == label).sum()) / len(names), 4) for label in ("clump", "odd_clump")
+        }
     return out
 
 
@@ -189,21 +206,31 @@ def section_sim(detector):
     images = sorted(p for p in folder.iterdir() if p.suffix in (".fits", ".jpg"))
     names = [p.name for p in images]
     found = detect_all(detector, images, names)
-    return {"all detections": scores(truth, found, names, detector.score_threshold, IOU),
-            "on host": scores(truth, found, names, detector.score_threshold, IOU, on_host=True)}
+    return {
+        "all detections": scores(truth, found, names, detector.score_threshold, IOU),
+        "on host": scores(truth, found, names, detector.score_threshold, IOU, on_host=True),
+    }
 
 
 def section_scale(detector):
-    from napari_clumps.io import read_image
     from skimage.transform import rescale
+
+    from napari_clumps.io import read_image
 
     paths, truth, fwhm = dev_set()
     names = [p.name for p in paths]
     out = {}
     for factor in (0.5, 1.0, 2.0):
-        arrays = [np.clip(np.rint(rescale(read_image(p).composite / 255.0, factor, channel_axis=-1,
-                                          anti_aliasing=factor < 1) * 255), 0, 255).astype(np.uint8)
-                  for p in paths]
+        arrays = [
+            np.clip(
+                np.rint(
+                    rescale(read_image(p).composite / 255.0, factor, channel_axis=-1, anti_aliasing=factor < 1) * 255
+                ),
+                0,
+                255,
+            ).astype(np.uint8)
+            for p in paths
+        ]
         moved = truth.copy()
         for column in ("x_min", "y_min", "x_max", "y_max", "x_center", "y_center"):
             moved[column] = truth[column] * factor
@@ -229,7 +256,7 @@ def section_learning(detector, epochs: int, recipe: dict):
 
     paths, truth, _ = dev_set()
     order = np.random.default_rng(0).permutation(len(paths))
-    halves = [order[: len(order) // 2], order[len(order) // 2:]]
+    halves = [order[: len(order) // 2], order[len(order) // 2 :]]
     images = {p.name: read_image(p) for p in paths}
     rows = []
     for fold, (pool, test) in enumerate(((halves[0], halves[1]), (halves[1], halves[0]))):
@@ -239,12 +266,19 @@ def section_learning(detector, epochs: int, recipe: dict):
             items = []
             for name in train_names:
                 t = truth[truth.image == name]
-                items.append(LabelledImage(images[name], t[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float),
-                                           np.ones(len(t), int), name))
+                items.append(
+                    LabelledImage(
+                        images[name],
+                        t[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float),
+                        np.ones(len(t), int),
+                        name,
+                    )
+                )
             base = Detector(copy.deepcopy(detector.network), detector.config, dict(detector.provenance))
             start = time.perf_counter()
-            tuned = train(base, items, TrainingOptions(epochs=epochs, val_fraction=0.0, device="cpu", seed=fold,
-                                                       **recipe))
+            tuned = train(
+                base, items, TrainingOptions(epochs=epochs, val_fraction=0.0, device="cpu", seed=fold, **recipe)
+            )
             seconds = time.perf_counter() - start
             found = detect_all(tuned, [images[n] for n in test_names], test_names)
             result = scores(truth, found, test_names, tuned.score_threshold, CENTRE, "clump", on_host=True)
@@ -254,10 +288,18 @@ def section_learning(detector, epochs: int, recipe: dict):
     for fold, test in enumerate((halves[1], halves[0])):
         names = [paths[i].name for i in test]
         found = detect_all(detector, [images[n] for n in names], names)
-        before.append({"fold": fold, "k": 0, **scores(truth, found, names, detector.score_threshold, CENTRE,
-                                                         "clump", on_host=True)})
-    return {"epochs": epochs, "recipe": {k: str(v) for k, v in recipe.items()} or "library defaults",
-            "runs": before + rows}
+        before.append(
+            {
+                "fold": fold,
+                "k": 0,
+                **scores(truth, found, names, detector.score_threshold, CENTRE, "clump", on_host=True),
+            }
+        )
+    return {
+        "epochs": epochs,
+        "recipe": {k: str(v) for k, v in recipe.items()} or "library defaults",
+        "runs": before + rows,
+    }
 
 
 SECTIONS = {"dev": section_dev, "ellipticals": section_ellipticals, "sim": section_sim, "scale": section_scale}
@@ -267,12 +309,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="model file or packaged name")
     parser.add_argument("--name", help="row name in the results (default: the model's id)")
-    parser.add_argument("--sections", default="dev,ellipticals,sim,scale",
-                        help="comma-separated: dev, ellipticals, sim, scale, learning, learning_all_layers")
+    parser.add_argument(
+        "--sections",
+        default="dev,ellipticals,sim,scale",
+        help="comma-separated: dev, ellipticals, sim, scale, learning, learning_all_layers",
+    )
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of the learning curve")
-    parser.add_argument("--psf-fwhm-px", type=float, default=None,
-                        help="the training PSF FWHM (pixels) to assume where the images' PSF is given "
-                             "(default: the model's, else the simulator's median, 6.64)")
+    parser.add_argument(
+        "--psf-fwhm-px",
+        type=float,
+        default=None,
+        help="the training PSF FWHM (pixels) to assume where the images' PSF is given "
+        "(default: the model's, else the simulator's median, 6.64)",
+    )
     parser.add_argument("--force", action="store_true", help="rerun sections already in the results")
     args = parser.parse_args()
     import torch
@@ -291,8 +340,11 @@ def main():
         if section in entry and not args.force:
             continue
         start = time.perf_counter()
-        entry[section] = (section_learning(detector, args.epochs, LEARNING_RECIPES[section])
-                          if section in LEARNING_RECIPES else SECTIONS[section](detector))
+        entry[section] = (
+            section_learning(detector, args.epochs, LEARNING_RECIPES[section])
+            if section in LEARNING_RECIPES
+            else SECTIONS[section](detector)
+        )
         entry[section + "_seconds"] = round(time.perf_counter() - start, 1)
         RESULTS.write_text(json.dumps(results, indent=1))
         print(f"{name}: {section} done in {entry[section + '_seconds']:.0f} s", file=sys.stderr)
@@ -304,51 +356,89 @@ def _cell(s: dict) -> str:
 
 
 def write_table(results: dict) -> None:
-    lines = ["# Real-data benchmark", "",
-             "Written by `python benchmarks/real_data.py` (see its docstring for what each section does).",
-             "Cells: completeness / purity / **F1** @ score threshold; \"best\" is the threshold with the best F1,",
-             "\"default\" the model's own threshold. Dev set: 37 real SDSS Stripe 82 galaxies, 213 catalogued",
-             "clumps, matched by centre distance.", ""]
-    lines += ["## Dev set (real clumps)", "",
-              "| model | detections | class | best | default |", "|---|---|---|---|---|"]
+    lines = [
+        "# Real-data benchmark",
+        "",
+        "Written by `python benchmarks/real_data.py` (see its docstring for what each section does).",
+        'Cells: completeness / purity / **F1** @ score threshold; "best" is the threshold with the best F1,',
+        '"default" the model\'s own threshold. Dev set: 37 real SDSS Stripe 82 galaxies, 213 catalogued',
+        "clumps, matched by centre distance.",
+        "",
+    ]
+    lines += [
+        "## Dev set (real clumps)",
+        "",
+        "| model | detections | class | best | default |",
+        "|---|---|---|---|---|",
+    ]
     for name, entry in results.items():
         for variant, by_class in entry.get("dev", {}).items():
             if not isinstance(by_class, dict):
                 continue
             for klass, s in by_class.items():
                 lines.append(f"| {name} | {variant} | {klass} | {_cell(s['best'])} | {_cell(s['default'])} |")
-    lines += ["", "Rows \"PSF from pixel scale\" resample each image by (training PSF) / (1.2\" / its scale); training PSF "
-              "assumed: " + ", ".join(f"{n} {e.get('psf_fwhm_px', 0):g} px" for n, e in results.items()) + "."]
-    lines += ["", "Fraction of catalogued clumps the host finder puts on their galaxy: "
-              + ", ".join(f"{n} {e['dev']['truth on host']:.3f}" for n, e in results.items() if "dev" in e), ""]
-    lines += ["## Real clump-free galaxies (SDSS ellipticals)", "",
-              "Detections per image at the model's default threshold.", "",
-              "| model | images | threshold | all: clump | all: odd clump | on host: clump | on host: odd clump |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        'Rows "PSF from pixel scale" resample each image by (training PSF) / (1.2" / its scale); training PSF '
+        "assumed: " + ", ".join(f"{n} {e.get('psf_fwhm_px', 0):g} px" for n, e in results.items()) + ".",
+    ]
+    lines += [
+        "",
+        "Fraction of catalogued clumps the host finder puts on their galaxy: "
+        + ", ".join(f"{n} {e['dev']['truth on host']:.3f}" for n, e in results.items() if "dev" in e),
+        "",
+    ]
+    lines += [
+        "## Real clump-free galaxies (SDSS ellipticals)",
+        "",
+        "Detections per image at the model's default threshold.",
+        "",
+        "| model | images | threshold | all: clump | all: odd clump | on host: clump | on host: odd clump |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, entry in results.items():
         e = entry.get("ellipticals")
         if e:
             a, h = e["all detections"], e["on host"]
-            lines.append(f"| {name} | {e['n_images']} | {e['threshold']:.2f} | {a['clump']:.3f} | "
-                         f"{a['odd_clump']:.3f} | {h['clump']:.3f} | {h['odd_clump']:.3f} |")
-    lines += ["", f"## Simulated test set (seed {SIM_SEED}, {SIM_N} galaxies, FITS + JPEG, IoU >= 0.3, all classes)",
-              "", "| model | detections | best | default |", "|---|---|---|---|"]
+            lines.append(
+                f"| {name} | {e['n_images']} | {e['threshold']:.2f} | {a['clump']:.3f} | "
+                f"{a['odd_clump']:.3f} | {h['clump']:.3f} | {h['odd_clump']:.3f} |"
+            )
+    lines += [
+        "",
+        f"## Simulated test set (seed {SIM_SEED}, {SIM_N} galaxies, FITS + JPEG, IoU >= 0.3, all classes)",
+        "",
+        "| model | detections | best | default |",
+        "|---|---|---|---|",
+    ]
     for name, entry in results.items():
         for variant, s in entry.get("sim", {}).items():
             lines.append(f"| {name} | {variant} | {_cell(s['best'])} | {_cell(s['default'])} |")
-    lines += ["", "## Pixel scale: dev images resampled, clump class, on host", "",
-              "| model | resampling, PSF option | best | default |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Pixel scale: dev images resampled, clump class, on host",
+        "",
+        "| model | resampling, PSF option | best | default |",
+        "|---|---|---|---|",
+    ]
     for name, entry in results.items():
         for variant, s in entry.get("scale", {}).items():
             lines.append(f"| {name} | {variant} | {_cell(s['best'])} | {_cell(s['default'])} |")
-    lines += ["", "## Learning curve: fine-tuned on k dev galaxies, scored on others (clump class, on host)", "",
-              "| model | recipe | fold | k | best | fine-tuned model's threshold | training s |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Learning curve: fine-tuned on k dev galaxies, scored on others (clump class, on host)",
+        "",
+        "| model | recipe | fold | k | best | fine-tuned model's threshold | training s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, entry in results.items():
         for key in LEARNING_RECIPES:
             learning = entry.get(key)
             for run in learning["runs"] if learning else []:
-                lines.append(f"| {name} | {learning['recipe']}, {learning['epochs']} epochs | {run['fold']} | "
-                             f"{run['k']} | {_cell(run['best'])} | {_cell(run['default'])} | {run.get('seconds', '')} |")
+                lines.append(
+                    f"| {name} | {learning['recipe']}, {learning['epochs']} epochs | {run['fold']} | "
+                    f"{run['k']} | {_cell(run['best'])} | {_cell(run['default'])} | {run.get('seconds', '')} |"
+                )
     lines.append("")
     TABLE.write_text("\n".join(lines))
     _plot_learning(results)
@@ -365,8 +455,12 @@ def _plot_learning(results: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for name, learning in entries.items():
-        runs = pd.DataFrame([{"fold": r["fold"], "k": r["k"], "best": r["best"]["f1"], "own": r["default"]["f1"]}
-                             for r in learning["runs"]])
+        runs = pd.DataFrame(
+            [
+                {"fold": r["fold"], "k": r["k"], "best": r["best"]["f1"], "own": r["default"]["f1"]}
+                for r in learning["runs"]
+            ]
+        )
         for fold, group in runs.groupby("fold"):
             group = group.sort_values("k")
             ax.plot(group.k, group.best, "o-", label=f"{name}, fold {fold}, best threshold")

@@ -16,6 +16,7 @@ Each model is scored with benchmarks/real_data.py's ``dev`` and ``ellipticals`` 
 go to docs/benchmarks/real_data_ablation.json (a rerun skips arms that are done) and the table
 docs/benchmarks/real_data_ablation.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,11 @@ def pools(real: Path, sim: Path) -> dict:
     negative = listed[listed.image.str.contains("neg_")].image
     simulated = pd.Series(sorted(p.name for p in sim.iterdir() if p.suffix in (".fits", ".jpg")))
     shuffle = lambda names: list(names.sample(frac=1.0, random_state=0))  # noqa: E731
-    return {"injected": [(real / "images", Path(n).name) for n in shuffle(injected)],
-            "negative": [(real / "images", Path(n).name) for n in shuffle(negative)],
-            "sim": [(sim, n) for n in shuffle(simulated)]}
+    return {
+        "injected": [(real / "images", Path(n).name) for n in shuffle(injected)],
+        "negative": [(real / "images", Path(n).name) for n in shuffle(negative)],
+        "sim": [(sim, n) for n in shuffle(simulated)],
+    }
 
 
 def arm_items(arm: str, sources: dict, truth: pd.DataFrame):
@@ -80,8 +83,7 @@ def main():
     args = parser.parse_args()
     import torch
 
-    from napari_clumps.model import get_detector
-    from napari_clumps.model import Detector, load_model
+    from napari_clumps.model import Detector, get_detector, load_model
     from napari_clumps.training import TrainingOptions, train
 
     torch.set_num_threads(args.threads)
@@ -96,16 +98,31 @@ def main():
         items = arm_items(arm, sources, truth)
         base = load_model(base_path)
         start = time.perf_counter()
-        tuned = train(base, items, TrainingOptions(epochs=args.epochs, learning_rate=1e-4, trainable_blocks=None,
-                                                   val_fraction=0.1, scale_jitter=0.15, device="cpu", seed=0))
+        tuned = train(
+            base,
+            items,
+            TrainingOptions(
+                epochs=args.epochs,
+                learning_rate=1e-4,
+                trainable_blocks=None,
+                val_fraction=0.1,
+                scale_jitter=0.15,
+                device="cpu",
+                seed=0,
+            ),
+        )
         seconds = time.perf_counter() - start
         detector = Detector(tuned.network.eval(), tuned.config, tuned.provenance)
-        results[arm] = {"n_images": len(items), "n_boxes": int(sum(len(i.boxes) for i in items)),
-                        "epochs": args.epochs, "training_seconds": round(seconds, 1),
-                        "threshold": detector.score_threshold,
-                        "dev": real_data.section_dev(detector)["on host"],
-                        "ellipticals": real_data.section_ellipticals(detector)["on host"],
-                        "elliptical_sample": "excludes the real-sky training set"}
+        results[arm] = {
+            "n_images": len(items),
+            "n_boxes": int(sum(len(i.boxes) for i in items)),
+            "epochs": args.epochs,
+            "training_seconds": round(seconds, 1),
+            "threshold": detector.score_threshold,
+            "dev": real_data.section_dev(detector)["on host"],
+            "ellipticals": real_data.section_ellipticals(detector)["on host"],
+            "elliptical_sample": "excludes the real-sky training set",
+        }
         RESULTS.write_text(json.dumps(results, indent=1))
         print(f"{arm}: done ({seconds:.0f} s training)", file=sys.stderr)
     write_table(results)
@@ -113,23 +130,33 @@ def main():
 
 def write_table(results: dict) -> None:
     cell = real_data._cell
-    lines = ["# Ablation: what each training source adds (real benchmark)", "",
-             "Written by `python benchmarks/real_data_ablation.py` (its docstring says how each arm is made).",
-             f"Each arm fine-tunes default-v4 on {N_IMAGES} images for the same number of epochs; the dev set is",
-             "scored on the host, centre rule; ellipticals: on-host detections per image at the arm's own",
-             "threshold (best F1 on its 10 % validation split).", "",
-             "| training data | images | boxes | dev clump: best | dev clump: own threshold | dev all classes: best "
-             "| ellipticals: clump / odd per image | training s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Ablation: what each training source adds (real benchmark)",
+        "",
+        "Written by `python benchmarks/real_data_ablation.py` (its docstring says how each arm is made).",
+        f"Each arm fine-tunes default-v4 on {N_IMAGES} images for the same number of epochs; the dev set is",
+        "scored on the host, centre rule; ellipticals: on-host detections per image at the arm's own",
+        "threshold (best F1 on its 10 % validation split).",
+        "",
+        "| training data | images | boxes | dev clump: best | dev clump: own threshold | dev all classes: best "
+        "| ellipticals: clump / odd per image | training s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for arm, r in results.items():
         e = r["ellipticals"]
         mark = "" if "elliptical_sample" in r else " *"
-        lines.append(f"| {arm} | {r['n_images']} | {r['n_boxes']} | {cell(r['dev']['clump']['best'])} | "
-                     f"{cell(r['dev']['clump']['default'])} | {cell(r['dev']['all classes']['best'])} | "
-                     f"{e['clump']:.3f} / {e['odd_clump']:.3f}{mark} | {r['training_seconds']:.0f} |")
+        lines.append(
+            f"| {arm} | {r['n_images']} | {r['n_boxes']} | {cell(r['dev']['clump']['best'])} | "
+            f"{cell(r['dev']['clump']['default'])} | {cell(r['dev']['all classes']['best'])} | "
+            f"{e['clump']:.3f} / {e['odd_clump']:.3f}{mark} | {r['training_seconds']:.0f} |"
+        )
     if any("elliptical_sample" not in r for r in results.values()):
-        lines += ["", "\\* measured on the first clump-free sample, which did not yet exclude the real-sky set's "
-                  "galaxies: up to 19 of its 200 ellipticals were among the negatives the arms with real negatives "
-                  "drew from, so those arms' numbers may be optimistic there."]
+        lines += [
+            "",
+            "\\* measured on the first clump-free sample, which did not yet exclude the real-sky set's "
+            "galaxies: up to 19 of its 200 ellipticals were among the negatives the arms with real negatives "
+            "drew from, so those arms' numbers may be optimistic there.",
+        ]
     lines.append("")
     TABLE.write_text("\n".join(lines))
 

@@ -9,6 +9,7 @@ torchvision one: pre-made tensors, AdamW, loss.backward, step. Ours is
 :func:`napari_clumps.training.train` (box-aware flips/rotations, one-cycle schedule, gradient
 clipping, progress callback, NaN check), without validation.
 """
+
 import argparse
 import platform
 import time
@@ -35,7 +36,9 @@ def main():
     for i in range(args.images):
         galaxy = simulate_galaxy(11, i)
         image = as_galaxy_image(lupton_composite(galaxy.bands, ("g", "r", "i")), name=f"g{i}")
-        items.append(LabelledImage(image, galaxy.truth_boxes(), [1 if c.label == "clump" else 2 for c in galaxy.clumps]))
+        items.append(
+            LabelledImage(image, galaxy.truth_boxes(), [1 if c.label == "clump" else 2 for c in galaxy.clumps])
+        )
 
     def fresh():
         torch.manual_seed(0)
@@ -45,10 +48,15 @@ def main():
     detector = fresh()
     network = detector.network.train()
     tensors = [image_tensor(it.image) for it in items]
-    targets = [{"boxes": torch.as_tensor(it.boxes, dtype=torch.float32).reshape(-1, 4),
-                "labels": torch.as_tensor(it.labels, dtype=torch.int64).reshape(-1)} for it in items]
+    targets = [
+        {
+            "boxes": torch.as_tensor(it.boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(it.labels, dtype=torch.int64).reshape(-1),
+        }
+        for it in items
+    ]
     optimiser = torch.optim.AdamW(network.parameters(), lr=3e-4, weight_decay=5e-5)
-    batches = [(tensors[i:i + 4], targets[i:i + 4]) for i in range(0, len(items) - len(items) % 4, 4)]
+    batches = [(tensors[i : i + 4], targets[i : i + 4]) for i in range(0, len(items) - len(items) % 4, 4)]
 
     def bare_step(images, target):
         loss = sum(network(images, target).values())
@@ -75,8 +83,10 @@ def main():
     lines = [
         f"CPU: {platform.machine()}, {args.threads} threads, torch {torch.__version__}; {args.arch}, random init, "
         f"all layers trained, batch 4, {len(items)} simulated 200 x 200 galaxies, one epoch. "
-        "Made by `python benchmarks/training_speed.py`.", "",
-        "| loop | s per epoch per 100 images | overhead vs bare |", "|---|---|---|",
+        "Made by `python benchmarks/training_speed.py`.",
+        "",
+        "| loop | s per epoch per 100 images | overhead vs bare |",
+        "|---|---|---|",
         f"| bare torchvision loop (pre-made tensors, AdamW) | {bare * per100:.1f} | - |",
         f"| napari_clumps.training.train (augmentation, schedule, clipping, callback) | {ours * per100:.1f} | "
         f"{100 * (ours / bare - 1):+.1f} % |",

@@ -1,14 +1,15 @@
 """Shared fixtures: image files of every supported kind, made here (no network, no shared data)."""
+
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 # torchvision imports torch._dynamo, which imports triton (bundling LLVM) on Linux CUDA builds.
 # Loaded after Mesa's llvmpipe serves a napari OpenGL context, it crashes the process; loaded
 # first, both work. The widgets guard against the other order themselves (see
 # napari_clumps._detect_widget.avoid_triton_llvm_clash and its test).
 import torchvision.ops  # noqa: F401
-
-import numpy as np
-import pytest
 
 #: Fixtures that oblige a test to carry a marker (pyproject.toml registers them): the model
 #: trained here takes minutes, and a viewer or qtbot needs Qt and an OpenGL context.
@@ -18,9 +19,12 @@ FIXTURE_MARKERS = {"trained_model": "slow", "make_napari_viewer": "gui", "qtbot"
 def pytest_collection_modifyitems(config, items):
     """Refuse to run a test that uses such a fixture without its marker, so that
     ``-m "not slow"`` (make test-fast) and ``-m "not gui"`` stay what they say."""
-    missing = [f"{item.nodeid}: uses {fixture}, needs @pytest.mark.{marker}"
-               for item in items for fixture, marker in FIXTURE_MARKERS.items()
-               if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None]
+    missing = [
+        f"{item.nodeid}: uses {fixture}, needs @pytest.mark.{marker}"
+        for item in items
+        for fixture, marker in FIXTURE_MARKERS.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None
+    ]
     if missing:
         raise pytest.UsageError("tests missing a marker:\n" + "\n".join(missing))
 
@@ -79,8 +83,9 @@ def image_files(tmp_path_factory) -> dict:
     fits.HDUList(extensions).writeto(files["mef"])
 
     files["compressed"] = d / "tile.fits.fz"
-    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(planes[1], header=header, compression_type="GZIP_1",
-                                                       quantize_level=0.0)]).writeto(files["compressed"])
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.CompImageHDU(planes[1], header=header, compression_type="GZIP_1", quantize_level=0.0)]
+    ).writeto(files["compressed"])
 
     files["degenerate_4d"] = d / "radio.fits"
     fits.PrimaryHDU(planes[None], header=header).writeto(files["degenerate_4d"])
@@ -168,8 +173,12 @@ def trained_model(request, tmp_path_factory):
     from napari_clumps.training import TrainingOptions, load_labelled_images, train
 
     package = Path(napari_clumps.__file__).parent
-    key = hashlib.sha256(b"".join((package / f).read_bytes() for f in
-                                  ("model.py", "networks.py", "training.py", "simulate.py", "inference.py", "composite.py"))).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"".join(
+            (package / f).read_bytes()
+            for f in ("model.py", "networks.py", "training.py", "simulate.py", "inference.py", "composite.py")
+        )
+    ).hexdigest()[:16]
     d = Path(request.config.cache.mkdir(f"trained_model_{key}"))
     path, test_truth = d / "model.safetensors", d / "test" / "truth.csv"
     if not (path.exists() and test_truth.exists()):
@@ -177,9 +186,12 @@ def trained_model(request, tmp_path_factory):
         write_dataset(d / "test", n=24, seed=22)
         items, _ = load_labelled_images(sorted((d / "train").glob("*.fits")), train_truth, strict_names=False)
         torch.manual_seed(0)
-        detector = train(new_detector("resnet10t", backbone_weights=None), items,
-                         TrainingOptions(epochs=6, learning_rate=1e-3, trainable_blocks=None, val_fraction=0, seed=0),
-                         data_description="96 simulated galaxies, seed 21")
+        detector = train(
+            new_detector("resnet10t", backbone_weights=None),
+            items,
+            TrainingOptions(epochs=6, learning_rate=1e-3, trainable_blocks=None, val_fraction=0, seed=0),
+            data_description="96 simulated galaxies, seed 21",
+        )
         save_model(detector, path)
     return path, d / "test", read_detections(test_truth)
 
@@ -196,8 +208,8 @@ def galaxy_with_pasted_clump():
     rgb = lupton_composite(galaxy.bands, BANDS)
     x, y = int(galaxy.clumps[0].x), int(galaxy.clumps[0].y)
     half = int(galaxy.box_side) // 2
-    patch = rgb[y - half: y + half, x - half: x + half]
+    patch = rgb[y - half : y + half, x - half : x + half]
     canvas = np.zeros((320, 320, 3), np.uint8)
     canvas[60:260, 60:260] = rgb
-    canvas[4: 4 + patch.shape[0], 4: 4 + patch.shape[1]] = patch
+    canvas[4 : 4 + patch.shape[0], 4 : 4 + patch.shape[1]] = patch
     return canvas, 4 + 2 * half

@@ -1,5 +1,6 @@
 """The layer map of docs/architecture.md holds: the core never imports napari, Qt, the CLI or an
 adapter module (reader, writer, sample data, widgets, layers), so a headless user gets it all."""
+
 import ast
 from pathlib import Path
 
@@ -8,8 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_clumps"
 #: Modules that adapt the core to napari or a terminal; everything else is the core.
 ADAPTERS = {"cli", "__main__"}
-FORBIDDEN_PACKAGES = {"napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy",
-                      "npe2"}
+FORBIDDEN_PACKAGES = {"napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "vispy", "npe2"}
 
 
 def imported_modules(source: str) -> set[str]:
@@ -44,14 +44,19 @@ def outward_imports(source: str) -> list[str]:
 
 
 def core_modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.glob("*.py")
-                  if p.stem == "__init__" or (p.stem not in ADAPTERS and not p.stem.startswith("_")))
+    return sorted(
+        p
+        for p in PACKAGE.glob("*.py")
+        if p.stem == "__init__" or (p.stem not in ADAPTERS and not p.stem.startswith("_"))
+    )
 
 
 def test_the_check_catches_outward_imports():
-    source = ("import numpy\nfrom .io import read_image\n"
-              "def f():\n    from .cli import main\n    import napari\n    from ._layers import x\n"
-              "    from qtpy.QtWidgets import QWidget\n    from . import _reader\n")
+    source = (
+        "import numpy\nfrom .io import read_image\n"
+        "def f():\n    from .cli import main\n    import napari\n    from ._layers import x\n"
+        "    from qtpy.QtWidgets import QWidget\n    from . import _reader\n"
+    )
     assert outward_imports(source) == ["._layers", "._reader", ".cli", "napari", "qtpy.QtWidgets"]
 
 

@@ -1,4 +1,5 @@
 """The command line: simulate, info, errors as one line with a non-zero exit status."""
+
 import subprocess
 import sys
 
@@ -12,8 +13,17 @@ from napari_clumps.detections import images_list_path, read_detections
 def test_simulate_writes_fits_jpeg_and_truth(tmp_path, capsys):
     assert main(["simulate", str(tmp_path), "--n", "3", "--seed", "4"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["sim_00000.fits", "sim_00000.jpg", "sim_00001.fits", "sim_00001.jpg", "sim_00002.fits",
-                     "sim_00002.jpg", "simulation.json", "truth.csv", "truth.images.csv"]
+    assert names == [
+        "sim_00000.fits",
+        "sim_00000.jpg",
+        "sim_00001.fits",
+        "sim_00001.jpg",
+        "sim_00002.fits",
+        "sim_00002.jpg",
+        "simulation.json",
+        "truth.csv",
+        "truth.images.csv",
+    ]
     truth = read_detections(tmp_path / "truth.csv")
     assert (truth.score == 1).all() and set(truth.model) == {"simulation-truth"}
     assert len(pd.read_csv(images_list_path(tmp_path / "truth.csv"))) == 6
@@ -33,8 +43,9 @@ def test_info_prints_what_was_read_and_reports_bad_files(image_files, bad_files,
 
 
 def test_module_entry_point_has_no_traceback_without_debug(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "napari_clumps", "info", str(tmp_path / "nope.fits")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_clumps", "info", str(tmp_path / "nope.fits")], capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.fits'}: no such file"]
 

@@ -1,4 +1,5 @@
 """The packaged default model: small, loads fast from the package, used when no model is named."""
+
 from napari_clumps.cli import main
 from napari_clumps.detections import read_detections
 from napari_clumps.model import DEFAULT_MODEL, get_detector, packaged_model_path

@@ -1,4 +1,5 @@
 """`napari-clumps detect` and `evaluate` end to end on simulated galaxies."""
+
 import json
 import shutil
 
@@ -19,8 +20,20 @@ def test_detect_folder_with_a_bad_file_then_evaluate(trained_model, tmp_path, ca
         shutil.copy(path, images / path.name)
     (images / "broken.fits").write_bytes(b"SIMPLE  =  garbage" * 10)
     out = tmp_path / "found.csv"
-    status = main(["detect", str(images), "--model", str(model), "--out", str(out), "--score-threshold", "0.3",
-                   "--device", "auto"])
+    status = main(
+        [
+            "detect",
+            str(images),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0.3",
+            "--device",
+            "auto",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 1  # one file failed
     assert f"error: {images / 'broken.fits'}: not a readable FITS file" in captured.err

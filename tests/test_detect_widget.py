@@ -1,4 +1,5 @@
 """The detection widget in a real napari viewer (under Xvfb): run, threshold, cancel, edit, export."""
+
 import numpy as np
 import pytest
 
@@ -44,8 +45,9 @@ def test_run_gives_shapes_matching_the_core_detections(widget_on_galaxy, qtbot):
     assert len(layer.data) == len(expected)
     assert list(layer.features["label"]) == list(expected.label)
     np.testing.assert_allclose(layer.features["score"], expected.score, atol=1e-5)
-    for vertices, rectangle in zip(layer.data, boxes_to_napari_rectangles(
-            expected[["x_min", "y_min", "x_max", "y_max"]].to_numpy())):
+    for vertices, rectangle in zip(
+        layer.data, boxes_to_napari_rectangles(expected[["x_min", "y_min", "x_max", "y_max"]].to_numpy())
+    ):
         np.testing.assert_allclose(vertices, rectangle, atol=1e-3)
     # the boxes follow the FITS north-up display flip of their image
     np.testing.assert_array_equal(layer.scale, image_layer.scale)
@@ -199,8 +201,9 @@ def test_widget_finds_held_out_clumps(make_napari_viewer, trained_model, qtbot, 
     assert row.completeness >= 0.6 and row.purity >= 0.5, row.to_dict()
 
 
-def test_off_host_boxes_hidden_until_asked_and_psf_options_reach_the_detector(make_napari_viewer, qtbot,
-                                                                              galaxy_with_pasted_clump, monkeypatch):
+def test_off_host_boxes_hidden_until_asked_and_psf_options_reach_the_detector(
+    make_napari_viewer, qtbot, galaxy_with_pasted_clump, monkeypatch
+):
     canvas, corner = galaxy_with_pasted_clump
     viewer = make_napari_viewer()
     image_layer = viewer.add_image(canvas, name="pasted", rgb=True)

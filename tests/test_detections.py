@@ -1,22 +1,31 @@
 """The detections CSV contract: columns, precision, companion images list, clear errors."""
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_wcs_header
 
-from napari_clumps.detections import (COLUMNS, DetectionsFileError, detections_frame, read_detections,
-                                      read_images_list, write_detections)
+from napari_clumps.detections import (
+    COLUMNS,
+    DetectionsFileError,
+    detections_frame,
+    read_detections,
+    read_images_list,
+    write_detections,
+)
 
 
 def test_round_trip_keeps_columns_order_and_precision(tmp_path):
     from astropy.wcs import WCS
 
     boxes = np.array([[10.123456, 20.5, 26.7, 36.9], [0.0, 0.0, 4.3, 4.3]])
-    table = detections_frame("a.fits", boxes, [1, "odd_clump"], [0.91234567, 0.5], wcs=WCS(make_wcs_header()),
-                             model="m1")
+    table = detections_frame(
+        "a.fits", boxes, [1, "odd_clump"], [0.91234567, 0.5], wcs=WCS(make_wcs_header()), model="m1"
+    )
     empty = detections_frame("b.fits", np.zeros((0, 4)), [], [], model="m1")
-    images = pd.DataFrame({"image": ["a.fits", "b.fits"], "status": "ok", "n_detections": [2, 0],
-                           "width": 80, "height": 60})
+    images = pd.DataFrame(
+        {"image": ["a.fits", "b.fits"], "status": "ok", "n_detections": [2, 0], "width": 80, "height": 60}
+    )
     path = write_detections(pd.concat([table, empty]), tmp_path / "d.csv", images)
     back = read_detections(path)
     assert list(back.columns) == COLUMNS

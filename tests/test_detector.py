@@ -1,12 +1,22 @@
 """The detector (core, CPU, no network): architectures, model files, paper checkpoints, inference."""
+
 import numpy as np
 import pytest
 import torch
 
 from napari_clumps.inference import detect, iter_detections, tile_windows
 from napari_clumps.metrics import scores_table
-from napari_clumps.model import (BACKBONES, ModelError, build_detector, config_for, load_model,
-                                 load_paper_checkpoint, new_detector, save_model, select_device)
+from napari_clumps.model import (
+    BACKBONES,
+    ModelError,
+    build_detector,
+    config_for,
+    load_model,
+    load_paper_checkpoint,
+    new_detector,
+    save_model,
+    select_device,
+)
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -116,10 +126,19 @@ def test_backbone_weights_from_a_zoobot_checkpoint(tmp_path):
     from zoobot.pytorch.estimators.define_model import ZoobotTree
 
     torch.manual_seed(6)
-    tree = ZoobotTree(output_dim=2, question_answer_pairs={"smooth-or-featured": ["_smooth", "_featured-or-disk"]},
-                      dependencies={"smooth-or-featured": None}, architecture_name="convnext_pico")
-    trainer = lightning.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu",
-                                enable_progress_bar=False, enable_model_summary=False)
+    tree = ZoobotTree(
+        output_dim=2,
+        question_answer_pairs={"smooth-or-featured": ["_smooth", "_featured-or-disk"]},
+        dependencies={"smooth-or-featured": None},
+        architecture_name="convnext_pico",
+    )
+    trainer = lightning.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.strategy.connect(tree)
     path = tmp_path / "zoobot_tree.ckpt"
     trainer.save_checkpoint(path)
@@ -181,8 +200,8 @@ def test_trained_detector_finds_held_out_clumps(trained_model):
 @pytest.mark.slow
 def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
     """Nine held-out galaxies in a 3 x 3 mosaic (600 x 600, tiled at 256 px): the same clumps."""
-    from napari_clumps.model import get_detector
     from napari_clumps.io import read_image
+    from napari_clumps.model import get_detector
 
     path, folder, truth = trained_model
     detector = get_detector(str(path), "cpu")
@@ -192,7 +211,7 @@ def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
     mosaic_truth = []
     for k, name in enumerate(names):
         oy, ox = 200 * (k // 3), 200 * (k % 3)
-        mosaic[oy:oy + 200, ox:ox + 200] = read_image(folder / name).composite
+        mosaic[oy : oy + 200, ox : ox + 200] = read_image(folder / name).composite
         rows = truth[truth.image == name]
         mosaic_truth.append(rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy() + [ox, oy, ox, oy])
     try:

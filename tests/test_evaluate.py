@@ -1,7 +1,7 @@
 """Matching and completeness / purity, against hand-computed numbers."""
+
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,10 +11,13 @@ from napari_clumps.metrics import box_iou, match_image, scores_table
 
 
 def _truth():
-    return pd.concat([
-        detections_frame("a.fits", [[10, 10, 20, 20], [50, 50, 60, 60], [80, 80, 90, 90]], ["clump"] * 3, 1.0),
-        detections_frame("b.fits", [[5, 5, 15, 15]], ["odd_clump"], 1.0),
-    ], ignore_index=True)
+    return pd.concat(
+        [
+            detections_frame("a.fits", [[10, 10, 20, 20], [50, 50, 60, 60], [80, 80, 90, 90]], ["clump"] * 3, 1.0),
+            detections_frame("b.fits", [[5, 5, 15, 15]], ["odd_clump"], 1.0),
+        ],
+        ignore_index=True,
+    )
 
 
 def test_iou_of_known_boxes():
@@ -33,13 +36,22 @@ def test_perfect_detections_give_one(tmp_path, capsys):
 
 def test_known_misses_and_false_positives(tmp_path):
     truth = _truth()
-    detections = pd.concat([
-        detections_frame("a.fits", [[11, 11, 21, 21],  # matches truth 0 (IoU 0.68)
-                                    [12, 10, 22, 20],  # second on truth 0: a duplicate, false positive
-                                    [100, 100, 110, 110]],  # nothing there: false positive
-                         ["clump"] * 3, [0.9, 0.8, 0.7]),
-        detections_frame("b.fits", [[5, 5, 15, 15]], ["clump"], [0.2]),  # matches, but low score
-    ], ignore_index=True)
+    detections = pd.concat(
+        [
+            detections_frame(
+                "a.fits",
+                [
+                    [11, 11, 21, 21],  # matches truth 0 (IoU 0.68)
+                    [12, 10, 22, 20],  # second on truth 0: a duplicate, false positive
+                    [100, 100, 110, 110],
+                ],  # nothing there: false positive
+                ["clump"] * 3,
+                [0.9, 0.8, 0.7],
+            ),
+            detections_frame("b.fits", [[5, 5, 15, 15]], ["clump"], [0.2]),  # matches, but low score
+        ],
+        ignore_index=True,
+    )
     table = scores_table(truth, detections, thresholds=[0.1, 0.5])
     low, high = table.iloc[0], table.iloc[1]
     # threshold 0.1: 4 truth, 4 detections, 2 matches

@@ -1,4 +1,5 @@
 """The host galaxy: found at the centre, clumps on it, field sources off it, the filter switch."""
+
 import numpy as np
 import pandas as pd
 import pytest

@@ -1,5 +1,6 @@
 """Clumps injected into host galaxies: truth on the clumps, on the host, bluer, counted, seeded;
 the PSF measured from the image. Hosts are made here (the simulator's discs, synthetic stars)."""
+
 import io
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_boxes_sit_on_the_injected_clumps(host):
         for x0, y0, x1, y1 in boxes:
             assert x1 - x0 == pytest.approx(side) and y1 - y0 == pytest.approx(side)  # not clipped here
             xc, yc = (x0 + x1) / 2, (y0 + y1) / 2
-            window = excess[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))]
+            window = excess[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))]
             r, c = np.unravel_index(np.argmax(window), window.shape)
             peak_x, peak_y = int(x0) + c + 0.5, int(y0) + r + 0.5
             assert np.hypot(peak_x - xc, peak_y - yc) <= 1.0, (seed, (xc, yc), (peak_x, peak_y))
@@ -142,16 +143,24 @@ def test_contrast_follows_the_settings(host):
     """Closure: the injected clumps measure the contrast they were given (noiseless host)."""
     rgb, mask = host
     fwhm = 4.0
-    settings = InjectionSettings(contrast_median=0.5, contrast_log_sigma=0.0, contrast_range=(0.5, 0.5),
-                                 min_snr_range=(0.0, 0.0), size_range=(1.0, 1.0), count_weights=(1,))
+    settings = InjectionSettings(
+        contrast_median=0.5,
+        contrast_log_sigma=0.0,
+        contrast_range=(0.5, 0.5),
+        min_snr_range=(0.0, 0.0),
+        size_range=(1.0, 1.0),
+        count_weights=(1,),
+    )
     contrasts = []
     for seed in range(8):
         new, boxes, _ = inject_clumps(rgb, mask, np.random.default_rng(seed), settings, psf_fwhm=fwhm)
-        (x0, y0, x1, y1), = boxes
+        ((x0, y0, x1, y1),) = boxes
         x, y = (x0 + x1) / 2, (y0 + y1) / 2
         # The host's own curvature shows as a small "excess" too: measure what the clump added.
-        contrasts.append(measure_clump(linearise_rgb(new), x, y, fwhm).contrast
-                         - measure_clump(linearise_rgb(rgb), x, y, fwhm).contrast)
+        contrasts.append(
+            measure_clump(linearise_rgb(new), x, y, fwhm).contrast
+            - measure_clump(linearise_rgb(rgb), x, y, fwhm).contrast
+        )
     assert np.median(contrasts) == pytest.approx(0.5, rel=0.15)
 
 
@@ -223,7 +232,9 @@ def test_psf_unknown_without_point_sources():
 
 
 def test_core_module_imports_no_gui():
-    code = ("import sys, napari_clumps.inject; "
-            "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'napari_clumps.cli', 'torch') if m in sys.modules]; "
-            "sys.exit(str(bad) if bad else 0)")
+    code = (
+        "import sys, napari_clumps.inject; "
+        "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'napari_clumps.cli', 'torch') if m in sys.modules]; "
+        "sys.exit(str(bad) if bad else 0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """Reading FITS / JPEG / PNG through the core library (no napari)."""
+
 import numpy as np
 import pytest
 from conftest import CRPIX, CRVAL, SIZE, band_planes
@@ -43,8 +44,10 @@ def test_non_finite_pixels_are_replaced(image_files):
     assert image.bands[0, 5, 7] == pytest.approx(band_median)
 
 
-@pytest.mark.parametrize("kind, names", [("jpeg", ("R", "G", "B")), ("png", ("R", "G", "B")),
-                                         ("png_rgba", ("R", "G", "B")), ("png_grey", ("L",))])
+@pytest.mark.parametrize(
+    "kind, names",
+    [("jpeg", ("R", "G", "B")), ("png", ("R", "G", "B")), ("png_rgba", ("R", "G", "B")), ("png_grey", ("L",))],
+)
 def test_raster_kinds(image_files, kind, names):
     image = read_image(image_files[kind])
     assert image.band_names == names

@@ -2,6 +2,7 @@
 
 Needs an OpenGL context: run under xvfb-run (see the README / Makefile).
 """
+
 import numpy as np
 import pytest
 from conftest import CRPIX, CRVAL, SIZE

@@ -1,10 +1,17 @@
 """The pixel-convention conversions (design.md contract)."""
+
 import numpy as np
 import pytest
 
-from napari_clumps.pixels import (astropy_to_edge, boxes_to_napari_rectangles, edge_to_astropy,
-                                  flip_boxes_vertically, napari_rectangles_to_boxes, pixel_to_radec,
-                                  radec_to_pixel)
+from napari_clumps.pixels import (
+    astropy_to_edge,
+    boxes_to_napari_rectangles,
+    edge_to_astropy,
+    flip_boxes_vertically,
+    napari_rectangles_to_boxes,
+    pixel_to_radec,
+    radec_to_pixel,
+)
 
 
 def test_pixel_zero_centre_in_each_convention():
@@ -25,8 +32,14 @@ def test_box_to_napari_uses_row_col_order():
 
 def test_round_trip_is_exact():
     boxes = np.random.default_rng(0).uniform(0, 200, (50, 4))
-    boxes = np.column_stack([np.minimum(boxes[:, 0], boxes[:, 2]), np.minimum(boxes[:, 1], boxes[:, 3]),
-                             np.maximum(boxes[:, 0], boxes[:, 2]), np.maximum(boxes[:, 1], boxes[:, 3])])
+    boxes = np.column_stack(
+        [
+            np.minimum(boxes[:, 0], boxes[:, 2]),
+            np.minimum(boxes[:, 1], boxes[:, 3]),
+            np.maximum(boxes[:, 0], boxes[:, 2]),
+            np.maximum(boxes[:, 1], boxes[:, 3]),
+        ]
+    )
     back = napari_rectangles_to_boxes(boxes_to_napari_rectangles(boxes))
     np.testing.assert_allclose(back, boxes, atol=1e-9)
 

@@ -1,12 +1,18 @@
 """Pixel scale: the PSF from options or headers, resampling to the model's PSF, boxes mapped back."""
+
 import numpy as np
 import pytest
 from astropy.io import fits
-
-from napari_clumps.scale import (DEFAULT_SEEING_ARCSEC, FACTOR_RANGE, ScaleError, header_psf_fwhm,
-                                 image_psf_fwhm, resample_factor)
-
 from conftest import PIXEL_SCALE_DEG, make_wcs_header
+
+from napari_clumps.scale import (
+    DEFAULT_SEEING_ARCSEC,
+    FACTOR_RANGE,
+    ScaleError,
+    header_psf_fwhm,
+    image_psf_fwhm,
+    resample_factor,
+)
 
 
 def test_psf_from_header_keywords():
@@ -51,9 +57,9 @@ def test_enlarged_image_with_its_psf_given_finds_the_clumps_where_they_are(train
     from skimage.transform import rescale
 
     from napari_clumps.inference import detect
-    from napari_clumps.model import get_detector
     from napari_clumps.io import read_image
     from napari_clumps.metrics import scores_table
+    from napari_clumps.model import get_detector
 
     model, folder, truth = trained_model
     detector = get_detector(str(model), "cpu")
@@ -71,8 +77,9 @@ def test_enlarged_image_with_its_psf_given_finds_the_clumps_where_they_are(train
             detector.config.psf_fwhm_px = fwhm[name]  # native images need no resampling
             found.append(detect(image.composite, detector, names=[name], score_threshold=0.3))
             big = np.clip(np.rint(rescale(image.composite / 255.0, 2, channel_axis=-1) * 255), 0, 255)
-            found_big.append(detect(big.astype(np.uint8), detector, names=[name], score_threshold=0.3,
-                                    psf_fwhm=2 * fwhm[name]))
+            found_big.append(
+                detect(big.astype(np.uint8), detector, names=[name], score_threshold=0.3, psf_fwhm=2 * fwhm[name])
+            )
     finally:
         detector.config.psf_fwhm_px = original
     import pandas as pd

@@ -1,4 +1,5 @@
 """The simulator: truth sits on the clumps, WCS-consistent RA/Dec, determinism, calibration."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,7 +71,10 @@ def test_jpeg_truth_is_the_fits_truth_flipped(simulated):
         assert len(fits_rows) == len(jpeg_rows)
         np.testing.assert_allclose(jpeg_rows.y_center.to_numpy(), 200 - fits_rows.y_center.to_numpy(), atol=1e-5)
         if len(fits_rows):
-            fits_image, jpeg_image = read_image(folder / fits_rows.image.iloc[0]), read_image(folder / jpeg_rows.image.iloc[0])
+            fits_image, jpeg_image = (
+                read_image(folder / fits_rows.image.iloc[0]),
+                read_image(folder / jpeg_rows.image.iloc[0]),
+            )
             # the JPEG is north up: its rows are the FITS composite's rows reversed
             from scipy.ndimage import gaussian_filter
 
@@ -115,8 +119,10 @@ def test_clumps_are_bluer_than_their_disc():
             if c.label != "clump":
                 continue
             half = galaxy.box_side / 2
-            region = np.s_[int(c.y - half / 2): int(c.y + half / 2) + 1, int(c.x - half / 2): int(c.x + half / 2) + 1]
-            ring = np.s_[max(int(c.y - 2 * half), 0): int(c.y + 2 * half), max(int(c.x - 2 * half), 0): int(c.x + 2 * half)]
+            region = np.s_[int(c.y - half / 2) : int(c.y + half / 2) + 1, int(c.x - half / 2) : int(c.x + half / 2) + 1]
+            ring = np.s_[
+                max(int(c.y - 2 * half), 0) : int(c.y + 2 * half), max(int(c.x - 2 * half), 0) : int(c.x + 2 * half)
+            ]
             clump_colour = g[region].sum() / i[region].sum()
             surround_colour = g[ring].sum() / i[ring].sum()
             total += 1
@@ -148,8 +154,15 @@ GALAXY_DIGESTS = {
 }
 DATASET_DIGEST = "3a2b116c4ae97399c4dbca6fa9e01d9232f7f13d5f0c287f5bdbe0de89627740"
 # Not the defaults: a small frame, more of every distractor, every galaxy clumpy, half odd.
-CHANGED_SETTINGS = dict(size=96, disc_scale_px=(12.0, 20.0), max_stars=4, max_background_galaxies=5,
-                        max_compact_blue_sources=5, odd_fraction=0.5, clump_free_fraction=0.0)
+CHANGED_SETTINGS = dict(
+    size=96,
+    disc_scale_px=(12.0, 20.0),
+    max_stars=4,
+    max_background_galaxies=5,
+    max_compact_blue_sources=5,
+    odd_fraction=0.5,
+    clump_free_fraction=0.0,
+)
 
 
 def _galaxy_digest(galaxies) -> str:
@@ -166,9 +179,22 @@ def _galaxy_digest(galaxies) -> str:
         style = galaxy.jpeg_style
         digest.update(np.ascontiguousarray(galaxy.bands, dtype=np.float32).tobytes())
         digest.update(np.ascontiguousarray(galaxy.truth_boxes(), dtype=np.float64).tobytes())
-        digest.update(repr((galaxy.truth_labels(), [c.flux_r for c in galaxy.clumps], galaxy.psf_fwhm_px,
-                            galaxy.pixel_scale_arcsec, galaxy.ra, galaxy.dec, style.q, style.white_percentile,
-                            style.saturation, style.quality)).encode())
+        digest.update(
+            repr(
+                (
+                    galaxy.truth_labels(),
+                    [c.flux_r for c in galaxy.clumps],
+                    galaxy.psf_fwhm_px,
+                    galaxy.pixel_scale_arcsec,
+                    galaxy.ra,
+                    galaxy.dec,
+                    style.q,
+                    style.white_percentile,
+                    style.saturation,
+                    style.quality,
+                )
+            ).encode()
+        )
         composite = lupton_composite(galaxy.bands, BANDS, q=style.q, white_percentile=style.white_percentile)
         digest.update(composite.tobytes())
     return digest.hexdigest()
@@ -207,8 +233,11 @@ def test_written_dataset_is_byte_identical_for_a_seed(tmp_path):
         with fits.open(path) as hdus:
             header = hdus[0].header
             digest.update(np.ascontiguousarray(hdus[0].data, dtype=np.float32).tobytes())
-            digest.update(repr([header[key] for key in ("BANDS", "PSFFWHM", "NCLUMPS", "SIMSEED", "SIMINDEX",
-                                                         "CRVAL1", "CRVAL2")]).encode())
+            digest.update(
+                repr(
+                    [header[key] for key in ("BANDS", "PSFFWHM", "NCLUMPS", "SIMSEED", "SIMINDEX", "CRVAL1", "CRVAL2")]
+                ).encode()
+            )
     assert len(read_detections(truth_path)) > 0
     digest.update(truth_path.read_bytes())
     digest.update(images_list_path(truth_path).read_bytes())

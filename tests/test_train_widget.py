@@ -1,4 +1,5 @@
 """The fine-tuning widget in a real viewer: corrected boxes in, a new model out, usable at once."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Training and fine-tuning (core): odd data, cancelling, provenance, the gain from fine-tuning."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,16 @@ from napari_clumps.cli import main
 from napari_clumps.inference import as_galaxy_image
 from napari_clumps.model import load_model, new_detector, save_model
 from napari_clumps.simulate import SimulationSettings, simulate_galaxy, write_dataset
-from napari_clumps.training import (LabelledImage, TrainingCancelled, TrainingError, TrainingOptions, clean_boxes,
-                                    evaluate_items, load_labelled_images, train)
+from napari_clumps.training import (
+    LabelledImage,
+    TrainingCancelled,
+    TrainingError,
+    TrainingOptions,
+    clean_boxes,
+    evaluate_items,
+    load_labelled_images,
+    train,
+)
 
 SMALL = SimulationSettings(size=96, disc_scale_px=(12.0, 20.0))
 
@@ -33,11 +42,13 @@ def _tiny():
 
 
 def test_clean_boxes_repairs_and_drops_with_notes():
-    boxes = [[10, 10, 20, 20],  # fine
-             [30, 30, 20, 20],  # inverted corners
-             [90, 90, 110, 110],  # partly outside a 96 px image
-             [40, 40, 40, 50],  # zero width
-             [200, 200, 210, 210]]  # wholly outside
+    boxes = [
+        [10, 10, 20, 20],  # fine
+        [30, 30, 20, 20],  # inverted corners
+        [90, 90, 110, 110],  # partly outside a 96 px image
+        [40, 40, 40, 50],  # zero width
+        [200, 200, 210, 210],
+    ]  # wholly outside
     cleaned, labels, notes = clean_boxes(boxes, [1, 2, 1, 1, 1], 96, 96, "img")
     np.testing.assert_array_equal(cleaned, [[10, 10, 20, 20], [20, 20, 30, 30], [90, 90, 96, 96]])
     assert labels.tolist() == [1, 2, 1]
@@ -59,8 +70,12 @@ def test_odd_training_data_trains_without_nan(case):
             boxes, labels, _ = clean_boxes(item.boxes, [1, 1, 1, 1], 96, 96)
             items.append(LabelledImage(item.image, boxes, labels, item.name))
     losses = []
-    detector = train(_tiny(), items, TrainingOptions(epochs=2, batch_size=2, trainable_blocks=None, val_fraction=0),
-                     callback=lambda p: losses.append(p.loss) if p.kind == "step" else None)
+    detector = train(
+        _tiny(),
+        items,
+        TrainingOptions(epochs=2, batch_size=2, trainable_blocks=None, val_fraction=0),
+        callback=lambda p: losses.append(p.loss) if p.kind == "step" else None,
+    )
     assert losses and np.isfinite(losses).all()
     assert all(torch.isfinite(p).all() for p in detector.network.parameters())
 
@@ -91,9 +106,14 @@ def test_cancel_keeps_the_previous_model_file_byte_identical(tmp_path):
     before = out.read_bytes()
     steps = []
     with pytest.raises(TrainingCancelled):
-        train(_tiny(), _items(8), TrainingOptions(epochs=3, batch_size=2, trainable_blocks=None, val_fraction=0),
-              out=out, callback=lambda p: steps.append(p) if p.kind == "step" else None,
-              should_stop=lambda: len(steps) >= 2)
+        train(
+            _tiny(),
+            _items(8),
+            TrainingOptions(epochs=3, batch_size=2, trainable_blocks=None, val_fraction=0),
+            out=out,
+            callback=lambda p: steps.append(p) if p.kind == "step" else None,
+            should_stop=lambda: len(steps) >= 2,
+        )
     assert len(steps) == 2  # stopped within one step of the request
     assert out.read_bytes() == before
     assert not list(tmp_path.glob("*.part"))
@@ -102,8 +122,14 @@ def test_cancel_keeps_the_previous_model_file_byte_identical(tmp_path):
 def test_model_file_records_provenance_and_validation(tmp_path):
     out = tmp_path / "m.safetensors"
     epochs = []
-    train(_tiny(), _items(10), TrainingOptions(epochs=2, batch_size=2, trainable_blocks=None, val_fraction=0.2),
-          out=out, callback=lambda p: epochs.append(p) if p.kind == "epoch" else None, data_description="ten")
+    train(
+        _tiny(),
+        _items(10),
+        TrainingOptions(epochs=2, batch_size=2, trainable_blocks=None, val_fraction=0.2),
+        out=out,
+        callback=lambda p: epochs.append(p) if p.kind == "epoch" else None,
+        data_description="ten",
+    )
     provenance = load_model(out).provenance
     assert provenance["data"] == "ten" and provenance["n_train_images"] == 8 and provenance["n_val_images"] == 2
     assert provenance["base_model"] == "resnet10t-untrained"
@@ -127,9 +153,27 @@ def test_trainable_blocks_freeze_the_encoder():
 def test_cli_train_writes_a_loadable_model(tmp_path, capsys):
     truth = write_dataset(tmp_path / "data", n=4, seed=3, settings=SMALL)
     out = tmp_path / "cli.safetensors"
-    status = main(["train", "--images", str(tmp_path / "data"), "--labels", str(truth), "--out", str(out),
-                   "--model", "resnet10t", "--backbone-weights", "none", "--epochs", "1", "--trainable-blocks", "-1",
-                   "--val-fraction", "0"])
+    status = main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "data"),
+            "--labels",
+            str(truth),
+            "--out",
+            str(out),
+            "--model",
+            "resnet10t",
+            "--backbone-weights",
+            "none",
+            "--epochs",
+            "1",
+            "--trainable-blocks",
+            "-1",
+            "--val-fraction",
+            "0",
+        ]
+    )
     assert status == 0 and out.exists()
     assert "model written to" in capsys.readouterr().out
     assert load_model(out).provenance["n_train_images"] == 8  # FITS + JPEG of 4 galaxies
@@ -152,7 +196,10 @@ def test_fine_tuning_raises_f1_on_a_new_survey(trained_model, tmp_path):
     train_items, _ = load_labelled_images(sorted((tmp_path / "train").glob("*.fits")), train_truth, strict_names=False)
     test_items, _ = load_labelled_images(sorted((tmp_path / "test").glob("*.fits")), test_truth, strict_names=False)
     before = evaluate_items(load_model(base_path), test_items, 0.5)
-    tuned = train(load_model(base_path), train_items,
-                  TrainingOptions(epochs=4, learning_rate=3e-4, trainable_blocks=None, val_fraction=0, seed=0))
+    tuned = train(
+        load_model(base_path),
+        train_items,
+        TrainingOptions(epochs=4, learning_rate=3e-4, trainable_blocks=None, val_fraction=0, seed=0),
+    )
     after = evaluate_items(tuned, test_items, 0.5)
     assert after["f1"] >= before["f1"] + 0.03, (before, after)

@@ -23,6 +23,7 @@ Deterministic for a seed: host choice and each image's clumps come from
 same quantities on freshly injected clumps (the closure check). ``--montage`` draws hosts before and
 after injection with their truth boxes, beside real development galaxies with their catalogue boxes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,19 +60,22 @@ def candidate_hosts(data: Path, seed: int):
     gz1 = pd.read_csv(data / "sdss_gz1.csv")
     ellipticals = gz1[gz1.gz1_class == "elliptical"].image.tolist()
     decals = pd.read_csv(data / "decals_dr5.csv")
-    smooth = decals[(decals.ring == 0) & (decals["_4"] <= DECALS_MAX_FEATURED)
-                    & (decals["_6"] >= DECALS_MIN_NO_SPIRAL)].image.tolist()
+    smooth = decals[
+        (decals.ring == 0) & (decals["_4"] <= DECALS_MAX_FEATURED) & (decals["_6"] >= DECALS_MIN_NO_SPIRAL)
+    ].image.tolist()
     ellipticals = [("sdss_gz1", name, "gz1_elliptical") for name in sorted(ellipticals)]
     smooth = [("decals_dr5", name, "decals_smooth") for name in sorted(smooth)]
-    return ([ellipticals[i] for i in rng.permutation(len(ellipticals))],
-            [smooth[i] for i in rng.permutation(len(smooth))])
+    return (
+        [ellipticals[i] for i in rng.permutation(len(ellipticals))],
+        [smooth[i] for i in rng.permutation(len(smooth))],
+    )
 
 
 def centre_crop(rgb: np.ndarray, crop: int) -> np.ndarray:
     height, width = rgb.shape[:2]
     size_y, size_x = min(crop, height), min(crop, width)
     r0, c0 = (height - size_y) // 2, (width - size_x) // 2
-    return np.ascontiguousarray(rgb[r0:r0 + size_y, c0:c0 + size_x])
+    return np.ascontiguousarray(rgb[r0 : r0 + size_y, c0 : c0 + size_x])
 
 
 def host_of(rgb: np.ndarray):
@@ -139,9 +143,20 @@ def make_one(task):
         rgb, boxes, _ = inject_clumps(rgb, mask, rng, psf_fwhm=fwhm)
         if not len(boxes):
             return {"skip": "no room for a clump"}
-    return {"kind": kind, "folder": folder, "source": name, "class": klass, "jpeg": encode_jpeg(rgb, quality),
-            "boxes": boxes, "width": rgb.shape[1], "height": rgb.shape[0], "psf_fwhm_px": fwhm,
-            "host_blueness": blueness, "host_mask": how, "seconds": time.perf_counter() - started}
+    return {
+        "kind": kind,
+        "folder": folder,
+        "source": name,
+        "class": klass,
+        "jpeg": encode_jpeg(rgb, quality),
+        "boxes": boxes,
+        "width": rgb.shape[1],
+        "height": rgb.shape[0],
+        "psf_fwhm_px": fwhm,
+        "host_blueness": blueness,
+        "host_mask": how,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _map(function, tasks, jobs: int):
@@ -184,8 +199,19 @@ def build(args) -> Path:
                 source = pick(made + len(batch))
                 if source is None:
                     break
-                batch.append((kind, source, data, args.crop, args.quality, args.seed, index,
-                              args.max_host_blueness, args.min_host_fwhm))
+                batch.append(
+                    (
+                        kind,
+                        source,
+                        data,
+                        args.crop,
+                        args.quality,
+                        args.seed,
+                        index,
+                        args.max_host_blueness,
+                        args.min_host_fwhm,
+                    )
+                )
                 index += 1
             if not batch:
                 print(f"warning: ran out of {kind} hosts after {made}", file=sys.stderr)
@@ -222,11 +248,21 @@ def build(args) -> Path:
         (out / file_name).write_bytes(result["jpeg"])
         labels = ["clump"] * len(result["boxes"])
         tables.append(detections_frame(file_name, result["boxes"], labels, scores=1.0, model=MODEL_ID))
-        images.append(dict(image=file_name, status="ok", n_detections=len(result["boxes"]),
-                           width=result["width"], height=result["height"], kind=result["kind"],
-                           source=f"{result['folder']}/{result['source']}", host_class=result["class"],
-                           psf_fwhm_px=None if result["psf_fwhm_px"] is None else round(result["psf_fwhm_px"], 3),
-                           host_blueness=round(result["host_blueness"], 3), host_mask=result["host_mask"]))
+        images.append(
+            dict(
+                image=file_name,
+                status="ok",
+                n_detections=len(result["boxes"]),
+                width=result["width"],
+                height=result["height"],
+                kind=result["kind"],
+                source=f"{result['folder']}/{result['source']}",
+                host_class=result["class"],
+                psf_fwhm_px=None if result["psf_fwhm_px"] is None else round(result["psf_fwhm_px"], 3),
+                host_blueness=round(result["host_blueness"], 3),
+                host_mask=result["host_mask"],
+            )
+        )
     truth = out / "truth.csv"
     write_detections(pd.concat(tables, ignore_index=True), truth, pd.DataFrame(images))
     elapsed = time.perf_counter() - started
@@ -236,20 +272,29 @@ def build(args) -> Path:
         "folders_used": sorted({f"{r['folder']}" for r in results}),
         "selection": {
             "sdss_gz1": "gz1_class == elliptical (Galaxy Zoo 1 majority) and host blueness "
-                        f"2.5 log10(B/R) <= {args.max_host_blueness}",
+            f"2.5 log10(B/R) <= {args.max_host_blueness}",
             "decals_dr5": f"ring == 0, featured fraction (_4) <= {DECALS_MAX_FEATURED}, "
-                          f"no-spiral-arms fraction (_6) >= {DECALS_MIN_NO_SPIRAL}; hosts only",
+            f"no-spiral-arms fraction (_6) >= {DECALS_MIN_NO_SPIRAL}; hosts only",
             "negatives": "sdss_gz1 ellipticals (same cut), never used as hosts, no injection",
         },
-        "seed": args.seed, "n_injected": kinds.get("injected", 0), "n_negatives": kinds.get("negative", 0),
-        "n_boxes": int(sum(len(r["boxes"]) for r in results)), "crop": args.crop, "jpeg_quality": args.quality,
-        "decals_fraction": args.decals_fraction, "min_host_fwhm": args.min_host_fwhm,
-        "skipped": skipped, "seconds": round(elapsed, 1), "jobs": args.jobs,
+        "seed": args.seed,
+        "n_injected": kinds.get("injected", 0),
+        "n_negatives": kinds.get("negative", 0),
+        "n_boxes": int(sum(len(r["boxes"]) for r in results)),
+        "crop": args.crop,
+        "jpeg_quality": args.quality,
+        "decals_fraction": args.decals_fraction,
+        "min_host_fwhm": args.min_host_fwhm,
+        "skipped": skipped,
+        "seconds": round(elapsed, 1),
+        "jobs": args.jobs,
         "injection_settings": asdict(InjectionSettings()),
     }
     (out / "sources.json").write_text(json.dumps(record, indent=2, default=str))
-    print(f"{record['n_injected']} injected ({record['n_boxes']} clumps) + {record['n_negatives']} negatives "
-          f"in {elapsed:.0f} s -> {truth}")
+    print(
+        f"{record['n_injected']} injected ({record['n_boxes']} clumps) + {record['n_negatives']} negatives "
+        f"in {elapsed:.0f} s -> {truth}"
+    )
     print(f"skipped candidates: {skipped}")
     return truth
 
@@ -273,8 +318,7 @@ def dev_measurements(dev: Path):
         psf_rows.append(dict(image=name, nominal=nominal, estimate=estimate))
         mask, _ = host_of(rgb)
         ellipse = _mask_ellipse(mask) if mask.any() else None
-        rows += _measure_at(rgb, clumps[["x_center", "y_center"]].to_numpy(float), estimate, nominal,
-                            ellipse, name)
+        rows += _measure_at(rgb, clumps[["x_center", "y_center"]].to_numpy(float), estimate, nominal, ellipse, name)
     return pd.DataFrame(rows), pd.DataFrame(psf_rows)
 
 
@@ -288,11 +332,21 @@ def _measure_at(rgb, centres, fwhm, nominal, ellipse, name):
     for x, y in centres:
         m = measure_clump(linear, x, y, fwhm_used)
         core, _, ring = _apertures(rgb.shape[:2], x, y, fwhm_used)
-        rows.append(dict(image=name, x=x, y=y, fwhm=fwhm_used, psf_measured=fwhm is not None,
-                         contrast=m.contrast, snr=m.snr, blueness=m.blueness,
-                         size=equivalent_size(m.concentration, fwhm_used),
-                         display_excess=float(display[core].mean() - np.median(display[ring])),
-                         host_radius=float(_elliptical_radius(x, y, ellipse)) if ellipse is not None else np.nan))
+        rows.append(
+            dict(
+                image=name,
+                x=x,
+                y=y,
+                fwhm=fwhm_used,
+                psf_measured=fwhm is not None,
+                contrast=m.contrast,
+                snr=m.snr,
+                blueness=m.blueness,
+                size=equivalent_size(m.concentration, fwhm_used),
+                display_excess=float(display[core].mean() - np.median(display[ring])),
+                host_radius=float(_elliptical_radius(x, y, ellipse)) if ellipse is not None else np.nan,
+            )
+        )
     return rows
 
 
@@ -328,9 +382,11 @@ def calibrate(args) -> None:
     dev = Path(args.dev)
     real, psf = dev_measurements(dev)
     ratio = (psf.estimate / psf.nominal).dropna()
-    print(f"PSF: measured on {len(ratio)}/{len(psf)} dev images; estimate / nominal 1.2\" seeing: "
-          f"5/25/50/75/95 % = {np.round(np.percentile(ratio, [5, 25, 50, 75, 95]), 2).tolist()}; "
-          f"within 25 % of the median ratio: {np.mean(abs(ratio / ratio.median() - 1) < 0.25):.2f}")
+    print(
+        f'PSF: measured on {len(ratio)}/{len(psf)} dev images; estimate / nominal 1.2" seeing: '
+        f"5/25/50/75/95 % = {np.round(np.percentile(ratio, [5, 25, 50, 75, 95]), 2).tolist()}; "
+        f"within 25 % of the median ratio: {np.mean(abs(ratio / ratio.median() - 1) < 0.25):.2f}"
+    )
     injected = closure_measurements(Path(args.data), args.closure_hosts, args.seed, args.crop, args.quality)
 
     def describe(table, label):
@@ -340,8 +396,10 @@ def calibrate(args) -> None:
                 values = rows[column].replace([np.inf, -np.inf], np.nan).dropna()
                 if len(values):
                     pct = np.percentile(values, [10, 25, 50, 75, 90])
-                    print(f"  {column:15s} {label_:5s} n={len(values):4d}  10/25/50/75/90 % = "
-                          + " / ".join(f"{v:.3g}" for v in pct))
+                    print(
+                        f"  {column:15s} {label_:5s} n={len(values):4d}  10/25/50/75/90 % = "
+                        + " / ".join(f"{v:.3g}" for v in pct)
+                    )
 
     describe(real, "real dev-set clumps")
     describe(injected, "injected clumps (closure, after JPEG)")
@@ -395,19 +453,25 @@ def montage(args) -> None:
             ax = axes[row, col]
             ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0), interpolation="nearest")
             if col == 0:
-                ax.contour(np.arange(mask.shape[1]) + 0.5, np.arange(mask.shape[0]) + 0.5, mask, [0.5],
-                           colors="yellow", linewidths=0.6)
+                ax.contour(
+                    np.arange(mask.shape[1]) + 0.5,
+                    np.arange(mask.shape[0]) + 0.5,
+                    mask,
+                    [0.5],
+                    colors="yellow",
+                    linewidths=0.6,
+                )
             if draw:
                 for x0, y0, x1, y1 in boxes:
                     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="#00e5ff", lw=1))
-            ax.set_title([f"{title}\nhost (mask), PSF {fwhm:.1f} px", "injected", "injected + truth"][col],
-                         fontsize=7)
+            ax.set_title([f"{title}\nhost (mask), PSF {fwhm:.1f} px", "injected", "injected + truth"][col], fontsize=7)
         rgb = read_rgb(dev / "images" / dev_names[row])
         ax = axes[row, 3]
         ax.imshow(rgb, extent=(0, rgb.shape[1], rgb.shape[0], 0), interpolation="nearest")
         for r in labels[labels.image == dev_names[row]].itertuples():
-            ax.add_patch(Rectangle((r.x_min, r.y_min), r.x_max - r.x_min, r.y_max - r.y_min, fill=False,
-                                   ec="#ff9f1c", lw=1))
+            ax.add_patch(
+                Rectangle((r.x_min, r.y_min), r.x_max - r.x_min, r.y_max - r.y_min, fill=False, ec="#ff9f1c", lw=1)
+            )
         ax.set_title(f"real dev galaxy {dev_names[row][:16]}\ncatalogue clumps (nominal boxes)", fontsize=7)
         _zoom(axes[row, 3], host_of(rgb)[0], args.crop)
         for col in range(3):
@@ -438,8 +502,9 @@ def _zoom(ax, mask, crop):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="the real_galaxies folder")
     parser.add_argument("--out", help="output folder of the training set")
     parser.add_argument("--n-injected", type=int, default=600)
@@ -447,12 +512,21 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop", type=int, default=256, help="centre crop side, px")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    parser.add_argument("--decals-fraction", type=float, default=0.1,
-                        help="fraction of injected hosts from decals_dr5 (at most its 65 smooth ones)")
-    parser.add_argument("--max-host-blueness", type=float, default=-0.3,
-                        help="GZ1 ellipticals bluer than this (2.5 log10 B/R of the host light) are skipped")
-    parser.add_argument("--min-host-fwhm", type=float, default=4.0,
-                        help="skip hosts whose footprint radius is under this many PSF FWHM")
+    parser.add_argument(
+        "--decals-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of injected hosts from decals_dr5 (at most its 65 smooth ones)",
+    )
+    parser.add_argument(
+        "--max-host-blueness",
+        type=float,
+        default=-0.3,
+        help="GZ1 ellipticals bluer than this (2.5 log10 B/R of the host light) are skipped",
+    )
+    parser.add_argument(
+        "--min-host-fwhm", type=float, default=4.0, help="skip hosts whose footprint radius is under this many PSF FWHM"
+    )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--calibrate", action="store_true", help="measure real and injected clumps")
     parser.add_argument("--calibration-csv", help="with --calibrate: write every measurement here")

@@ -9,6 +9,7 @@ usage: python tools/package_model.py TRAINED.safetensors OUT.safetensors --calib
 2. `napari-clumps detect` + `evaluate` on TEST_DIR (another unseen seed) at that threshold;
 both numbers go into the model's provenance.
 """
+
 import argparse
 import json
 import subprocess
@@ -38,13 +39,15 @@ def main():
     args = parser.parse_args()
     detector = load_model(args.trained)
     history = detector.provenance.get("history", [])
-    detector.provenance.update({
-        "model_id": args.model_id,
-        "command": COMMAND,
-        "data": args.data,
-        "trained_from": "random initialisation (no pretrained weights reachable offline)",
-        "history": history,
-    })
+    detector.provenance.update(
+        {
+            "model_id": args.model_id,
+            "command": COMMAND,
+            "data": args.data,
+            "trained_from": "random initialisation (no pretrained weights reachable offline)",
+            "history": history,
+        }
+    )
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         tmp_model = Path(tmp) / "model.safetensors"
@@ -52,10 +55,33 @@ def main():
 
         def detect_and_evaluate(folder, name, threshold):
             detections = Path(tmp) / f"{name}.csv"
-            subprocess.run([bin_dir / "napari-clumps", "detect", folder, "--model", tmp_model, "--out", detections,
-                            "--score-threshold", "0.05"], check=True)
-            subprocess.run([bin_dir / "napari-clumps", "evaluate", "--truth", Path(folder) / "truth.csv",
-                            "--detections", detections, "--score-threshold", str(threshold)], check=True)
+            subprocess.run(
+                [
+                    bin_dir / "napari-clumps",
+                    "detect",
+                    folder,
+                    "--model",
+                    tmp_model,
+                    "--out",
+                    detections,
+                    "--score-threshold",
+                    "0.05",
+                ],
+                check=True,
+            )
+            subprocess.run(
+                [
+                    bin_dir / "napari-clumps",
+                    "evaluate",
+                    "--truth",
+                    Path(folder) / "truth.csv",
+                    "--detections",
+                    detections,
+                    "--score-threshold",
+                    str(threshold),
+                ],
+                check=True,
+            )
             return json.loads(Path(tmp, f"{name}.metrics.json").read_text())
 
         calibration = detect_and_evaluate(args.calibration, "calibration", 0.5)
@@ -64,15 +90,23 @@ def main():
         metrics = detect_and_evaluate(args.test, "test", threshold)
     detector.provenance["score_threshold"] = threshold
     detector.provenance["threshold_calibration"] = {
-        "set": f"{args.calibration} (napari-clumps simulate --n 100 --seed 5000)", "rule": args.rule,
-        **{k: best[k] for k in ("completeness", "purity", "f1")}}
-    detector.provenance["test_metrics"] = {"test_set": f"{args.test} (napari-clumps simulate --n 200 --seed 424242)",
-                                           "score_threshold": threshold, **metrics["at_threshold"],
-                                           "coco": metrics["coco"]}
+        "set": f"{args.calibration} (napari-clumps simulate --n 100 --seed 5000)",
+        "rule": args.rule,
+        **{k: best[k] for k in ("completeness", "purity", "f1")},
+    }
+    detector.provenance["test_metrics"] = {
+        "test_set": f"{args.test} (napari-clumps simulate --n 200 --seed 424242)",
+        "score_threshold": threshold,
+        **metrics["at_threshold"],
+        "coco": metrics["coco"],
+    }
     save_model(detector, args.out, half=True)
     print(f"packaged {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)")
-    print(json.dumps({k: detector.provenance[k] for k in ("score_threshold", "threshold_calibration",
-                                                           "test_metrics")}, indent=2))
+    print(
+        json.dumps(
+            {k: detector.provenance[k] for k in ("score_threshold", "threshold_calibration", "test_metrics")}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

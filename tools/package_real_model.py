@@ -11,6 +11,7 @@ validation use its README allows; because it flatters the dev figure at that thr
 also says how much: a two-fold estimate that picks the threshold on one half of the galaxies and
 scores it on the other. All of it goes into the model's provenance, with float16 weights.
 """
+
 import argparse
 import json
 import sys
@@ -56,29 +57,33 @@ def main():
     thresholds = list(within.threshold)
     best = best_row(truth, found, names, thresholds)
     order = np.random.default_rng(0).permutation(len(names))
-    halves = [[names[i] for i in order[: len(order) // 2]], [names[i] for i in order[len(order) // 2:]]]
+    halves = [[names[i] for i in order[: len(order) // 2]], [names[i] for i in order[len(order) // 2 :]]]
     folds = []
     for pick, score in ((0, 1), (1, 0)):
         chosen = best_row(truth, found, halves[pick], thresholds).threshold
         row = scores_table(truth, found, thresholds=[chosen], images=halves[score], rule="centre").iloc[0]
         best_there = best_row(truth, found, halves[score], thresholds)
-        folds.append({"threshold": float(chosen), "f1": round(float(row.f1), 4),
-                      "best_f1_there": round(float(best_there.f1), 4)})
-    detector.provenance.update({
-        "model_id": args.model_id,
-        "command": "tools/train_default_model.sh",
-        "data": args.data,
-        "score_threshold": float(best.threshold),
-        "threshold_calibration": {
-            "set": "real dev set: 37 SDSS Stripe 82 galaxies, 213 catalogued clumps (Mehta et al. 2021)",
-            "rule": "best F1, clump class, detections on the host, centre matching, among thresholds keeping "
-                    f"on-host detections per clump-free galaxy within {BUDGET}",
-            "clump_free_calibration": f"{len(calibration)} GZ1 ellipticals (benchmarks/real_data.py "
-                                      "elliptical_sample(random_state=1)), per image at the threshold: "
-                                      + json.dumps(rates[rates.threshold == best.threshold].iloc[0].to_dict()),
-            **{k: round(float(best[k]), 4) for k in ("completeness", "purity", "f1")},
-            "two_fold_check": folds},
-    })
+        folds.append(
+            {"threshold": float(chosen), "f1": round(float(row.f1), 4), "best_f1_there": round(float(best_there.f1), 4)}
+        )
+    detector.provenance.update(
+        {
+            "model_id": args.model_id,
+            "command": "tools/train_default_model.sh",
+            "data": args.data,
+            "score_threshold": float(best.threshold),
+            "threshold_calibration": {
+                "set": "real dev set: 37 SDSS Stripe 82 galaxies, 213 catalogued clumps (Mehta et al. 2021)",
+                "rule": "best F1, clump class, detections on the host, centre matching, among thresholds keeping "
+                f"on-host detections per clump-free galaxy within {BUDGET}",
+                "clump_free_calibration": f"{len(calibration)} GZ1 ellipticals (benchmarks/real_data.py "
+                "elliptical_sample(random_state=1)), per image at the threshold: "
+                + json.dumps(rates[rates.threshold == best.threshold].iloc[0].to_dict()),
+                **{k: round(float(best[k]), 4) for k in ("completeness", "purity", "f1")},
+                "two_fold_check": folds,
+            },
+        }
+    )
     save_model(detector, args.out, half=True)
     print(f"packaged {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB), threshold {best.threshold:g}")
     print(json.dumps(detector.provenance["threshold_calibration"], indent=2))

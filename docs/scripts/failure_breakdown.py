@@ -6,6 +6,7 @@ usage: python docs/scripts/failure_breakdown.py TRUTH.csv DETECTIONS.csv [--thre
 Same matching as ``napari-clumps evaluate`` (greedy one-to-one by score, IoU >= 0.3). The
 default threshold is the packaged default model's. Prints Markdown-ready lines.
 """
+
 import argparse
 
 import numpy as np
@@ -52,20 +53,30 @@ def main():
     found["overlap"] = pd.concat(det_distance)
     truth["kind"] = np.where(truth.image.map(is_fits_path), "FITS", "JPEG")
 
-    print(f"threshold {args.threshold}: completeness {truth.hit.mean():.3f}, purity {found.hit.mean():.3f} "
-          f"({len(truth)} truth boxes, {len(found)} detections)")
+    print(
+        f"threshold {args.threshold}: completeness {truth.hit.mean():.3f}, purity {found.hit.mean():.3f} "
+        f"({len(truth)} truth boxes, {len(found)} detections)"
+    )
     print("completeness by class: " + ", ".join(f"{k} {v:.2f}" for k, v in truth.groupby("label").hit.mean().items()))
-    print("completeness by file kind: " + ", ".join(f"{k} {v:.2f}" for k, v in truth.groupby("kind").hit.mean().items()))
+    print(
+        "completeness by file kind: " + ", ".join(f"{k} {v:.2f}" for k, v in truth.groupby("kind").hit.mean().items())
+    )
     by_size = truth.groupby(size_bin(truth), observed=True).hit.agg(["mean", "size"])
-    print("completeness by truth box side (px): " + ", ".join(
-        f"{b.left:g}-{b.right:g} {row['mean']:.2f} (n={row['size']:.0f})" for b, row in by_size.iterrows()))
+    print(
+        "completeness by truth box side (px): "
+        + ", ".join(f"{b.left:g}-{b.right:g} {row['mean']:.2f} (n={row['size']:.0f})" for b, row in by_size.iterrows())
+    )
     by_size = found.groupby(size_bin(found), observed=True).hit.agg(["mean", "size"])
-    print("purity by detected box side (px): " + ", ".join(
-        f"{b.left:g}-{b.right:g} {row['mean']:.2f} (n={row['size']:.0f})" for b, row in by_size.iterrows()))
+    print(
+        "purity by detected box side (px): "
+        + ", ".join(f"{b.left:g}-{b.right:g} {row['mean']:.2f} (n={row['size']:.0f})" for b, row in by_size.iterrows())
+    )
     false = found[~found.hit]
-    print(f"false detections: {len(false)}; overlapping no truth box: {(false.overlap == 0).sum()}; "
-          f"overlapping one but below IoU 0.3 (misplaced or duplicate): {(false.overlap > 0).sum()}; "
-          f"called odd clump: {(false.label == 'odd_clump').sum()}")
+    print(
+        f"false detections: {len(false)}; overlapping no truth box: {(false.overlap == 0).sum()}; "
+        f"overlapping one but below IoU 0.3 (misplaced or duplicate): {(false.overlap > 0).sum()}; "
+        f"called odd clump: {(false.label == 'odd_clump').sum()}"
+    )
 
 
 if __name__ == "__main__":

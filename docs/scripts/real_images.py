@@ -6,16 +6,17 @@ Uses the Hubble XDF crop that ships with scikit-image and, when the folder exist
 cutouts (424 px, grz; shared/data/real_decals). No clump labels exist for these: look at them.
 Writes docs/images/real_images.png and prints the boxes per image.
 """
+
 import argparse
 import tempfile
 from pathlib import Path
 
 from PIL import Image
 
-from napari_clumps.samples import hubble_image
 from napari_clumps.inference import detect
 from napari_clumps.io import read_image
 from napari_clumps.plotting import save_boxes_png
+from napari_clumps.samples import hubble_image
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,6 +7,7 @@ runs the widget's Detect on both with MODEL (default: the packaged default model
 recommended threshold), writes the CSV next to the PNG and takes the screenshot; prints the CSV
 boxes so they can be compared with the picture.
 """
+
 import sys
 import tempfile
 from pathlib import Path

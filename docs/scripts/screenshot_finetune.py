@@ -6,6 +6,7 @@ Simulates 16 galaxies, loads their truth boxes as the user's corrected boxes (th
 detection widget's CSV import), starts fine-tuning BASE_MODEL on them and takes the screenshot
 once two epochs are done (loss curve and validation F1 in the dock), then cancels.
 """
+
 import sys
 import tempfile
 from pathlib import Path

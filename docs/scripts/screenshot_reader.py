@@ -6,6 +6,7 @@ The FITS cube is shown north up (FITS row 1 at the bottom) and the JPEG is north
 cutout services write it, so the two panels must look the same; the truth boxes are drawn over
 both from truth.csv through the one pixel-convention conversion.
 """
+
 import sys
 import tempfile
 from pathlib import Path
@@ -30,9 +31,13 @@ for offset, suffix in ((0, ".fits"), (220, ".jpg")):
     image_layer = viewer.open(tmp / name, plugin="napari-clumps")[0]
     image_layer.translate = image_layer.translate + [0, offset]  # side by side
     rows = truth[truth.image == name]
-    data, kwargs, _ = boxes_layer(rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy(), rows.label,
-                                  rows.score, name=f"{name} truth",
-                                  image_kwargs={"scale": image_layer.scale, "translate": image_layer.translate})
+    data, kwargs, _ = boxes_layer(
+        rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
+        rows.label,
+        rows.score,
+        name=f"{name} truth",
+        image_kwargs={"scale": image_layer.scale, "translate": image_layer.translate},
+    )
     viewer.add_shapes(data, **kwargs)
 for layer in viewer.layers:
     layer.visible = "[" not in layer.name  # the raw band layers stay hidden

@@ -4,6 +4,7 @@ usage: python docs/scripts/simulation_montage.py [OUT.png] [--real-dir DIR]
 Writes docs/images/simulation_montage.png by default. The real cutouts are read from
 ../shared/data/real_decals (40 DECaLS galaxies, see its README) when that folder exists.
 """
+
 import argparse
 import tempfile
 from pathlib import Path
@@ -38,8 +39,16 @@ def main():
             ax.imshow(image.composite, extent=(0, image.width, image.height, 0))
             for box in truth[truth.image == name].itertuples():
                 colour = "cyan" if box.label == "clump" else "orange"
-                ax.add_patch(Rectangle((box.x_min, box.y_min), box.x_max - box.x_min,
-                                       box.y_max - box.y_min, fill=False, ec=colour, lw=1))
+                ax.add_patch(
+                    Rectangle(
+                        (box.x_min, box.y_min),
+                        box.x_max - box.x_min,
+                        box.y_max - box.y_min,
+                        fill=False,
+                        ec=colour,
+                        lw=1,
+                    )
+                )
             ax.set_title(f"simulated {name}", fontsize=8)
         for ax, path in zip(axes[:, 4], real):
             image = read_image(path)

@@ -2,6 +2,7 @@
 
 usage: python docs/scripts/simulation_stats.py [--boxes ../shared/data/clumpscout_boxes.csv] [--n 300]
 """
+
 import argparse
 from pathlib import Path
 
@@ -42,8 +43,10 @@ def main():
         s = " / ".join(f"{v:.1f}" for v in np.percentile(sim_values, QUANTILES))
         return f"| {name} | {r} | {s} |"
 
-    print(f"Simulated: {args.n} galaxies of seed {args.seed}, {len(sides)} clumps. "
-          f"Real: {len(real)} boxes on {real.image_id.nunique()} galaxies.\n")
+    print(
+        f"Simulated: {args.n} galaxies of seed {args.seed}, {len(sides)} clumps. "
+        f"Real: {len(real)} boxes on {real.image_id.nunique()} galaxies.\n"
+    )
     print("| quantity (5 / 25 / 50 / 75 / 95 %) | real volunteer boxes | simulated truth |")
     print("|---|---|---|")
     print(row("box side, px (200 px frame)", real_side, sides))

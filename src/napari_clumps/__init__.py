@@ -11,6 +11,7 @@ The small user API, importable headless (no napari, no Qt)::
 Heavy dependencies (torch, astropy, photutils) are imported only when a function needs them;
 docs/architecture.md maps the modules.
 """
+
 __version__ = "0.1.0"
 
 #: Public name -> the module (of this package) that defines it; loaded on first use.

@@ -3,21 +3,38 @@
 Glue and layout only: detection is :func:`napari_clumps.inference.iter_detections`, boxes <->
 layers is :mod:`napari_clumps._layers`, the CSV is :mod:`napari_clumps.detections`.
 """
+
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label,
-                              PushButton, Select)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    Select,
+)
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from ._layers import (
+    apply_score_threshold,
+    boxes_table,
+    detections_layer_over,
+    hand_box_features,
+    image_name,
+    label_colours,
+    layer_to_galaxy_image,
+)
 from .detections import LABELS
 from .inference import DEFAULT_NMS_IOU
 from .model import DEVICES, PAPER_SCORE_THRESHOLD
-from ._layers import (apply_score_threshold, boxes_table, detections_layer_over, hand_box_features, image_name,
-                      label_colours, layer_to_galaxy_image)
 
 #: Lowest score the widget keeps, so that the slider can go down without re-running the model.
 SCORE_FLOOR = 0.05
@@ -45,14 +62,17 @@ def image_layer_choices(viewer) -> list[tuple]:
     """(name, layer) of the image layers a detector can take: not the hidden raw-band layers."""
     from napari.layers import Image
 
-    return [(layer.name, layer) for layer in viewer.layers
-            if isinstance(layer, Image) and "band_name" not in layer.metadata]
+    return [
+        (layer.name, layer) for layer in viewer.layers if isinstance(layer, Image) and "band_name" not in layer.metadata
+    ]
 
 
 def model_file_choices() -> list[tuple]:
     """(label, value) of the packaged default and the model files known to this session."""
-    return [(DEFAULT_CHOICE, DEFAULT_CHOICE),
-            *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES)]
+    return [
+        (DEFAULT_CHOICE, DEFAULT_CHOICE),
+        *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES),
+    ]
 
 
 def _forget(listener) -> None:
@@ -73,29 +93,68 @@ class DetectionWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self._stop = threading.Event()
-        self.images = Select(label="images", choices=self._image_choices, allow_multiple=True,
-                             tooltip="image layers to run on (ctrl/shift-click for several)")
-        self.model = ComboBox(label="model", choices=self._model_choices,
-                              tooltip="the packaged default model or a model file")
-        self.model_file = FileEdit(label="model file", mode="r", filter="*.safetensors *.pt *.pth",
-                                   tooltip="add a model file (napari-clumps model or paper checkpoint)")
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto",
-                               tooltip="auto: CUDA, then Apple MPS, then CPU")
-        self.score = FloatSlider(label="score >=", min=SCORE_FLOOR, max=1.0, step=0.01, value=PAPER_SCORE_THRESHOLD,
-                                 tooltip="shown boxes; moving it does not re-run the model")
-        self.nms = FloatSpinBox(label="NMS IoU", min=0.05, max=0.95, step=0.05, value=DEFAULT_NMS_IOU,
-                                tooltip=f"class-agnostic non-maximum suppression ({DEFAULT_NMS_IOU:g} as in the paper)")
-        self.keep_off_host = CheckBox(label="off host", value=False, text="show boxes off the host galaxy",
-                                      tooltip="clumps belong to the central galaxy; tick to also show boxes "
-                                              "on field stars and neighbours (hidden, not deleted)")
-        self.psf_fwhm = FloatSpinBox(label="PSF FWHM (px)", min=0.0, max=100.0, step=0.1, value=0.0,
-                                     tooltip="the images' PSF FWHM in pixels: they are resampled to the "
-                                             "model's training PSF. 0: from the FITS header or pixel scale")
-        self.pixel_scale = FloatSpinBox(label='pixel scale ("/px)', min=0.0, max=10.0, step=0.01, value=0.0,
-                                        tooltip='arcsec per pixel (with 1.2" seeing) when the PSF FWHM is not '
-                                                "given; 0: from the FITS header, or no resampling")
-        self.new_label = ComboBox(label="new boxes", choices=list(LABELS), value=LABELS[0],
-                                  tooltip="class of boxes you draw")
+        self.images = Select(
+            label="images",
+            choices=self._image_choices,
+            allow_multiple=True,
+            tooltip="image layers to run on (ctrl/shift-click for several)",
+        )
+        self.model = ComboBox(
+            label="model", choices=self._model_choices, tooltip="the packaged default model or a model file"
+        )
+        self.model_file = FileEdit(
+            label="model file",
+            mode="r",
+            filter="*.safetensors *.pt *.pth",
+            tooltip="add a model file (napari-clumps model or paper checkpoint)",
+        )
+        self.device = ComboBox(
+            label="device", choices=DEVICES, value="auto", tooltip="auto: CUDA, then Apple MPS, then CPU"
+        )
+        self.score = FloatSlider(
+            label="score >=",
+            min=SCORE_FLOOR,
+            max=1.0,
+            step=0.01,
+            value=PAPER_SCORE_THRESHOLD,
+            tooltip="shown boxes; moving it does not re-run the model",
+        )
+        self.nms = FloatSpinBox(
+            label="NMS IoU",
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            value=DEFAULT_NMS_IOU,
+            tooltip=f"class-agnostic non-maximum suppression ({DEFAULT_NMS_IOU:g} as in the paper)",
+        )
+        self.keep_off_host = CheckBox(
+            label="off host",
+            value=False,
+            text="show boxes off the host galaxy",
+            tooltip="clumps belong to the central galaxy; tick to also show boxes "
+            "on field stars and neighbours (hidden, not deleted)",
+        )
+        self.psf_fwhm = FloatSpinBox(
+            label="PSF FWHM (px)",
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            value=0.0,
+            tooltip="the images' PSF FWHM in pixels: they are resampled to the "
+            "model's training PSF. 0: from the FITS header or pixel scale",
+        )
+        self.pixel_scale = FloatSpinBox(
+            label='pixel scale ("/px)',
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            value=0.0,
+            tooltip='arcsec per pixel (with 1.2" seeing) when the PSF FWHM is not '
+            "given; 0: from the FITS header, or no resampling",
+        )
+        self.new_label = ComboBox(
+            label="new boxes", choices=list(LABELS), value=LABELS[0], tooltip="class of boxes you draw"
+        )
         self.run_button = PushButton(text="Detect")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv", value="detections.csv")
@@ -104,13 +163,24 @@ class DetectionWidget(QWidget):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.images.native.setMaximumHeight(110)
-        self.form = Container(widgets=[
-            self.images, self.model, self.model_file, self.device, self.score, self.keep_off_host, self.nms,
-            self.psf_fwhm, self.pixel_scale, self.new_label,
-            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-            self.csv_path, Container(widgets=[self.export_button, self.import_button], layout="horizontal",
-                                     labels=False),
-            self.status])
+        self.form = Container(
+            widgets=[
+                self.images,
+                self.model,
+                self.model_file,
+                self.device,
+                self.score,
+                self.keep_off_host,
+                self.nms,
+                self.psf_fwhm,
+                self.pixel_scale,
+                self.new_label,
+                Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                self.csv_path,
+                Container(widgets=[self.export_button, self.import_button], layout="horizontal", labels=False),
+                self.status,
+            ]
+        )
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addStretch()
@@ -182,11 +252,18 @@ class DetectionWidget(QWidget):
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"detecting in {len(images)} image(s)..."
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            _detect_in_thread, images, [layer.name for layer in layers], self.selected_model(),
-            self.device.value, self.nms.value, self._stop.is_set, self.psf_fwhm.value or None,
+            _detect_in_thread,
+            images,
+            [layer.name for layer in layers],
+            self.selected_model(),
+            self.device.value,
+            self.nms.value,
+            self._stop.is_set,
+            self.psf_fwhm.value or None,
             self.pixel_scale.value or None,
             _progress={"total": len(images), "desc": "Detecting clumps"},
-            _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished})
+            _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished},
+        )
 
     def cancel(self):
         if self.worker is not None:
@@ -215,8 +292,10 @@ class DetectionWidget(QWidget):
         layer = self.viewer.add_shapes(data, name=name, **kwargs)
         layer.events.data.connect(lambda event, layer=layer: _recolour_added(layer, event))
         apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
-        self.status.value = (f"{image_layer.name}: {len(layer.data)} clumps shown "
-                             f"({len(result.table)} with score >= {SCORE_FLOOR} on or off the host); {device_text}")
+        self.status.value = (
+            f"{image_layer.name}: {len(layer.data)} clumps shown "
+            f"({len(result.table)} with score >= {SCORE_FLOOR} on or off the host); {device_text}"
+        )
 
     def _failed(self, message: str):
         from napari.utils.notifications import show_error
@@ -256,8 +335,12 @@ class DetectionWidget(QWidget):
             show_warning("napari-clumps: no clump layers to export; run Detect or load a CSV first")
             return None
         tables = [boxes_table(layer) for layer in layers]
-        images = pd.DataFrame([images_row(layer.metadata["image_name"], len(t), height=layer.metadata.get("height"))
-                               for layer, t in zip(layers, tables)])
+        images = pd.DataFrame(
+            [
+                images_row(layer.metadata["image_name"], len(t), height=layer.metadata.get("height"))
+                for layer, t in zip(layers, tables)
+            ]
+        )
         path = write_detections(pd.concat(tables, ignore_index=True), Path(path), images)
         show_info(f"napari-clumps: wrote {sum(map(len, tables))} boxes to {path}")
         self.status.value = f"exported to {path}"
@@ -331,10 +414,18 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
         note = unused_psf_note(detector.config, psf_fwhm, pixel_scale)
         if note:
             device_text += f"; {note}"
-        results = iter_detections(images, detector, names=[image_name_of(i) for i in images],
-                                  device=str(torch_device), score_threshold=SCORE_FLOOR, nms_iou=nms_iou,
-                                  keep_off_host=True, psf_fwhm=psf_fwhm, pixel_scale=pixel_scale,
-                                  should_stop=should_stop)
+        results = iter_detections(
+            images,
+            detector,
+            names=[image_name_of(i) for i in images],
+            device=str(torch_device),
+            score_threshold=SCORE_FLOOR,
+            nms_iou=nms_iou,
+            keep_off_host=True,
+            psf_fwhm=psf_fwhm,
+            pixel_scale=pixel_scale,
+            should_stop=should_stop,
+        )
         for name, result in zip(names, results):
             yield "result", name, result, device_text
     except ModelError as error:

@@ -3,6 +3,7 @@
 This module builds plain ``(data, kwargs, layer_type)`` tuples and never imports napari, so that
 it stays cheap; all coordinate conversion goes through :mod:`napari_clumps.pixels`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,6 @@ import numpy as np
 
 from .detections import CLASS_COLOURS, HAND_MODEL, box_array, label_names
 from .pixels import boxes_to_napari_rectangles, napari_north_up
-
 
 
 def display_transform(is_fits: bool, height: int) -> dict:
@@ -43,14 +43,20 @@ def image_layers(image) -> list[tuple]:
             low, high = ZScaleInterval().get_limits(band)
             if not high > low:
                 low, high = float(band.min()), float(band.max()) + 1e-6
-            layers.append((band, {
-                "name": f"{stem} [{band_name}]",
-                "visible": False,
-                "colormap": "gray",
-                "contrast_limits": (float(low), float(high)),
-                "metadata": {**metadata, "bands": None, "band_name": band_name},
-                **transform,
-            }, "image"))
+            layers.append(
+                (
+                    band,
+                    {
+                        "name": f"{stem} [{band_name}]",
+                        "visible": False,
+                        "colormap": "gray",
+                        "contrast_limits": (float(low), float(high)),
+                        "metadata": {**metadata, "bands": None, "band_name": band_name},
+                        **transform,
+                    },
+                    "image",
+                )
+            )
     return layers
 
 
@@ -70,16 +76,20 @@ def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None =
     transform = {k: v for k, v in (image_kwargs or {}).items() if k in ("scale", "translate")}
     flipped = transform.get("scale") is not None and transform["scale"][0] < 0
     anchor = "lower_left" if flipped else "upper_left"  # the score sits above the box on screen
-    return (boxes_to_napari_rectangles(boxes), {
-        "name": name,
-        "shape_type": "rectangle",
-        "features": {"label": labels, "score": scores},
-        "edge_color": label_colours(labels) if labels else CLASS_COLOURS["clump"],
-        "edge_width": 1.5,
-        "face_color": "transparent",
-        "text": {"string": "{score:.2f}", "size": 8, "color": "white", "anchor": anchor},
-        **transform,
-    }, "shapes")
+    return (
+        boxes_to_napari_rectangles(boxes),
+        {
+            "name": name,
+            "shape_type": "rectangle",
+            "features": {"label": labels, "score": scores},
+            "edge_color": label_colours(labels) if labels else CLASS_COLOURS["clump"],
+            "edge_width": 1.5,
+            "face_color": "transparent",
+            "text": {"string": "{score:.2f}", "size": 8, "color": "white", "anchor": anchor},
+            **transform,
+        },
+        "shapes",
+    )
 
 
 # ----------------------------------------------------------------------------- boxes <-> layers
@@ -109,30 +119,48 @@ def layer_to_galaxy_image(layer):
     return GalaxyImage.from_bands(np.nan_to_num(data.astype(np.float32))[None], ("L",), name, wcs, header)
 
 
-def detections_layer(table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None,
-                     new_label: str = "clump") -> tuple:
+def detections_layer(
+    table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None, new_label: str = "clump"
+) -> tuple:
     """A Shapes layer data tuple of a detections table, with the image's display ``transform``."""
     from .host import on_host_flags
 
     boxes = box_array(table)
-    data, kwargs, kind = boxes_layer(boxes, list(table.label), table.score.to_numpy(float),
-                                     name=name or f"{image_name} clumps", image_kwargs=transform)
+    data, kwargs, kind = boxes_layer(
+        boxes,
+        list(table.label),
+        table.score.to_numpy(float),
+        name=name or f"{image_name} clumps",
+        image_kwargs=transform,
+    )
     kwargs["features"]["model"] = list(table.model)
     # Off the host galaxy (False) or not (True, also when no host was found or for hand labels).
     on_host = table["on_host"] if "on_host" in table else [True] * len(table)
     kwargs["features"]["on_host"] = on_host_flags(on_host).tolist()
     kwargs["feature_defaults"] = hand_box_features(new_label)
-    kwargs["metadata"] = {"napari_clumps_boxes": True, "image_name": image_name, "wcs": wcs, "height": height,
-                          "below_threshold": None, "score_threshold": 0.0, "keep_off_host": False}
+    kwargs["metadata"] = {
+        "napari_clumps_boxes": True,
+        "image_name": image_name,
+        "wcs": wcs,
+        "height": height,
+        "below_threshold": None,
+        "score_threshold": 0.0,
+        "keep_off_host": False,
+    }
     return data, kwargs, kind
 
 
 def detections_layer_over(table, image_layer, new_label: str = "clump") -> tuple:
     """:func:`detections_layer` over an open image layer (its transform, WCS and height)."""
-    return detections_layer(table, image_name=image_name(image_layer), name=f"{image_layer.name} clumps",
-                            transform={"scale": image_layer.scale, "translate": image_layer.translate},
-                            wcs=image_layer.metadata.get("wcs"), height=int(np.asarray(image_layer.data).shape[0]),
-                            new_label=new_label)
+    return detections_layer(
+        table,
+        image_name=image_name(image_layer),
+        name=f"{image_layer.name} clumps",
+        transform={"scale": image_layer.scale, "translate": image_layer.translate},
+        wcs=image_layer.metadata.get("wcs"),
+        height=int(np.asarray(image_layer.data).shape[0]),
+        new_label=new_label,
+    )
 
 
 def boxes_table(shapes_layer):
@@ -155,7 +183,8 @@ def shapes_table(vertices, features, metadata: dict, layer_name: str):
         list(features["label"]) if "label" in features else ["clump"] * n,
         features["score"].to_numpy(float) if "score" in features else 1.0,
         wcs=(metadata or {}).get("wcs"),
-        model=list(features["model"]) if "model" in features else HAND_MODEL)
+        model=list(features["model"]) if "model" in features else HAND_MODEL,
+    )
 
 
 def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | None = None) -> None:
@@ -177,8 +206,9 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
     if keep_off_host is None:
         keep_off_host = bool(metadata.get("keep_off_host", False))
     on_host = on_host_flags(everything["on_host"]) if "on_host" in everything else True
-    keep = (((everything["score"].to_numpy(float) >= threshold) & (on_host | keep_off_host))
-            | (everything.get("model") == HAND_MODEL).to_numpy())
+    keep = ((everything["score"].to_numpy(float) >= threshold) & (on_host | keep_off_host)) | (
+        everything.get("model") == HAND_MODEL
+    ).to_numpy()
     shown, hidden = everything[keep].reset_index(drop=True), everything[~keep].reset_index(drop=True)
     metadata["below_threshold"] = hidden
     metadata["score_threshold"] = float(threshold)

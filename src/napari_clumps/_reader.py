@@ -1,4 +1,5 @@
 """npe2 reader contribution: FITS, JPEG and PNG galaxy cutouts (see :mod:`napari_clumps.io`)."""
+
 from __future__ import annotations
 
 import warnings
@@ -33,8 +34,11 @@ def read_galaxy_images(path) -> list[tuple]:
         except ImageReadError as error:
             errors.append(error)
     if errors and not layers:
-        raise errors[0] if len(errors) == 1 else ImageReadError(
-            errors[0].path, f"{errors[0].reason} (and {len(errors) - 1} more files failed)")
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else ImageReadError(errors[0].path, f"{errors[0].reason} (and {len(errors) - 1} more files failed)")
+        )
     for error in errors:  # napari turns warnings into notifications
         warnings.warn(f"napari-clumps could not read {error}", stacklevel=2)
     return layers

@@ -1,4 +1,5 @@
 """npe2 sample data: the bundled samples of :mod:`napari_clumps.samples` as napari layers."""
+
 from __future__ import annotations
 
 from .samples import SAMPLE_INDEX, SAMPLE_SEED
@@ -12,8 +13,7 @@ def simulated_galaxy(seed: int = SAMPLE_SEED, index: int = SAMPLE_INDEX, truth: 
     image, boxes, labels = simulated_galaxy_image(seed, index)
     layers = image_layers(image)
     if truth:
-        layers.append(boxes_layer(boxes, labels, 1.0, name=f"{layers[0][1]['name']} truth",
-                                  image_kwargs=layers[0][1]))
+        layers.append(boxes_layer(boxes, labels, 1.0, name=f"{layers[0][1]['name']} truth", image_kwargs=layers[0][1]))
     return layers
 
 

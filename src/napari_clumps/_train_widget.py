@@ -3,21 +3,29 @@
 Glue and layout only: the data come from :mod:`napari_clumps._layers`, the training is
 :func:`napari_clumps.training.train`.
 """
+
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Select,
-                              SpinBox)
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Select, SpinBox
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from .training import TrainingOptions
-from ._detect_widget import (DEFAULT_CHOICE, _forget, _listeners, avoid_triton_llvm_clash, image_layer_choices,
-                             is_boxes_layer, model_file_choices, register_model_file)
+from ._detect_widget import (
+    DEFAULT_CHOICE,
+    _forget,
+    _listeners,
+    avoid_triton_llvm_clash,
+    image_layer_choices,
+    is_boxes_layer,
+    model_file_choices,
+    register_model_file,
+)
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
+from .training import TrainingOptions
 
 
 class _Relay(QObject):
@@ -39,29 +47,46 @@ class FineTuneWidget(QWidget):
         self._bar = None
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
-        self.images = Select(label="reviewed images", choices=self._image_choices, allow_multiple=True,
-                             tooltip="images whose boxes you checked; one without boxes is a negative")
+        self.images = Select(
+            label="reviewed images",
+            choices=self._image_choices,
+            allow_multiple=True,
+            tooltip="images whose boxes you checked; one without boxes is a negative",
+        )
         self.base = ComboBox(label="base model", choices=self._base_choices)
         defaults = TrainingOptions()
         self.epochs = SpinBox(label="epochs", min=1, max=500, value=defaults.epochs)
-        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-6, max=1e-2, step=1e-5,
-                                          value=defaults.learning_rate)
+        self.learning_rate = FloatSpinBox(
+            label="learning rate", min=1e-6, max=1e-2, step=1e-5, value=defaults.learning_rate
+        )
         self.learning_rate.native.setDecimals(6)
-        self.trainable_blocks = SpinBox(label="trainable blocks", min=-1, max=8, value=defaults.trainable_blocks,
-                                        tooltip="encoder stages to train, deepest first; 0 = frozen, -1 = all")
-        self.val_fraction = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05,
-                                         value=defaults.val_fraction)
-        self.output = FileEdit(label="save as", mode="w", filter="*.safetensors",
-                               value="finetuned.safetensors")
+        self.trainable_blocks = SpinBox(
+            label="trainable blocks",
+            min=-1,
+            max=8,
+            value=defaults.trainable_blocks,
+            tooltip="encoder stages to train, deepest first; 0 = frozen, -1 = all",
+        )
+        self.val_fraction = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05, value=defaults.val_fraction)
+        self.output = FileEdit(label="save as", mode="w", filter="*.safetensors", value="finetuned.safetensors")
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.images.native.setMaximumHeight(110)
-        self.form = Container(widgets=[
-            self.images, self.base, self.epochs, self.learning_rate, self.trainable_blocks, self.val_fraction,
-            self.output, Container(widgets=[self.train_button, self.cancel_button], layout="horizontal",
-                                   labels=False), self.status])
+        self.form = Container(
+            widgets=[
+                self.images,
+                self.base,
+                self.epochs,
+                self.learning_rate,
+                self.trainable_blocks,
+                self.val_fraction,
+                self.output,
+                Container(widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False),
+                self.status,
+            ]
+        )
         self.figure, self.canvas, self.loss_axes, self.f1_axes = self._make_plot()
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
@@ -130,20 +155,29 @@ class FineTuneWidget(QWidget):
         for note in notes:
             show_info(f"napari-clumps: {note}")
         options = TrainingOptions(
-            epochs=self.epochs.value, learning_rate=self.learning_rate.value,
+            epochs=self.epochs.value,
+            learning_rate=self.learning_rate.value,
             trainable_blocks=None if self.trainable_blocks.value < 0 else self.trainable_blocks.value,
-            val_fraction=self.val_fraction.value)
+            val_fraction=self.val_fraction.value,
+        )
         self._stop.clear()
         self._history_steps, self._history_f1 = [], []
         self._redraw()
         self.train_button.enabled, self.cancel_button.enabled = False, True
         n_boxes = sum(len(it.boxes) for it in items)
-        self.status.value = (f"training on {len(items)} images ({n_boxes} boxes, "
-                             f"{sum(len(it.boxes) == 0 for it in items)} negatives)...")
+        self.status.value = (
+            f"training on {len(items)} images ({n_boxes} boxes, {sum(len(it.boxes) == 0 for it in items)} negatives)..."
+        )
         self.worker = create_worker(
-            _train_in_thread, items, self.base.value, options, Path(self.output.value), self._relay.progress.emit,
+            _train_in_thread,
+            items,
+            self.base.value,
+            options,
+            Path(self.output.value),
+            self._relay.progress.emit,
             self._stop.is_set,
-            _connect={"returned": self._done, "errored": self._crashed, "finished": self._finished})
+            _connect={"returned": self._done, "errored": self._crashed, "finished": self._finished},
+        )
 
     def cancel(self):
         if self.worker is not None:
@@ -232,8 +266,15 @@ def _train_in_thread(items, base, options, out, report, should_stop):
     try:
         name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
         detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
-        trained = train(detector, items, options, out=out, callback=report, should_stop=should_stop,
-                        data_description=f"{len(items)} images corrected in napari")
+        trained = train(
+            detector,
+            items,
+            options,
+            out=out,
+            callback=report,
+            should_stop=should_stop,
+            data_description=f"{len(items)} images corrected in napari",
+        )
     except TrainingCancelled as stop:
         kept = f"{out} keeps the last good model" if out.exists() else "no model file was written"
         return "cancelled", f"{stop}; {kept}", None

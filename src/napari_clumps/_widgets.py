@@ -1,4 +1,5 @@
 """napari widgets (glue and layout only; the work happens in the core library)."""
+
 from magicgui import magic_factory
 from napari.types import LayerDataTuple
 

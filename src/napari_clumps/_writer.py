@@ -2,6 +2,7 @@
 
 The ``.clumps.csv`` extension keeps clear of napari's built-in shapes CSV writer (``*.csv``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Nothing is written half: outputs go to a temporary file that is renamed into place."""
+
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,7 @@
 Errors are one line naming the file and the reason, with a non-zero exit status; ``--debug``
 shows the traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,9 @@ def _progress(iterable, desc: str, total: int | None = None):
 def cmd_simulate(args) -> int:
     from .simulate import write_dataset
 
-    truth = write_dataset(args.outdir, n=args.n, seed=args.seed,
-                          progress=lambda it: _progress(it, "simulating", args.n))
+    truth = write_dataset(
+        args.outdir, n=args.n, seed=args.seed, progress=lambda it: _progress(it, "simulating", args.n)
+    )
     print(f"wrote {args.n} galaxies (FITS + JPEG) to {args.outdir}; truth: {truth}")
     return 0
 
@@ -47,17 +49,29 @@ def cmd_detect(args) -> int:
     device = select_device(args.device)
     detector = get_detector(args.model, str(device))
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
-    _say(f"model: {detector.source} ({detector.model_id}); device: {device}"
-         + (" (auto)" if args.device == "auto" else "") + f"; score threshold {threshold:g}"
-         + (" (the model's)" if args.score_threshold is None else ""))
+    _say(
+        f"model: {detector.source} ({detector.model_id}); device: {device}"
+        + (" (auto)" if args.device == "auto" else "")
+        + f"; score threshold {threshold:g}"
+        + (" (the model's)" if args.score_threshold is None else "")
+    )
     note = unused_psf_note(detector.config, args.psf_fwhm, args.pixel_scale)
     if note:
         _say(f"note: {detector.model_id}: {note}; they are used as they are")
     tables, images, failed = [], [], 0
-    results = iter_detections([p for p, _ in found], detector, names=[n for _, n in found], device=str(device),
-                              batch_size=args.batch_size, score_threshold=threshold, nms_iou=args.nms_iou,
-                              keep_off_host=args.keep_off_host, psf_fwhm=args.psf_fwhm,
-                              pixel_scale=args.pixel_scale, seeing=args.seeing)
+    results = iter_detections(
+        [p for p, _ in found],
+        detector,
+        names=[n for _, n in found],
+        device=str(device),
+        batch_size=args.batch_size,
+        score_threshold=threshold,
+        nms_iou=args.nms_iou,
+        keep_off_host=args.keep_off_host,
+        psf_fwhm=args.psf_fwhm,
+        pixel_scale=args.pixel_scale,
+        seeing=args.seeing,
+    )
     for result in _progress(results, "detecting", len(found)):
         images.append(result.images_row())
         if result.error:
@@ -69,8 +83,7 @@ def cmd_detect(args) -> int:
     write_detections(table, args.out, pd.DataFrame(images))
     print(f"{len(table)} clumps in {len(found) - failed} images -> {args.out} (images: {images_list_path(args.out)})")
     if failed:
-        print(f"{failed} of {len(found)} images failed; see the error lines above and the images list",
-              file=sys.stderr)
+        print(f"{failed} of {len(found)} images failed; see the error lines above and the images list", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -82,13 +95,22 @@ def cmd_train(args) -> int:
     for note in notes:
         _say(f"note: {note}")
     detector = get_detector(args.model, "cpu", backbone_weights=args.backbone_weights)
-    options = TrainingOptions(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
-                              trainable_blocks=None if args.trainable_blocks < 0 else args.trainable_blocks,
-                              val_fraction=args.val_fraction, patience=args.patience,
-                              scale_jitter=args.scale_jitter, seed=args.seed, device=args.device)
+    options = TrainingOptions(
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        trainable_blocks=None if args.trainable_blocks < 0 else args.trainable_blocks,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        scale_jitter=args.scale_jitter,
+        seed=args.seed,
+        device=args.device,
+    )
     n_boxes = sum(len(it.boxes) for it in items)
-    _say(f"training {detector.config.backbone} from {detector.source or args.model} on {len(items)} images "
-         f"({n_boxes} boxes, {sum(len(it.boxes) == 0 for it in items)} negatives); device: {select_device(args.device)}")
+    _say(
+        f"training {detector.config.backbone} from {detector.source or args.model} on {len(items)} images "
+        f"({n_boxes} boxes, {sum(len(it.boxes) == 0 for it in items)} negatives); device: {select_device(args.device)}"
+    )
     from tqdm.auto import tqdm
 
     bar = tqdm(total=None, desc="training", unit="step", disable=None, file=sys.stderr)
@@ -101,16 +123,23 @@ def cmd_train(args) -> int:
             bar.set_postfix(epoch=progress.epoch, loss=f"{progress.loss:.3f}")
         else:
             threshold = progress.history[-1].get("val_threshold") if progress.history else None
-            extra = "" if progress.val_f1 is None else (
-                f", validation F1 {progress.val_f1:.3f} (completeness {progress.val_completeness:.3f}, "
-                f"purity {progress.val_purity:.3f}" + (f", score >= {threshold:g})" if threshold else ")"))
+            extra = (
+                ""
+                if progress.val_f1 is None
+                else (
+                    f", validation F1 {progress.val_f1:.3f} (completeness {progress.val_completeness:.3f}, "
+                    f"purity {progress.val_purity:.3f}" + (f", score >= {threshold:g})" if threshold else ")")
+                )
+            )
             _say(f"epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.4f}{extra}")
 
     data = f"{len(items)} images ({n_boxes} boxes) from {', '.join(map(str, args.images))}; labels {args.labels}"
     trained = train(detector, items, options, out=args.out, callback=report, data_description=data)
     bar.close()
-    print(f"model written to {args.out} ({trained.provenance['epochs_run']} epochs, "
-          f"best validation F1 {trained.provenance['best_val_f1']:.3f})")
+    print(
+        f"model written to {args.out} ({trained.provenance['epochs_run']} epochs, "
+        f"best validation F1 {trained.provenance['best_val_f1']:.3f})"
+    )
     return 0
 
 
@@ -119,14 +148,17 @@ def cmd_evaluate(args) -> int:
 
     from .metrics import evaluate, plot_scores
 
-    result = evaluate(args.truth, args.detections, score_threshold=args.score_threshold, rule=args.rule,
-                      iou_threshold=args.iou)
+    result = evaluate(
+        args.truth, args.detections, score_threshold=args.score_threshold, rule=args.rule, iou_threshold=args.iou
+    )
     table, at, ap = result["by_threshold"], result["at_threshold"], result["coco"]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"at score >= {args.score_threshold:g}: completeness {at['completeness']:.3f}, purity {at['purity']:.3f}, "
-          f"F1 {at['f1']:.3f} ({int(at['n_matched'])} matched of {int(at['n_truth'])} true clumps and "
-          f"{int(at['n_detections'])} detections; rule {args.rule}"
-          + (f", IoU >= {args.iou:g})" if args.rule == "iou" else ")"))
+    print(
+        f"at score >= {args.score_threshold:g}: completeness {at['completeness']:.3f}, purity {at['purity']:.3f}, "
+        f"F1 {at['f1']:.3f} ({int(at['n_matched'])} matched of {int(at['n_truth'])} true clumps and "
+        f"{int(at['n_detections'])} detections; rule {args.rule}"
+        + (f", IoU >= {args.iou:g})" if args.rule == "iou" else ")")
+    )
     print(f"COCO-style AP (class-agnostic): AP[.5:.95] {ap['ap']:.3f}, AP50 {ap['ap50']:.3f}")
     stem = str(args.detections).removesuffix(".csv")
     plot = Path(args.plot) if args.plot else Path(stem + ".metrics.png")
@@ -136,8 +168,17 @@ def cmd_evaluate(args) -> int:
     from .atomic import atomic_path
 
     with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps({"truth": str(args.truth), "detections": str(args.detections),
-                                   **result, "by_threshold": table.to_dict(orient="records")}, indent=2))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "truth": str(args.truth),
+                    "detections": str(args.detections),
+                    **result,
+                    "by_threshold": table.to_dict(orient="records"),
+                },
+                indent=2,
+            )
+        )
     print(f"metrics written to {out}")
     return 0
 
@@ -160,12 +201,12 @@ def cmd_demo(args) -> int:
     import pandas as pd
     from PIL import Image
 
-    from .samples import hubble_image
     from .detections import images_list_path, write_detections
     from .inference import iter_detections
     from .io import find_images, read_image
     from .model import get_detector
     from .plotting import save_boxes_png
+    from .samples import hubble_image
     from .simulate import write_dataset
 
     if args.napari:
@@ -179,8 +220,10 @@ def cmd_demo(args) -> int:
     names = [p.relative_to(out).as_posix() for p in paths]
     detector = get_detector(args.model, "auto")
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
-    _say(f"model: {detector.source} ({detector.model_id}); device: "
-         f"{next(detector.network.parameters()).device}; score threshold {threshold:g}")
+    _say(
+        f"model: {detector.source} ({detector.model_id}); device: "
+        f"{next(detector.network.parameters()).device}; score threshold {threshold:g}"
+    )
     tables, images = [], []
     for path, result in zip(paths, iter_detections(paths, detector, names=names, score_threshold=threshold)):
         tables.append(result.table)
@@ -196,8 +239,10 @@ def cmd_demo(args) -> int:
     found["image"] = found.image.str.removeprefix("simulated/")
     simulated = [n.removeprefix("simulated/") for n in names if n.startswith("simulated/")]
     row = scores_table(read_detections(truth), found, thresholds=[threshold], images=simulated).iloc[0]
-    print(f"on the {len(simulated)} simulated images (truth known): completeness {row.completeness:.2f}, "
-          f"purity {row.purity:.2f} at score >= {threshold:g}")
+    print(
+        f"on the {len(simulated)} simulated images (truth known): completeness {row.completeness:.2f}, "
+        f"purity {row.purity:.2f} at score >= {threshold:g}"
+    )
     return 0
 
 
@@ -241,47 +286,101 @@ def build_parser() -> argparse.ArgumentParser:
 
     detect = commands.add_parser("detect", help="detect clumps in images or folders of images")
     detect.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    detect.add_argument("--model", default=DEFAULT_MODEL, help="model file or packaged model name (default: %(default)s)")
-    detect.add_argument("--out", type=Path, default=Path("detections.csv"), help="CSV to write (default detections.csv)")
-    detect.add_argument("--score-threshold", type=float, default=None,
-                        help="keep detections scoring at least this (default: the model's recommended "
-                             f"threshold, {PAPER_SCORE_THRESHOLD:g} for models without one)")
-    detect.add_argument("--nms-iou", type=float, default=DEFAULT_NMS_IOU,
-                        help="class-agnostic NMS IoU (%(default)s, as in the paper)")
-    detect.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="network inputs per batch (%(default)s)")
+    detect.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model file or packaged model name (default: %(default)s)"
+    )
+    detect.add_argument(
+        "--out", type=Path, default=Path("detections.csv"), help="CSV to write (default detections.csv)"
+    )
+    detect.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="keep detections scoring at least this (default: the model's recommended "
+        f"threshold, {PAPER_SCORE_THRESHOLD:g} for models without one)",
+    )
+    detect.add_argument(
+        "--nms-iou", type=float, default=DEFAULT_NMS_IOU, help="class-agnostic NMS IoU (%(default)s, as in the paper)"
+    )
+    detect.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="network inputs per batch (%(default)s)"
+    )
     detect.add_argument("--device", default="auto", choices=DEVICES)
-    detect.add_argument("--keep-off-host", action="store_true",
-                        help="also report detections off the central (host) galaxy: field stars, neighbours")
-    detect.add_argument("--psf-fwhm", type=float, default=None, metavar="PX",
-                        help="PSF FWHM of the images in pixels; they are resampled to the model's training PSF")
-    detect.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
-                        help="pixel scale of the images in arcsec/pixel (with --seeing) when the PSF FWHM is "
-                             "not given; default: from FITS headers, else no resampling")
-    detect.add_argument("--seeing", type=float, default=None, metavar="ARCSEC",
-                        help=f"seeing FWHM in arcsec used with --pixel-scale (default {DEFAULT_SEEING_ARCSEC:g})")
+    detect.add_argument(
+        "--keep-off-host",
+        action="store_true",
+        help="also report detections off the central (host) galaxy: field stars, neighbours",
+    )
+    detect.add_argument(
+        "--psf-fwhm",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="PSF FWHM of the images in pixels; they are resampled to the model's training PSF",
+    )
+    detect.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=None,
+        metavar="ARCSEC",
+        help="pixel scale of the images in arcsec/pixel (with --seeing) when the PSF FWHM is "
+        "not given; default: from FITS headers, else no resampling",
+    )
+    detect.add_argument(
+        "--seeing",
+        type=float,
+        default=None,
+        metavar="ARCSEC",
+        help=f"seeing FWHM in arcsec used with --pixel-scale (default {DEFAULT_SEEING_ARCSEC:g})",
+    )
     detect.set_defaults(run=cmd_detect)
 
     train = commands.add_parser("train", help="train or fine-tune a detector on labelled images")
     train.add_argument("--images", nargs="+", required=True, help="image files or folders; all count as fully labelled")
     train.add_argument("--labels", type=Path, required=True, help="labels CSV in the detections format (score ignored)")
     train.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
-    train.add_argument("--model", default=DEFAULT_MODEL,
-                       help="base: built-in architecture, model file or packaged model (default: %(default)s)")
-    train.add_argument("--backbone-weights", default=None,
-                       help="for a built-in architecture: weights file, Zoobot .ckpt, 'hub' or 'none' (from scratch)")
+    train.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="base: built-in architecture, model file or packaged model (default: %(default)s)",
+    )
+    train.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="for a built-in architecture: weights file, Zoobot .ckpt, 'hub' or 'none' (from scratch)",
+    )
     train.add_argument("--epochs", type=int, default=training.epochs, help="(default %(default)s)")
-    train.add_argument("--lr", type=float, default=training.learning_rate,
-                       help="peak learning rate of the one-cycle schedule (default %(default)s)")
+    train.add_argument(
+        "--lr",
+        type=float,
+        default=training.learning_rate,
+        help="peak learning rate of the one-cycle schedule (default %(default)s)",
+    )
     train.add_argument("--batch-size", type=int, default=training.batch_size, help="(default %(default)s)")
-    train.add_argument("--trainable-blocks", type=int, default=training.trainable_blocks,
-                       help="encoder stages to train from the deepest; 0 freezes it, -1 trains all "
-                            "(default %(default)s)")
-    train.add_argument("--val-fraction", type=float, default=training.val_fraction,
-                       help="images held out to validate and calibrate the threshold (default %(default)s)")
-    train.add_argument("--patience", type=int, default=training.patience,
-                       help="early stop after this many epochs without a better validation F1 (0: never)")
-    train.add_argument("--scale-jitter", type=float, default=training.scale_jitter,
-                       help="random rescaling by up to this fraction (default %(default)s)")
+    train.add_argument(
+        "--trainable-blocks",
+        type=int,
+        default=training.trainable_blocks,
+        help="encoder stages to train from the deepest; 0 freezes it, -1 trains all (default %(default)s)",
+    )
+    train.add_argument(
+        "--val-fraction",
+        type=float,
+        default=training.val_fraction,
+        help="images held out to validate and calibrate the threshold (default %(default)s)",
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=training.patience,
+        help="early stop after this many epochs without a better validation F1 (0: never)",
+    )
+    train.add_argument(
+        "--scale-jitter",
+        type=float,
+        default=training.scale_jitter,
+        help="random rescaling by up to this fraction (default %(default)s)",
+    )
     train.add_argument("--seed", type=int, default=training.seed)
     train.add_argument("--device", default=training.device, choices=DEVICES)
     train.set_defaults(run=cmd_train)
@@ -291,8 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--detections", type=Path, required=True)
     evaluate.add_argument("--rule", choices=MATCH_RULES, default=MATCH_RULES[0])
     evaluate.add_argument("--iou", type=float, default=DEFAULT_IOU, help="IoU needed for a match (rule iou)")
-    evaluate.add_argument("--score-threshold", type=float, default=PAPER_SCORE_THRESHOLD,
-                          help="threshold of the summary line (default %(default)s)")
+    evaluate.add_argument(
+        "--score-threshold",
+        type=float,
+        default=PAPER_SCORE_THRESHOLD,
+        help="threshold of the summary line (default %(default)s)",
+    )
     evaluate.add_argument("--json", default=None, help="JSON to write (default DETECTIONS.metrics.json)")
     evaluate.add_argument("--plot", default=None, help="plot to write (default DETECTIONS.metrics.png)")
     evaluate.set_defaults(run=cmd_evaluate)
@@ -305,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=4, help="simulated galaxies (default 4)")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model (default: %(default)s)")
     demo.add_argument("--score-threshold", type=float, default=None, help="default: the model's")
-    demo.add_argument("--napari", action="store_true",
-                      help="open napari with the samples and the detection widget instead")
+    demo.add_argument(
+        "--napari", action="store_true", help="open napari with the samples and the detection widget instead"
+    )
     demo.set_defaults(run=cmd_demo)
     return parser
 

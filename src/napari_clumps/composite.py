@@ -15,6 +15,7 @@ that colours are preserved, with its parameters set from the data:
 Bands are mapped blue -> red as they come (first band blue, last band red); see
 :func:`pick_rgb_bands` for how three bands are chosen from more.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 LUPTON_Q = 3.0
 #: Percentile of the mean band that maps to full brightness.
 WHITE_PERCENTILE = 99.8
+
 
 def pick_rgb_bands(band_names) -> tuple[int, int, int]:
     """Indices of the bands shown as (red, green, blue).
@@ -44,7 +46,6 @@ def pick_rgb_bands(band_names) -> tuple[int, int, int]:
     return 0, 0, 0
 
 
-
 def subtract_sky(band: np.ndarray) -> np.ndarray:
     """The band minus its sigma-clipped median (the sky level)."""
     from astropy.stats import sigma_clipped_stats
@@ -59,8 +60,9 @@ def _balanced(band: np.ndarray) -> np.ndarray:
     return band / level if np.isfinite(level) and level > 0 else band
 
 
-def lupton_composite(bands: np.ndarray, band_names, *, q: float = LUPTON_Q,
-                     white_percentile: float = WHITE_PERCENTILE) -> np.ndarray:
+def lupton_composite(
+    bands: np.ndarray, band_names, *, q: float = LUPTON_Q, white_percentile: float = WHITE_PERCENTILE
+) -> np.ndarray:
     """``(H, W, 3)`` uint8 colour (or grey) composite of ``(n_bands, H, W)`` finite data."""
     from astropy.visualization import make_lupton_rgb
 

@@ -13,6 +13,7 @@ Every CSV is written with a companion *images list*, ``<name>.images.csv`` next 
 height, error`` and optional extras), so that an image with no clumps (a row with
 ``n_detections = 0``) differs from one that was not processed or failed (``status = failed``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,15 @@ CLASS_COLOURS = {"clump": "#00e5ff", "odd_clump": "#ff9f1c"}
 #: ``model`` of boxes drawn by hand (score 1).
 HAND_MODEL = "hand"
 # Written precision: 1e-4 px, 1e-8 deg (0.04 mas), scores to 1e-5.
-_DECIMALS = {"score": 5, **dict.fromkeys(BOX_COLUMNS, 4), "x_center": 4, "y_center": 4, "ra": 8, "dec": 8,
-             "host_distance": 4}
+_DECIMALS = {
+    "score": 5,
+    **dict.fromkeys(BOX_COLUMNS, 4),
+    "x_center": 4,
+    "y_center": 4,
+    "ra": 8,
+    "dec": 8,
+    "host_distance": 4,
+}
 IMAGES_COLUMNS = ["image", "status", "n_detections", "width", "height", "error"]
 
 
@@ -46,8 +54,14 @@ def box_array(table) -> np.ndarray:
 
 def images_row(image: str, n_detections: int = 0, width=None, height=None, error: str = "") -> dict:
     """One row of an images list: an image processed (``ok``) or ``failed`` with its ``error``."""
-    return {"image": str(image), "status": "failed" if error else "ok", "n_detections": 0 if error else n_detections,
-            "width": width, "height": height, "error": error}
+    return {
+        "image": str(image),
+        "status": "failed" if error else "ok",
+        "n_detections": 0 if error else n_detections,
+        "width": width,
+        "height": height,
+        "error": error,
+    }
 
 
 class DetectionsFileError(ValueError):
@@ -79,14 +93,19 @@ def detections_frame(image: str, boxes, labels, scores, wcs=None, model="", **ex
     y_center = (boxes[:, 1] + boxes[:, 3]) / 2
     ra, dec = pixel_to_radec(wcs, x_center, y_center) if n else (np.empty(0), np.empty(0))
     labels = label_names(labels) if n else []
-    table = pd.DataFrame({
-        "image": [str(image)] * n,
-        "label": labels,
-        "score": np.broadcast_to(np.asarray(scores, float), (n,)).copy(),
-        **dict(zip(BOX_COLUMNS, boxes.T)),
-        "x_center": x_center, "y_center": y_center, "ra": ra, "dec": dec,
-        "model": [str(model)] * n if isinstance(model, str) else [str(m) for m in model],
-    })
+    table = pd.DataFrame(
+        {
+            "image": [str(image)] * n,
+            "label": labels,
+            "score": np.broadcast_to(np.asarray(scores, float), (n,)).copy(),
+            **dict(zip(BOX_COLUMNS, boxes.T)),
+            "x_center": x_center,
+            "y_center": y_center,
+            "ra": ra,
+            "dec": dec,
+            "model": [str(model)] * n if isinstance(model, str) else [str(m) for m in model],
+        }
+    )
     for name, values in extra.items():
         table[name] = values
     return table
@@ -137,7 +156,8 @@ def read_detections(path):
     if bad.any():
         raise DetectionsFileError(
             f"{path}: line {int(np.flatnonzero(bad)[0]) + 2}: label {table['label'][bad].iloc[0]!r} "
-            f"is not one of {', '.join(LABELS)}")
+            f"is not one of {', '.join(LABELS)}"
+        )
     table["model"] = table["model"].fillna("")
     return table
 

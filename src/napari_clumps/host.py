@@ -13,6 +13,7 @@ the contract's columns, ``host_distance`` and ``on_host`` (centre inside the hos
 its ellipse). Cutout centring is a survey convention (SDSS, Legacy Surveys, Galaxy Zoo); an image
 with no source near its centre has no host, and its detections are kept with ``on_host`` empty.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -100,8 +101,9 @@ def find_host(image) -> Host | None:
     height, width = data.shape
     # The sky from the image's border: a galaxy may fill most of a cutout, never its edges.
     edge = max(2, int(BORDER_FRACTION * min(height, width)))
-    border = np.concatenate([data[:edge].ravel(), data[-edge:].ravel(), data[:, :edge].ravel(),
-                             data[:, -edge:].ravel()])
+    border = np.concatenate(
+        [data[:edge].ravel(), data[-edge:].ravel(), data[:, :edge].ravel(), data[:, -edge:].ravel()]
+    )
     _, sky, noise = sigma_clipped_stats(border, sigma=3.0, maxiters=5)
     # A JPEG's sky is often clipped flat: no threshold below one 8-bit step.
     noise = max(float(noise) if np.isfinite(noise) else 0.0, 1.0 / 255)
@@ -120,8 +122,7 @@ def find_host(image) -> Host | None:
     island = segments.copy()
     island.keep_labels([label])
     try:
-        children = deblend_sources(smoothed, island, n_pixels=npixels, contrast=DEBLEND_CONTRAST,
-                                   progress_bar=False)
+        children = deblend_sources(smoothed, island, n_pixels=npixels, contrast=DEBLEND_CONTRAST, progress_bar=False)
     except Exception:  # noqa: BLE001 - photutils raises several types on odd islands; keep the island
         children = island
     core = _central_label(children.data, children.labels, width, height) or children.labels[0]
@@ -131,12 +132,18 @@ def find_host(image) -> Host | None:
     # Children whose centroid lies in the core's ellipse are parts of the host (its bulge,
     # clumps, arms); the others are neighbours the deblender cut off.
     host = _ellipse(source, children.data == core, 1)
-    parts = [lab for lab, cx, cy in zip(children.labels, catalogue.x_centroid, catalogue.y_centroid)
-             if host.distance(cx + 0.5, cy + 0.5) <= 1.0]
+    parts = [
+        lab
+        for lab, cx, cy in zip(children.labels, catalogue.x_centroid, catalogue.y_centroid)
+        if host.distance(cx + 0.5, cy + 0.5) <= 1.0
+    ]
     mask = np.isin(children.data, parts)
     if factor > 1:
-        mask = np.pad(mask.repeat(factor, 0).repeat(factor, 1),
-                      [(0, full.shape[0] - height * factor), (0, full.shape[1] - width * factor)], mode="edge")
+        mask = np.pad(
+            mask.repeat(factor, 0).repeat(factor, 1),
+            [(0, full.shape[0] - height * factor), (0, full.shape[1] - width * factor)],
+            mode="edge",
+        )
     return _ellipse(source, mask, factor)
 
 
@@ -145,7 +152,7 @@ def _binned(data: np.ndarray, factor: int) -> np.ndarray:
     if factor <= 1:
         return data
     height, width = data.shape[0] // factor, data.shape[1] // factor
-    return data[:height * factor, :width * factor].reshape(height, factor, width, factor).mean(axis=(1, 3))
+    return data[: height * factor, : width * factor].reshape(height, factor, width, factor).mean(axis=(1, 3))
 
 
 def _central_label(segment_data, labels, width, height):
@@ -173,10 +180,14 @@ def _ellipse(source, mask: np.ndarray, factor: int) -> Host:
     area = float(mask.sum())
     semi_major = max(np.sqrt(area / (np.pi * axis_ratio)), 1.0)
     # photutils centroids put pixel centres at integers; the edge convention puts them at i + 0.5.
-    return Host(x=(float(source.x_centroid) + 0.5) * factor, y=(float(source.y_centroid) + 0.5) * factor,
-                semi_major=semi_major,
-                semi_minor=semi_major * axis_ratio, theta=float(np.radians(source.orientation.value)),
-                mask=mask)
+    return Host(
+        x=(float(source.x_centroid) + 0.5) * factor,
+        y=(float(source.y_centroid) + 0.5) * factor,
+        semi_major=semi_major,
+        semi_minor=semi_major * axis_ratio,
+        theta=float(np.radians(source.orientation.value)),
+        mask=mask,
+    )
 
 
 def add_host_columns(table, host: Host | None):

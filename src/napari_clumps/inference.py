@@ -3,6 +3,7 @@
 :func:`detect` is the one-call API (one image or many -> a detections table);
 :func:`iter_detections` yields per image, for progress bars, cancelling and per-file errors.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 
 #: The paper's post-processing: class-agnostic NMS at IoU 0.2 (and a score threshold of 0.3,
 #: used for models without a calibrated threshold of their own).
@@ -44,6 +44,7 @@ def image_tensor(image, in_chans: int = 3):
 
 def tile_windows(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """``(y0, x0, y1, x1)`` windows covering the image; one window if it fits in ``tile``."""
+
     def starts(n):
         if n <= tile:
             return [0]
@@ -85,10 +86,21 @@ def postprocess(boxes, scores, labels, nms_iou: float, score_threshold: float):
     return np.asarray(boxes)[keep], np.asarray(scores)[keep], np.asarray(labels)[keep]
 
 
-def iter_detections(items, model=None, *, names=None, device="auto", batch_size: int = DEFAULT_BATCH_SIZE,
-                    score_threshold: float | None = None, nms_iou: float = DEFAULT_NMS_IOU,
-                    keep_off_host: bool = False, psf_fwhm: float | None = None,
-                    pixel_scale: float | None = None, seeing: float | None = None, should_stop=None):
+def iter_detections(
+    items,
+    model=None,
+    *,
+    names=None,
+    device="auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    score_threshold: float | None = None,
+    nms_iou: float = DEFAULT_NMS_IOU,
+    keep_off_host: bool = False,
+    psf_fwhm: float | None = None,
+    pixel_scale: float | None = None,
+    seeing: float | None = None,
+    should_stop=None,
+):
     """Yield an :class:`ImageDetections` per image, in order.
 
     ``items``: paths, folders (searched recursively, sorted; images named relative to the
@@ -111,8 +123,10 @@ def iter_detections(items, model=None, *, names=None, device="auto", batch_size:
     items, names = expand_items(items, names)
     detector = get_detector(model, device)
     if not detector.trained:
-        raise ModelError(f"{detector.source}: a built-in architecture has an untrained detection head; train "
-                         f"it first (napari-clumps train --model {detector.source}) or pass a trained model file")
+        raise ModelError(
+            f"{detector.source}: a built-in architecture has an untrained detection head; train "
+            f"it first (napari-clumps train --model {detector.source}) or pass a trained model file"
+        )
     run = _BatchedRun(detector, batch_size, score_threshold, nms_iou, keep_off_host)
     for index, (item, name) in enumerate(zip(items, names)):
         if should_stop is not None and should_stop():
@@ -151,8 +165,9 @@ def expand_items(items, names=None) -> tuple[list, list[str]]:
             expanded_names += [f"{given}/{name}" if given else name for _, name in found]
             continue
         expanded.append(item)
-        expanded_names.append(given or (str(item) if isinstance(item, (str, Path)) else
-                                        str(getattr(item, "path", f"image_{index}"))))
+        expanded_names.append(
+            given or (str(item) if isinstance(item, (str, Path)) else str(getattr(item, "path", f"image_{index}")))
+        )
     return expanded, expanded_names
 
 
@@ -171,8 +186,9 @@ class _BatchedRun:
         config = detector.config
         self.tile = max(int(round(config.tile_size / config.input_scale)), 32)
         self.overlap = int(round(config.tile_overlap / config.input_scale))
-        self.autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
-                         else contextlib.nullcontext())
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
+        )
         self.pending = {}  # image index -> dict(image, name, parts, n_tiles, factor)
         self.batch = []  # (image index, y0, x0, tensor)
         self.finished = {}
@@ -186,8 +202,13 @@ class _BatchedRun:
         tensor = resample(image_tensor(image, config.in_chans), resample_factor(config.psf_fwhm_px, psf_fwhm))
         height, width = tensor.shape[-2:]
         windows = tile_windows(height, width, self.tile, self.overlap)
-        self.pending[index] = {"image": image, "name": name, "parts": [], "n_tiles": len(windows),
-                               "factor": np.array([width / image.width, height / image.height] * 2, np.float32)}
+        self.pending[index] = {
+            "image": image,
+            "name": name,
+            "parts": [],
+            "n_tiles": len(windows),
+            "factor": np.array([width / image.width, height / image.height] * 2, np.float32),
+        }
         for y0, x0, y1, x1 in windows:
             self.batch.append((index, y0, x0, tensor[:, y0:y1, x0:x1]))
             if len(self.batch) >= self.batch_size:
@@ -232,8 +253,9 @@ class _BatchedRun:
         boxes, scores, labels = (np.concatenate([part[k] for part in parts]) for k in range(3))
         boxes, scores, labels = postprocess(boxes, scores, labels, self.nms_iou, self.score_threshold)
         order = np.argsort(-scores, kind="stable")
-        table = detections_frame(state["name"], boxes[order], labels[order], scores[order], wcs=image.wcs,
-                                 model=self.detector.model_id)
+        table = detections_frame(
+            state["name"], boxes[order], labels[order], scores[order], wcs=image.wcs, model=self.detector.model_id
+        )
         table = add_host_columns(table, find_host(image) if len(table) else None)  # no search for nothing
         if not self.keep_off_host:
             table = on_host_rows(table).reset_index(drop=True)

@@ -32,6 +32,7 @@ development set by ``tools/make_real_training_set.py --calibrate``), so an error
 absorbed by the calibration to first order: injected clumps reproduce what real clumps show when
 measured the same way (the closure check in docs/real-sky-training.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -213,7 +214,7 @@ def psf_sources(rgb, max_candidates: int = PSF_MAX_CANDIDATES) -> list[PsfSource
         if any(abs(r - r2) <= 2 and abs(c - c2) <= 2 for r2, c2 in seen):
             continue
         seen.append((r, c))
-        if display_max[max(r - 1, 0): r + 2, max(c - 1, 0): c + 2].max() >= PSF_SATURATION:
+        if display_max[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].max() >= PSF_SATURATION:
             continue
         if min(r, c, height - 1 - r, width - 1 - c) < 2:
             continue
@@ -231,8 +232,7 @@ def psf_sources(rgb, max_candidates: int = PSF_MAX_CANDIDATES) -> list[PsfSource
         xc, yc, fwhm, axis_ratio, amplitude = fitted
         if abs(xc - (c - c0)) > 2 or abs(yc - (r - r0)) > 2 or not PSF_MIN_FWHM <= fwhm <= 60:
             continue
-        sources.append(PsfSource(x=c0 + xc + 0.5, y=r0 + yc + 0.5, fwhm=fwhm, axis_ratio=axis_ratio,
-                                 snr=float(snr)))
+        sources.append(PsfSource(x=c0 + xc + 0.5, y=r0 + yc + 0.5, fwhm=fwhm, axis_ratio=axis_ratio, snr=float(snr)))
     return sources
 
 
@@ -260,7 +260,7 @@ def estimate_psf_fwhm(rgb) -> float | None:
     floor = float(np.percentile(widths, 20))
     core = widths[(widths >= floor) & (widths <= 1.35 * floor)]
     if len(core) < PSF_MIN_SOURCES:
-        core = widths[: PSF_MIN_SOURCES]
+        core = widths[:PSF_MIN_SOURCES]
     return float(np.median(core))
 
 
@@ -358,8 +358,9 @@ class InjectionSettings:
     #: Elliptical radius of the clump on its host (1 = the edge of the ellipse with the mask's
     #: area and second moments), drawn uniformly in radius (not area) in this range. Dev set (host
     #: footprints from napari_clumps.host.find_host): 10 / 50 / 90 % = 0.24 / 0.49 / 0.81;
-    #: uniform on 0.2-0.85 gives 0.27 / 0.53 / 0.79 (injected, measured back: 0.24 / 0.53 / 0.81). (Clump Scout: centre distance median 52 px in
-    #: a 200 px crop, on galaxies that fill the crop: also the middle of the disc.)
+    #: uniform on 0.2-0.85 gives 0.27 / 0.53 / 0.79 (injected, measured back: 0.24 / 0.53 / 0.81).
+    #: (Clump Scout: centre distance median 52 px in a 200 px crop, on galaxies that fill the crop:
+    #: also the middle of the disc.)
     radius_range: tuple = (0.2, 0.85)
     #: No clump where the display is already (nearly) saturated within 1 FWHM, or where the clump
     #: would take its peak pixel past this fraction of white: nothing could show but a flat disc.
@@ -492,8 +493,13 @@ def _elliptical_radius(x, y, ellipse):
     return np.hypot(along, across)
 
 
-def inject_clumps(rgb: np.ndarray, host_mask: np.ndarray, rng: np.random.Generator,
-                  settings: InjectionSettings | None = None, psf_fwhm: float | None = None):
+def inject_clumps(
+    rgb: np.ndarray,
+    host_mask: np.ndarray,
+    rng: np.random.Generator,
+    settings: InjectionSettings | None = None,
+    psf_fwhm: float | None = None,
+):
     """Add simulated clumps to a real galaxy; returns ``(new_rgb, boxes, labels)``.
 
     Parameters
@@ -558,9 +564,14 @@ def inject_clumps(rgb: np.ndarray, host_mask: np.ndarray, rng: np.random.Generat
     ellipse = _mask_ellipse(host_mask)
     rows, cols = np.nonzero(host_mask)
     radius = _elliptical_radius(cols + 0.5, rows + 0.5, ellipse)
-    inside = ((radius >= s.radius_range[0]) & (radius <= s.radius_range[1])
-              & (cols + 0.5 >= margin) & (cols + 0.5 <= width - margin)
-              & (rows + 0.5 >= margin) & (rows + 0.5 <= height - margin))
+    inside = (
+        (radius >= s.radius_range[0])
+        & (radius <= s.radius_range[1])
+        & (cols + 0.5 >= margin)
+        & (cols + 0.5 <= width - margin)
+        & (rows + 0.5 >= margin)
+        & (rows + 0.5 <= height - margin)
+    )
     rows, cols, radius = rows[inside], cols[inside], radius[inside]
     if not len(rows):
         return empty

@@ -7,6 +7,7 @@ array is the spatial plane as numpy reads it, FITS row 1 first).
 
 Every failure is an :class:`ImageReadError` whose one-line message names the file and the reason.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -63,7 +64,7 @@ class GalaxyImage:
     hdu_names: tuple = field(default_factory=tuple)
 
     @classmethod
-    def from_rgb(cls, array, path="array", wcs=None, header=None, n_bad_pixels: int = 0) -> "GalaxyImage":
+    def from_rgb(cls, array, path="array", wcs=None, header=None, n_bad_pixels: int = 0) -> GalaxyImage:
         """A display image, as JPEG/PNG files and RGB layers hold: ``(H, W, 3|4)`` colour or
         ``(H, W[, 1])`` grey; uint8, integers 0-255 or floats 0-1 (alpha dropped, NaN as 0).
         Its bands are the channels in 0-1 and its composite the channels themselves."""
@@ -84,18 +85,32 @@ class GalaxyImage:
         names = ("L",) if composite.shape[-1] == 1 else ("R", "G", "B")
         if composite.shape[-1] == 1:
             composite = np.repeat(composite, 3, axis=-1)
-        return cls(path=Path(path), bands=bands, band_names=names, composite=np.ascontiguousarray(composite),
-                   wcs=wcs, header=header, n_bad_pixels=n_bad_pixels)
+        return cls(
+            path=Path(path),
+            bands=bands,
+            band_names=names,
+            composite=np.ascontiguousarray(composite),
+            wcs=wcs,
+            header=header,
+            n_bad_pixels=n_bad_pixels,
+        )
 
     @classmethod
-    def from_bands(cls, bands, band_names, path, wcs=None, header=None, **extra) -> "GalaxyImage":
+    def from_bands(cls, bands, band_names, path, wcs=None, header=None, **extra) -> GalaxyImage:
         """Raw bands ``(n_bands, H, W)`` (FITS data, simulations); the composite is their Lupton
         stretch (:mod:`napari_clumps.composite`)."""
         from .composite import lupton_composite
 
         bands = np.ascontiguousarray(bands, dtype=np.float32)
-        return cls(path=Path(path), bands=bands, band_names=tuple(band_names),
-                   composite=lupton_composite(bands, band_names), wcs=wcs, header=header, **extra)
+        return cls(
+            path=Path(path),
+            bands=bands,
+            band_names=tuple(band_names),
+            composite=lupton_composite(bands, band_names),
+            wcs=wcs,
+            header=header,
+            **extra,
+        )
 
     @property
     def height(self) -> int:
@@ -160,9 +175,7 @@ def read_image(path) -> GalaxyImage:
     if path.is_dir():
         raise ImageReadError(path, "is a folder, not an image file")
     if not is_supported_path(path):
-        raise ImageReadError(
-            path, f"unsupported file type; expected one of {' '.join(SUPPORTED_SUFFIXES)}"
-        )
+        raise ImageReadError(path, f"unsupported file type; expected one of {' '.join(SUPPORTED_SUFFIXES)}")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     if is_fits_path(path):

@@ -13,6 +13,7 @@ pair passes the rule:
 completeness = matched truth / truth; purity = matched detections / detections;
 F1 = their harmonic mean.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,15 @@ def box_iou(a, b) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def match_image(truth_boxes, det_boxes, det_scores=None, *, rule: str = "iou",
-                iou_threshold: float = DEFAULT_IOU, centre_factor: float = 1.0) -> ImageMatch:
+def match_image(
+    truth_boxes,
+    det_boxes,
+    det_scores=None,
+    *,
+    rule: str = "iou",
+    iou_threshold: float = DEFAULT_IOU,
+    centre_factor: float = 1.0,
+) -> ImageMatch:
     """Greedy one-to-one matching by score (see the module docstring)."""
     truth = np.asarray(truth_boxes, float).reshape(-1, 4)
     dets = np.asarray(det_boxes, float).reshape(-1, 4)
@@ -114,8 +122,17 @@ def scores_table(truth, detections, thresholds=None, images=None, **rule):
         completeness = matched / n_truth if n_truth else float("nan")
         purity = matched / n_det if n_det else float("nan")
         f1 = 2 * matched / (n_truth + n_det) if n_truth + n_det else float("nan")
-        rows.append(dict(threshold=float(threshold), completeness=completeness, purity=purity, f1=f1,
-                         n_truth=n_truth, n_detections=n_det, n_matched=matched))
+        rows.append(
+            dict(
+                threshold=float(threshold),
+                completeness=completeness,
+                purity=purity,
+                f1=f1,
+                n_truth=n_truth,
+                n_detections=n_det,
+                n_matched=matched,
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -135,9 +152,13 @@ def coco_average_precision(truth, detections, images=None) -> dict:
     for name in names:
         d, t = det_by.get(name), truth_by.get(name)
         d_boxes = torch.tensor(box_array(d) if d is not None else np.zeros((0, 4)), dtype=torch.float32)
-        preds.append({"boxes": d_boxes, "scores": torch.tensor(d.score.to_numpy(float) if d is not None else [],
-                                                                dtype=torch.float32),
-                      "labels": torch.zeros(len(d_boxes), dtype=torch.int64)})
+        preds.append(
+            {
+                "boxes": d_boxes,
+                "scores": torch.tensor(d.score.to_numpy(float) if d is not None else [], dtype=torch.float32),
+                "labels": torch.zeros(len(d_boxes), dtype=torch.int64),
+            }
+        )
         t_boxes = torch.tensor(box_array(t) if t is not None else np.zeros((0, 4)), dtype=torch.float32)
         targets.append({"boxes": t_boxes, "labels": torch.zeros(len(t_boxes), dtype=torch.int64)})
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
@@ -171,8 +192,15 @@ def plot_scores(table, path, title: str = "") -> None:
     plt.close(fig)
 
 
-def evaluate(truth, detections, *, score_threshold: float | None = None, rule: str = MATCH_RULES[0],
-             iou_threshold: float = DEFAULT_IOU, images=None) -> dict:
+def evaluate(
+    truth,
+    detections,
+    *,
+    score_threshold: float | None = None,
+    rule: str = MATCH_RULES[0],
+    iou_threshold: float = DEFAULT_IOU,
+    images=None,
+) -> dict:
     """Score detections against truth: the one-call API behind ``napari-clumps evaluate``.
 
     ``truth`` and ``detections``: detections tables or CSV paths. ``images``: the image names
@@ -194,7 +222,10 @@ def evaluate(truth, detections, *, score_threshold: float | None = None, rule: s
     detections = detections if hasattr(detections, "columns") else read_detections(detections)
     settings = {"rule": rule, "iou_threshold": iou_threshold}
     at = scores_table(truth, detections, thresholds=[score_threshold], images=images, **settings).iloc[0]
-    return {**settings, "score_threshold": score_threshold,
-            "by_threshold": scores_table(truth, detections, images=images, **settings),
-            "at_threshold": {k: float(at[k]) for k in at.index},
-            "coco": coco_average_precision(truth, detections, images)}
+    return {
+        **settings,
+        "score_threshold": score_threshold,
+        "by_threshold": scores_table(truth, detections, images=images, **settings),
+        "at_threshold": {k: float(at[k]) for k in at.index},
+        "coco": coco_average_precision(truth, detections, images),
+    }

@@ -12,6 +12,7 @@
 
 Classes are background / clump / odd clump (:data:`napari_clumps.detections.CLASS_NAMES`).
 """
+
 from __future__ import annotations
 
 import json
@@ -82,10 +83,13 @@ class DetectorConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DetectorConfig":
+    def from_dict(cls, values: dict) -> DetectorConfig:
         known = {f.name for f in fields(cls)}
-        values = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
-                  for k, v in values.items() if k in known}
+        values = {
+            k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
+            for k, v in values.items()
+            if k in known
+        }
         return cls(**values)
 
 
@@ -93,19 +97,45 @@ def _zoobot(arch: str, in_chans: int = 3, **changes) -> DetectorConfig:
     name = f"zoobot-{'greyscale-' if in_chans == 1 else ''}{arch}"
     mean, std = (0.0,) * in_chans, (1.0,) * in_chans
     hub_id = ZOOBOT_HUB.format(arch=("greyscale-" if in_chans == 1 else "") + arch)
-    return DetectorConfig(backbone=name, kind="timm", timm_arch=arch, hub_id=hub_id, in_chans=in_chans,
-                          image_mean=mean, image_std=std, **changes)
+    return DetectorConfig(
+        backbone=name,
+        kind="timm",
+        timm_arch=arch,
+        hub_id=hub_id,
+        in_chans=in_chans,
+        image_mean=mean,
+        image_std=std,
+        **changes,
+    )
 
 
 def _paper() -> DetectorConfig:
     """``fasterrcnn_resnet50_fpn`` with a 3-class predictor, as the paper's code builds it."""
     return DetectorConfig(
-        backbone="paper-resnet50-fpn", kind="torchvision-resnet50-fpn", timm_arch="", hub_id="", in_chans=3,
-        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, input_scale=1.0, min_size=800, max_size=1333,
-        anchor_sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=(0.5, 1.0, 2.0),
-        fpn_channels=256, box_head_width=1024, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
-        rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, box_batch_size_per_image=512,
-        box_detections_per_img=100, box_score_thresh=0.05, box_nms_thresh=0.5, tile_size=1024)
+        backbone="paper-resnet50-fpn",
+        kind="torchvision-resnet50-fpn",
+        timm_arch="",
+        hub_id="",
+        in_chans=3,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        input_scale=1.0,
+        min_size=800,
+        max_size=1333,
+        anchor_sizes=((32,), (64,), (128,), (256,), (512,)),
+        aspect_ratios=(0.5, 1.0, 2.0),
+        fpn_channels=256,
+        box_head_width=1024,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=1000,
+        rpn_pre_nms_top_n_train=2000,
+        rpn_post_nms_top_n_train=2000,
+        box_batch_size_per_image=512,
+        box_detections_per_img=100,
+        box_score_thresh=0.05,
+        box_nms_thresh=0.5,
+        tile_size=1024,
+    )
 
 
 #: Built-in detector architectures by name (backbone weights from the Zoobot hub, heads untrained).
@@ -146,8 +176,10 @@ def _timm_encoder(config: DetectorConfig, weights):
     if weights == "hub":
         hub_id = config.hub_id
         if not hub_id:
-            raise ModelError(f"{config.backbone}: has no pretrained weights on a hub; train it from scratch "
-                             f"(no backbone weights) or give a weights file")
+            raise ModelError(
+                f"{config.backbone}: has no pretrained weights on a hub; train it from scratch "
+                f"(no backbone weights) or give a weights file"
+            )
         try:
             return timm.create_model(hub_id, pretrained=True, num_classes=0)
         except Exception as error:
@@ -156,7 +188,8 @@ def _timm_encoder(config: DetectorConfig, weights):
                 f"{hub_id}: could not get the Zoobot weights ({type(error).__name__}); offline, download "
                 f"model.safetensors from https://huggingface.co/{repo} elsewhere and pass it as the "
                 f"backbone weights file (--backbone-weights FILE), or place the repository in the Hugging "
-                f"Face cache (~/.cache/huggingface/hub, models--{repo.replace('/', '--')})") from error
+                f"Face cache (~/.cache/huggingface/hub, models--{repo.replace('/', '--')})"
+            ) from error
     path = Path(weights)
     if not path.is_file():
         raise ModelError(f"{path}: backbone weights file not found")
@@ -164,8 +197,10 @@ def _timm_encoder(config: DetectorConfig, weights):
         try:
             from zoobot.pytorch.training.finetune import load_pretrained_zoobot
         except ImportError as error:
-            raise ModelError(f"{path}: reading Zoobot checkpoints needs zoobot's PyTorch extra "
-                             f"(pip install 'zoobot[pytorch]'): {error}") from error
+            raise ModelError(
+                f"{path}: reading Zoobot checkpoints needs zoobot's PyTorch extra "
+                f"(pip install 'zoobot[pytorch]'): {error}"
+            ) from error
         try:
             encoder = load_pretrained_zoobot(str(path))
         except Exception as error:
@@ -174,8 +209,13 @@ def _timm_encoder(config: DetectorConfig, weights):
             encoder.reset_classifier(0)
         return encoder
     try:
-        return timm.create_model(config.timm_arch, pretrained=True, num_classes=0, in_chans=config.in_chans,
-                                 pretrained_cfg_overlay={"file": str(path), "num_classes": 0})
+        return timm.create_model(
+            config.timm_arch,
+            pretrained=True,
+            num_classes=0,
+            in_chans=config.in_chans,
+            pretrained_cfg_overlay={"file": str(path), "num_classes": 0},
+        )
     except Exception as error:
         raise ModelError(f"{path}: not {config.timm_arch} weights ({type(error).__name__}: {error})") from error
 
@@ -189,15 +229,18 @@ def build_detector(config: DetectorConfig, backbone_weights=None):
 
     n_classes = len(config.class_names)
     common = dict(
-        image_mean=list(config.image_mean), image_std=list(config.image_std),
-        min_size=config.min_size, max_size=config.max_size,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        min_size=config.min_size,
+        max_size=config.max_size,
         rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
         box_batch_size_per_image=config.box_batch_size_per_image,
         box_detections_per_img=config.box_detections_per_img,
-        box_score_thresh=config.box_score_thresh, box_nms_thresh=config.box_nms_thresh,
+        box_score_thresh=config.box_score_thresh,
+        box_nms_thresh=config.box_nms_thresh,
     )
     if config.kind == "torchvision-resnet50-fpn":
         if backbone_weights not in (None, "hub"):
@@ -212,13 +255,20 @@ def build_detector(config: DetectorConfig, backbone_weights=None):
     from .networks import FixedScaleTransform, TimmFPN
 
     backbone = TimmFPN(_timm_encoder(config, backbone_weights), config.fpn_channels)
-    anchors = AnchorGenerator(sizes=tuple(tuple(s) for s in config.anchor_sizes),
-                              aspect_ratios=(tuple(config.aspect_ratios),) * len(config.anchor_sizes))
+    anchors = AnchorGenerator(
+        sizes=tuple(tuple(s) for s in config.anchor_sizes),
+        aspect_ratios=(tuple(config.aspect_ratios),) * len(config.anchor_sizes),
+    )
     pooler = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
     model = FasterRCNN(
-        backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pooler,
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pooler,
         box_head=TwoMLPHead(config.fpn_channels * 7 * 7, config.box_head_width),
-        box_predictor=FastRCNNPredictor(config.box_head_width, n_classes), **common)
+        box_predictor=FastRCNNPredictor(config.box_head_width, n_classes),
+        **common,
+    )
     model.transform = FixedScaleTransform.replacing(model.transform, config.input_scale)
     return model
 
@@ -274,8 +324,12 @@ def new_detector(name: str, backbone_weights="hub", **changes) -> Detector:
     """A detector of built-in architecture ``name`` with an untrained detection head."""
     config = config_for(name, **changes)
     network = build_detector(config, backbone_weights)
-    return Detector(network, config, {"model_id": f"{name}-untrained", "base": name, "untrained": True,
-                                      "backbone_weights": str(backbone_weights)}, source=name)
+    return Detector(
+        network,
+        config,
+        {"model_id": f"{name}-untrained", "base": name, "untrained": True, "backbone_weights": str(backbone_weights)},
+        source=name,
+    )
 
 
 #: Models that ship inside the package, by name.
@@ -334,8 +388,12 @@ def save_model(detector: Detector, path, half: bool = False) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in detector.network.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    metadata = {"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION),
-                "config": detector.config.to_json(), "provenance": json.dumps(detector.provenance, default=str)}
+    metadata = {
+        "format": MODEL_FORMAT,
+        "format_version": str(MODEL_FORMAT_VERSION),
+        "config": detector.config.to_json(),
+        "provenance": json.dumps(detector.provenance, default=str),
+    }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path)
@@ -380,8 +438,10 @@ def load_paper_checkpoint(path, device="cpu") -> Detector:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ModelError(f"{path}: refused: the file holds more than weights (it could run code when "
-                         f"loaded); only state_dicts are accepted") from error
+        raise ModelError(
+            f"{path}: refused: the file holds more than weights (it could run code when "
+            f"loaded); only state_dicts are accepted"
+        ) from error
     except Exception as error:
         raise ModelError(f"{path}: not a PyTorch checkpoint ({type(error).__name__})") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -1,5 +1,6 @@
 """The torch modules a detector is built from beyond torchvision's own (imports torch: only
 :func:`napari_clumps.model.build_detector` imports this module, when a network is built)."""
+
 from __future__ import annotations
 
 import torch
@@ -36,10 +37,9 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
     scale: float = 1.0
 
     @classmethod
-    def replacing(cls, transform: GeneralizedRCNNTransform, scale: float) -> "FixedScaleTransform":
+    def replacing(cls, transform: GeneralizedRCNNTransform, scale: float) -> FixedScaleTransform:
         """The same normalisation as ``transform``, resizing by ``scale``."""
-        new = cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
-                  size_divisible=32)
+        new = cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std, size_divisible=32)
         new.scale = float(scale)
         return new
 
@@ -47,8 +47,9 @@ class FixedScaleTransform(GeneralizedRCNNTransform):
         if self.scale == 1.0:
             return image, target
         size = image.shape[-2:]
-        image = torch.nn.functional.interpolate(image[None], scale_factor=self.scale, mode="bilinear",
-                                                align_corners=False, recompute_scale_factor=True)[0]
+        image = torch.nn.functional.interpolate(
+            image[None], scale_factor=self.scale, mode="bilinear", align_corners=False, recompute_scale_factor=True
+        )[0]
         if target is not None and "boxes" in target:
             target["boxes"] = resize_boxes(target["boxes"], size, image.shape[-2:])
         return image, target

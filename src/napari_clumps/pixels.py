@@ -18,6 +18,7 @@ south edge, for the usual north-up WCS) at row 0; DS9, napari layers and our pic
 north up, row 0 at the bottom, as survey JPEG cutouts store them (:func:`north_up`,
 :func:`napari_north_up`, :func:`flip_boxes_vertically`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,9 +61,7 @@ def boxes_to_napari_rectangles(boxes) -> list[np.ndarray]:
     """``(N, 4)`` edge boxes to napari rectangles: ``(4, 2)`` ``(row, col)`` vertex arrays."""
     rectangles = []
     for x_min, y_min, x_max, y_max in np.asarray(boxes, float).reshape(-1, 4):
-        corners = np.array(
-            [[y_min, x_min], [y_min, x_max], [y_max, x_max], [y_max, x_min]], dtype=float
-        )
+        corners = np.array([[y_min, x_min], [y_min, x_max], [y_max, x_max], [y_max, x_min]], dtype=float)
         rectangles.append(corners - _CENTRE_OFFSET)
     return rectangles
 

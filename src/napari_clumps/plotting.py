@@ -1,4 +1,5 @@
 """Pictures of detections for people (matplotlib, no napari): an image with its boxes."""
+
 from __future__ import annotations
 
 from pathlib import Path

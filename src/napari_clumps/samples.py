@@ -3,6 +3,7 @@
 The napari sample-data commands (:mod:`napari_clumps._sample_data`) and ``napari-clumps demo``
 both show these.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@ from a FITS header (a PSF FWHM in pixels, or a seeing in arcsec with the WCS pix
 both are known the image is resampled by ``model FWHM / image FWHM`` before the network and the
 boxes are mapped back; when either is unknown it is used as it is.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -86,9 +87,14 @@ def resample(tensor, factor: float):
         return tensor
     import torch
 
-    return torch.nn.functional.interpolate(tensor[None], scale_factor=factor, mode="bilinear",
-                                           align_corners=False, antialias=factor < 1.0,
-                                           recompute_scale_factor=True)[0]
+    return torch.nn.functional.interpolate(
+        tensor[None],
+        scale_factor=factor,
+        mode="bilinear",
+        align_corners=False,
+        antialias=factor < 1.0,
+        recompute_scale_factor=True,
+    )[0]
 
 
 def unused_psf_note(config, psf_fwhm=None, pixel_scale=None) -> str:

@@ -18,6 +18,7 @@ WCS (array row 0 = FITS row 1 = south; north up, east left as shown in DS9) and 
 as survey cutout services make them (north up, so its rows are the FITS rows flipped), plus
 ``truth.csv`` in the detections format (score 1) and ``truth.images.csv`` listing every image.
 """
+
 from __future__ import annotations
 
 import functools
@@ -246,8 +247,7 @@ def _moffat(xx, yy, x0, y0, flux, fwhm, beta=MOFFAT_BETA):
 def _sersic(xx, yy, x0, y0, amplitude, r_eff, n, axis_ratio, theta):
     from astropy.modeling.models import Sersic2D
 
-    model = Sersic2D(amplitude=amplitude, r_eff=r_eff, n=n, x_0=x0, y_0=y0,
-                     ellip=1 - axis_ratio, theta=theta)
+    model = Sersic2D(amplitude=amplitude, r_eff=r_eff, n=n, x_0=x0, y_0=y0, ellip=1 - axis_ratio, theta=theta)
     return model(xx, yy)
 
 
@@ -346,8 +346,10 @@ class _Disc:
     def project(self, radius, azimuth):
         """Frame x, y of a point at ``radius``, ``azimuth`` in the disc plane."""
         u, v = radius * np.cos(azimuth), radius * np.sin(azimuth) * self.axis_ratio
-        return (self.cx + u * np.cos(self.theta) - v * np.sin(self.theta),
-                self.cy + u * np.sin(self.theta) + v * np.cos(self.theta))
+        return (
+            self.cx + u * np.cos(self.theta) - v * np.sin(self.theta),
+            self.cy + u * np.sin(self.theta) + v * np.cos(self.theta),
+        )
 
 
 def _draw_disc(rng, s: SimulationSettings) -> _Disc:
@@ -355,15 +357,13 @@ def _draw_disc(rng, s: SimulationSettings) -> _Disc:
     scale = float(np.exp(rng.uniform(*np.log(s.disc_scale_px))))
     cos_i = rng.uniform(*s.cos_inclination_range)
     # A disc seen edge-on is not a line: it has thickness.
-    return _Disc(cx=cx, cy=cy, scale=scale, axis_ratio=np.hypot(cos_i, DISC_THICKNESS),
-                 theta=rng.uniform(0, np.pi))
+    return _Disc(cx=cx, cy=cy, scale=scale, axis_ratio=np.hypot(cos_i, DISC_THICKNESS), theta=rng.uniform(0, np.pi))
 
 
 def _draw_spiral_pattern(rng, s: SimulationSettings, disc: _Disc, radius, azimuth):
     """Relative modulation of the disc by a logarithmic spiral, or None for a disc without arms."""
     # The amplitude is drawn whether or not the disc gets arms (the draw order is fixed).
-    amplitude = rng.choice([0.0, rng.uniform(*s.spiral_amplitude_range)],
-                           p=[1 - s.spiral_fraction, s.spiral_fraction])
+    amplitude = rng.choice([0.0, rng.uniform(*s.spiral_amplitude_range)], p=[1 - s.spiral_fraction, s.spiral_fraction])
     if not amplitude:
         return None
     pitch = np.radians(rng.uniform(*s.spiral_pitch_deg))
@@ -388,9 +388,17 @@ def _add_bulge(rng, s: SimulationSettings, images, disc: _Disc, grid: _Grid) -> 
     """Adds a redder Sersic bulge, before the PSF, to some galaxies."""
     if rng.random() >= s.bulge_fraction:
         return
-    bulge = _sersic(grid.xx, grid.yy, disc.cx, disc.cy, 1.0,
-                    rng.uniform(*s.bulge_r_eff_per_disc_scale) * disc.scale, rng.uniform(*s.bulge_sersic_n),
-                    rng.uniform(*s.bulge_axis_ratio), disc.theta)
+    bulge = _sersic(
+        grid.xx,
+        grid.yy,
+        disc.cx,
+        disc.cy,
+        1.0,
+        rng.uniform(*s.bulge_r_eff_per_disc_scale) * disc.scale,
+        rng.uniform(*s.bulge_sersic_n),
+        rng.uniform(*s.bulge_axis_ratio),
+        disc.theta,
+    )
     bulge *= rng.uniform(*s.bulge_peak) / bulge.max()
     images += _draw_colour(rng, s.bulge_colour)[:, None, None] * bulge
 
@@ -415,9 +423,11 @@ class _Truth:
         overlap much)."""
         size = self.disc_r.shape[-1]
         margin = TRUTH_BOX_EDGE_MARGIN * self.box_side
-        return (margin < x < size - margin and margin < y < size - margin
-                and not any(np.hypot(x - c.x, y - c.y) < MIN_TRUTH_BOX_SEPARATION * self.box_side
-                            for c in self.clumps))
+        return (
+            margin < x < size - margin
+            and margin < y < size - margin
+            and not any(np.hypot(x - c.x, y - c.y) < MIN_TRUTH_BOX_SEPARATION * self.box_side for c in self.clumps)
+        )
 
 
 def _draw_clump_count(rng, s: SimulationSettings) -> int:
@@ -473,22 +483,30 @@ def _add_stars(rng, s: SimulationSettings, images, truth: _Truth, psf: _Psf, gri
         _add_coloured(images, colour, psf.point_source(grid, x, y, flux))
 
 
-def _add_background_galaxies(rng, s: SimulationSettings, images, disc: _Disc, noise_r: float, psf: _Psf,
-                             grid: _Grid) -> None:
+def _add_background_galaxies(
+    rng, s: SimulationSettings, images, disc: _Disc, noise_r: float, psf: _Psf, grid: _Grid
+) -> None:
     """Small, red, extended galaxies behind, beyond the disc: not in the truth."""
     for _ in range(rng.integers(0, s.max_background_galaxies + 1)):
         x, y = rng.uniform(0, s.size, 2)
         if np.hypot(x - disc.cx, y - disc.cy) < BACKGROUND_GALAXY_MIN_DISC_SCALES * disc.scale:
             continue
-        blob = _sersic(grid.xx, grid.yy, x, y, 1.0, rng.uniform(*s.background_r_eff_px),
-                       rng.uniform(*s.background_sersic_n), rng.uniform(*s.background_axis_ratio),
-                       rng.uniform(0, np.pi))
+        blob = _sersic(
+            grid.xx,
+            grid.yy,
+            x,
+            y,
+            1.0,
+            rng.uniform(*s.background_r_eff_px),
+            rng.uniform(*s.background_sersic_n),
+            rng.uniform(*s.background_axis_ratio),
+            rng.uniform(0, np.pi),
+        )
         blob *= noise_r * rng.uniform(*s.background_peak_snr_range) / blob.max()
         _add_coloured(images, _draw_colour(rng, s.background_colour), psf.blur(blob))
 
 
-def _add_compact_blue_sources(rng, s: SimulationSettings, images, truth: _Truth, psf: _Psf,
-                              grid: _Grid) -> None:
+def _add_compact_blue_sources(rng, s: SimulationSettings, images, truth: _Truth, psf: _Psf, grid: _Grid) -> None:
     """Compact blue background sources: clump look-alikes, but off the galaxy (not in the truth)."""
     for _ in range(rng.integers(0, s.max_compact_blue_sources + 1)):
         x, y = rng.uniform(0, s.size, 2)
@@ -503,10 +521,12 @@ def _add_compact_blue_sources(rng, s: SimulationSettings, images, truth: _Truth,
 
 def _draw_jpeg_style(rng, s: SimulationSettings) -> JpegStyle:
     """Each galaxy's JPEG gets its own look, as cutout services differ."""
-    return JpegStyle(q=float(rng.uniform(*s.jpeg_q_range)),
-                     white_percentile=float(rng.uniform(*s.jpeg_white_percentile_range)),
-                     saturation=float(rng.uniform(*s.jpeg_saturation_range)),
-                     quality=int(rng.integers(s.jpeg_quality_range[0], s.jpeg_quality_range[1] + 1)))
+    return JpegStyle(
+        q=float(rng.uniform(*s.jpeg_q_range)),
+        white_percentile=float(rng.uniform(*s.jpeg_white_percentile_range)),
+        saturation=float(rng.uniform(*s.jpeg_saturation_range)),
+        quality=int(rng.integers(s.jpeg_quality_range[0], s.jpeg_quality_range[1] + 1)),
+    )
 
 
 def _add_noise(rng, s: SimulationSettings, images, noise_r: float) -> np.ndarray:
@@ -549,9 +569,17 @@ def simulate_galaxy(seed: int, index: int = 0, settings: SimulationSettings | No
     jpeg_style = _draw_jpeg_style(extra_rng, s)
     images = _add_noise(rng, s, images, truth.noise_r)
     ra, dec = _draw_sky_position(rng, s)
-    return SimulatedGalaxy(bands=images.astype(np.float32), clumps=truth.clumps, psf_fwhm_px=psf.fwhm,
-                           pixel_scale_arcsec=float(psf.pixel_scale), ra=ra, dec=dec, index=index, seed=seed,
-                           jpeg_style=jpeg_style)
+    return SimulatedGalaxy(
+        bands=images.astype(np.float32),
+        clumps=truth.clumps,
+        psf_fwhm_px=psf.fwhm,
+        pixel_scale_arcsec=float(psf.pixel_scale),
+        ra=ra,
+        dec=dec,
+        index=index,
+        seed=seed,
+        jpeg_style=jpeg_style,
+    )
 
 
 def galaxy_name(index: int) -> str:
@@ -590,8 +618,9 @@ def write_jpeg(galaxy: SimulatedGalaxy, path) -> None:
         image.save(tmp, format="JPEG", quality=style.quality)
 
 
-def write_dataset(outdir, n: int = 10, seed: int = 0, settings: SimulationSettings | None = None,
-                  progress=None) -> Path:
+def write_dataset(
+    outdir, n: int = 10, seed: int = 0, settings: SimulationSettings | None = None, progress=None
+) -> Path:
     """Simulate ``n`` galaxies into ``outdir``; returns the truth CSV path."""
     import pandas as pd
 
@@ -608,19 +637,28 @@ def write_dataset(outdir, n: int = 10, seed: int = 0, settings: SimulationSettin
         write_jpeg(galaxy, outdir / f"{name}.jpg")
         boxes, labels = galaxy.truth_boxes(), galaxy.truth_labels()
         size = galaxy.bands.shape[-1]
-        tables.append(detections_frame(f"{name}.fits", boxes, labels, scores=1.0,
-                                       wcs=galaxy.wcs(), model=TRUTH_MODEL_ID))
-        tables.append(detections_frame(f"{name}.jpg", flip_boxes_vertically(boxes, size), labels,
-                                       scores=1.0, wcs=None, model=TRUTH_MODEL_ID))
+        tables.append(
+            detections_frame(f"{name}.fits", boxes, labels, scores=1.0, wcs=galaxy.wcs(), model=TRUTH_MODEL_ID)
+        )
+        tables.append(
+            detections_frame(
+                f"{name}.jpg", flip_boxes_vertically(boxes, size), labels, scores=1.0, wcs=None, model=TRUTH_MODEL_ID
+            )
+        )
         for file_name in (f"{name}.fits", f"{name}.jpg"):
-            images.append({**images_row(file_name, len(boxes), size, size),
-                           "psf_fwhm_px": round(galaxy.psf_fwhm_px, 4),
-                           "pixel_scale_arcsec": round(galaxy.pixel_scale_arcsec, 5), "seed": seed, "index": index})
+            images.append(
+                {
+                    **images_row(file_name, len(boxes), size, size),
+                    "psf_fwhm_px": round(galaxy.psf_fwhm_px, 4),
+                    "pixel_scale_arcsec": round(galaxy.pixel_scale_arcsec, 5),
+                    "seed": seed,
+                    "index": index,
+                }
+            )
     truth_path = outdir / "truth.csv"
     write_detections(pd.concat(tables, ignore_index=True), truth_path, pd.DataFrame(images))
     settings_path = outdir / "simulation.json"
     import json
 
-    settings_path.write_text(json.dumps(dict(seed=seed, n=n, **asdict(settings or SimulationSettings())),
-                                        indent=2))
+    settings_path.write_text(json.dumps(dict(seed=seed, n=n, **asdict(settings or SimulationSettings())), indent=2))
     return truth_path

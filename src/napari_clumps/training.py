@@ -9,6 +9,7 @@
   tv_tensors, box-aware) and optional scale jitter, a validation split with early stopping on
   F1, a callback each step and epoch, and cancelling within one step.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,8 +55,14 @@ def clean_boxes(boxes, labels, width: int, height: int, name: str = "") -> tuple
     boxes = np.asarray(boxes, float).reshape(-1, 4)
     labels = np.asarray(labels, int).reshape(-1)
     notes = []
-    fixed = np.column_stack([np.minimum(boxes[:, 0], boxes[:, 2]), np.minimum(boxes[:, 1], boxes[:, 3]),
-                             np.maximum(boxes[:, 0], boxes[:, 2]), np.maximum(boxes[:, 1], boxes[:, 3])])
+    fixed = np.column_stack(
+        [
+            np.minimum(boxes[:, 0], boxes[:, 2]),
+            np.minimum(boxes[:, 1], boxes[:, 3]),
+            np.maximum(boxes[:, 0], boxes[:, 2]),
+            np.maximum(boxes[:, 1], boxes[:, 3]),
+        ]
+    )
     for i in np.flatnonzero((fixed != boxes).any(axis=1)):
         notes.append(f"{name}: box {i} had inverted corners; reordered")
     clipped = fixed.copy()
@@ -64,13 +71,17 @@ def clean_boxes(boxes, labels, width: int, height: int, name: str = "") -> tuple
     for i in np.flatnonzero((clipped != fixed).any(axis=1)):
         notes.append(f"{name}: box {i} reached outside the {width}x{height} image; clipped")
     finite = np.isfinite(clipped).all(axis=1)
-    big_enough = finite & ((clipped[:, 2] - clipped[:, 0]) >= MIN_BOX_SIDE) & ((clipped[:, 3] - clipped[:, 1]) >= MIN_BOX_SIDE)
+    big_enough = (
+        finite & ((clipped[:, 2] - clipped[:, 0]) >= MIN_BOX_SIDE) & ((clipped[:, 3] - clipped[:, 1]) >= MIN_BOX_SIDE)
+    )
     for i in np.flatnonzero(~big_enough):
         notes.append(f"{name}: box {i} is smaller than {MIN_BOX_SIDE:g} px (or outside the image); dropped")
     return clipped[big_enough], labels[big_enough], notes
 
 
-def load_labelled_images(image_paths, labels_csv, *, strict_names: bool = True) -> tuple[list[LabelledImage], list[str]]:
+def load_labelled_images(
+    image_paths, labels_csv, *, strict_names: bool = True
+) -> tuple[list[LabelledImage], list[str]]:
     """Pair images with the rows of a labels CSV (matched on the ``image`` column).
 
     The CSV ``image`` may be the path as given, the path relative to a folder given, or the file
@@ -90,8 +101,9 @@ def load_labelled_images(image_paths, labels_csv, *, strict_names: bool = True) 
             by_key.setdefault(key, (path, name))
     unknown = sorted(set(table.image) - set(by_key))
     if unknown and strict_names:
-        raise TrainingError(f"{labels_csv}: {len(unknown)} labelled image(s) are not among the images given, "
-                            f"e.g. {unknown[0]}")
+        raise TrainingError(
+            f"{labels_csv}: {len(unknown)} labelled image(s) are not among the images given, e.g. {unknown[0]}"
+        )
     rows_by_name = {}
     for image_name, rows in table.groupby("image"):
         if image_name in by_key:
@@ -149,13 +161,18 @@ class _Dataset:
 
         item = self.items[index]
         image = tv_tensors.Image(image_tensor(item.image, self.in_chans))
-        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4),
-                                         format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        boxes = tv_tensors.BoundingBoxes(
+            torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4),
+            format="XYXY",
+            canvas_size=tuple(image.shape[-2:]),
+        )
         target = {"boxes": boxes, "labels": torch.as_tensor(item.labels, dtype=torch.int64).reshape(-1)}
         if self.transform is not None:
             image, target = self.transform(image, target)
-        return image.as_subclass(torch.Tensor), {"boxes": target["boxes"].as_subclass(torch.Tensor).reshape(-1, 4),
-                                                 "labels": target["labels"]}
+        return image.as_subclass(torch.Tensor), {
+            "boxes": target["boxes"].as_subclass(torch.Tensor).reshape(-1, 4),
+            "labels": target["labels"],
+        }
 
 
 def _collate(batch):
@@ -239,8 +256,7 @@ def split_train_val(items, val_fraction: float, seed: int):
     return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
 
 
-def evaluate_items(detector, items: list[LabelledImage], score_threshold: float | None = None,
-                   device="auto") -> dict:
+def evaluate_items(detector, items: list[LabelledImage], score_threshold: float | None = None, device="auto") -> dict:
     """Completeness, purity and F1 of ``detector`` on labelled images (see :mod:`napari_clumps.metrics`).
 
     At ``score_threshold``; with None, at the threshold (0.05-0.95) that gives the best F1, which
@@ -255,17 +271,30 @@ def evaluate_items(detector, items: list[LabelledImage], score_threshold: float 
     names = [it.name or f"image_{i}" for i, it in enumerate(items)]
     truth = pd.concat([detections_frame(n, it.boxes, it.labels, 1.0) for n, it in zip(names, items)])
     floor = 0.05 if score_threshold is None else score_threshold
-    found = pd.concat([r.table for r in iter_detections([it.image for it in items], detector, names=names,
-                                                         device=device, score_threshold=floor)])
-    table = scores_table(truth, found, thresholds=None if score_threshold is None else [score_threshold],
-                         images=names)
+    found = pd.concat(
+        [
+            r.table
+            for r in iter_detections(
+                [it.image for it in items], detector, names=names, device=device, score_threshold=floor
+            )
+        ]
+    )
+    table = scores_table(truth, found, thresholds=None if score_threshold is None else [score_threshold], images=names)
     row = table.loc[table.f1.fillna(-1).idxmax()]
     keys = ("threshold", "completeness", "purity", "f1", "n_truth", "n_detections")
     return {k: float(row[k]) for k in keys}
 
 
-def train(detector, items: list[LabelledImage], options: TrainingOptions | None = None, *, out=None,
-          callback=None, should_stop=None, data_description: str = ""):
+def train(
+    detector,
+    items: list[LabelledImage],
+    options: TrainingOptions | None = None,
+    *,
+    out=None,
+    callback=None,
+    should_stop=None,
+    data_description: str = "",
+):
     """Fine-tune a copy of ``detector`` on ``items``; returns the trained
     :class:`~napari_clumps.model.Detector` (the detector given is left as it was).
 
@@ -297,9 +326,21 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
     def progress(kind, epoch, step, loss, record=None):
         if callback is not None:
             record = record or {}
-            callback(TrainingProgress(kind, epoch, options.epochs, step, len(loader), loss, time.perf_counter() - start,
-                                      record.get("val_f1"), record.get("val_completeness"), record.get("val_purity"),
-                                      history=history))
+            callback(
+                TrainingProgress(
+                    kind,
+                    epoch,
+                    options.epochs,
+                    step,
+                    len(loader),
+                    loss,
+                    time.perf_counter() - start,
+                    record.get("val_f1"),
+                    record.get("val_completeness"),
+                    record.get("val_purity"),
+                    history=history,
+                )
+            )
 
     for epoch in range(1, options.epochs + 1):
         network.train()
@@ -311,23 +352,38 @@ def train(detector, items: list[LabelledImage], options: TrainingOptions | None 
             progress("step", epoch, step, losses[-1])
         network.eval()
         trained = Detector(network, detector.config, provenance, detector.source)
-        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                  "seconds": round(time.perf_counter() - start, 2)}
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
         if val_items:
             metrics = evaluate_items(trained, val_items, options.val_score_threshold, device=str(device))
             record.update({f"val_{k}": v for k, v in metrics.items()})
         history.append(record)
         if best.update(record, network) and out is not None:
-            save_model(_with_provenance(trained, detector, options, history, len(train_items), len(val_items),
-                                        data_description, best.threshold), out)
+            save_model(
+                _with_provenance(
+                    trained,
+                    detector,
+                    options,
+                    history,
+                    len(train_items),
+                    len(val_items),
+                    data_description,
+                    best.threshold,
+                ),
+                out,
+            )
         progress("epoch", epoch, len(loader), record["loss"], record)
         if options.patience and best.stale >= options.patience:
             log.info("early stop after epoch %d: no better validation F1 for %d epochs", epoch, best.stale)
             break
     best.restore(network)
     final = Detector(network.eval(), detector.config, provenance, detector.source)
-    return _with_provenance(final, detector, options, history, len(train_items), len(val_items), data_description,
-                            best.threshold)
+    return _with_provenance(
+        final, detector, options, history, len(train_items), len(val_items), data_description, best.threshold
+    )
 
 
 def _loader(items, in_chans: int, options: TrainingOptions):
@@ -335,9 +391,14 @@ def _loader(items, in_chans: int, options: TrainingOptions):
     import torch
 
     return torch.utils.data.DataLoader(
-        _Dataset(items, in_chans, augmentations(options.scale_jitter)), batch_size=options.batch_size,
-        shuffle=True, collate_fn=_collate, generator=torch.Generator().manual_seed(options.seed),
-        num_workers=options.num_workers, drop_last=len(items) > options.batch_size)
+        _Dataset(items, in_chans, augmentations(options.scale_jitter)),
+        batch_size=options.batch_size,
+        shuffle=True,
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(options.seed),
+        num_workers=options.num_workers,
+        drop_last=len(items) > options.batch_size,
+    )
 
 
 class _Optimisation:
@@ -351,8 +412,9 @@ class _Optimisation:
         self.params = [p for p in network.parameters() if p.requires_grad]
         self.optimiser = torch.optim.AdamW(self.params, lr=options.learning_rate, weight_decay=options.weight_decay)
         if total_steps >= 10:  # one-cycle: warm up over 20 % of the steps, then anneal
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimiser, max_lr=options.learning_rate,
-                                                                 total_steps=total_steps, pct_start=0.2)
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimiser, max_lr=options.learning_rate, total_steps=total_steps, pct_start=0.2
+            )
         else:  # too few steps for the schedule's phases: a constant rate
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimiser, factor=1.0, total_iters=0)
         self.use_amp = device.type == "cuda"
