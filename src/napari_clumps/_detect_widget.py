@@ -35,6 +35,7 @@ from ._layers import (
 from .detections import LABELS
 from .inference import DEFAULT_NMS_IOU
 from .model import DEVICES, PAPER_SCORE_THRESHOLD
+from .scale import DEFAULT_SEEING_ARCSEC
 
 #: Lowest score the widget keeps, so that the slider can go down without re-running the model.
 SCORE_FLOOR = 0.05
@@ -149,7 +150,7 @@ class DetectionWidget(QWidget):
             max=10.0,
             step=0.01,
             value=0.0,
-            tooltip='arcsec per pixel (with 1.2" seeing) when the PSF FWHM is not '
+            tooltip=f'arcsec per pixel (with {DEFAULT_SEEING_ARCSEC:g}" seeing) when the PSF FWHM is not '
             "given; 0: from the FITS header, or no resampling",
         )
         self.new_label = ComboBox(
