@@ -235,3 +235,39 @@ def test_off_host_boxes_hidden_until_asked_and_psf_options_reach_the_detector(
     assert not layer.features["on_host"].all()
     widget.keep_off_host.value = False
     assert corner_boxes() == [] and layer.features["on_host"].all()
+
+
+def test_empty_layers_survive_the_slider_export_and_an_image_without_detections(make_napari_viewer, qtbot, tmp_path):
+    """Issue 13's crashes: a layer emptied by the slider and brought back, an export with an empty
+    layer, and an image where the model finds nothing; every step keeps working afterwards."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_clumps.samples import hubble_image
+
+    viewer = make_napari_viewer()
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
+    viewer.add_image(np.zeros((128, 128, 3), np.uint8), name="blank", rgb=True)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.layers["hubble"], viewer.layers["blank"]]
+    _run_and_wait(widget, qtbot)
+    hubble, blank = viewer.layers["hubble clumps"], viewer.layers["blank clumps"]
+    assert len(blank.data) == 0 and len(hubble.data) > 0
+    shown = len(hubble.data)
+    widget.score.value = 1.0  # empties the hubble layer
+    assert len(hubble.data) == 0 and len(hubble.features) == 0
+    csv = widget.export_csv(tmp_path / "empty.csv")
+    assert csv is not None and len(read_detections(csv)) == 0
+    widget.score.value = widget.score.min  # everything back, then the model's threshold again
+    widget.score.value = 0.25
+    assert len(hubble.data) == shown
+    csv = widget.export_csv(tmp_path / "again.csv")
+    table = read_detections(csv)
+    assert len(table) == shown and set(table.image) == {"hubble"}
+    # detecting again with an empty result for the blank image keeps both layers working
+    _run_and_wait(widget, qtbot)
+    assert len(viewer.layers["blank clumps"].data) == 0
+    assert len(viewer.layers["hubble clumps"].data) == shown
+    assert not [m for m in messages if "could not convert" in m or "Length of values" in m]

@@ -286,11 +286,13 @@ class DetectionWidget(QWidget):
 
             show_error(f"napari-clumps: {result.error}")
             return
+        from napari.layers import Shapes
+
         data, kwargs, _ = detections_layer_over(result.table, image_layer, self.new_label.value)
-        name = kwargs.pop("name")
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        layer = self.viewer.add_shapes(data, name=name, **kwargs)
+        layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
+        if layer.name in self.viewer.layers:
+            self.viewer.layers.remove(layer.name)
+        self.viewer.add_layer(layer)
         layer.events.data.connect(lambda event, layer=layer: _recolour_added(layer, event))
         apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
         self.status.value = (

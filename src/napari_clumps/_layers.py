@@ -65,6 +65,19 @@ def label_colours(labels) -> list[str]:
     return [CLASS_COLOURS.get(str(label), "#ffffff") for label in labels]
 
 
+def box_features(labels, scores, models=None, on_host=None):
+    """The features table of boxes, typed column by column: napari infers float64 for the columns
+    of an empty layer otherwise, and then refuses the text default of the next box drawn."""
+    import pandas as pd
+
+    columns = {"label": pd.Series(list(labels), dtype=object), "score": pd.Series(scores, dtype=float)}
+    if models is not None:
+        columns["model"] = pd.Series(list(models), dtype=object)
+    if on_host is not None:
+        columns["on_host"] = pd.Series(on_host, dtype=bool)
+    return pd.DataFrame(columns)
+
+
 def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None = None) -> tuple:
     """A Shapes layer data tuple of edge-convention boxes over an image layer.
 
@@ -81,7 +94,7 @@ def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None =
         {
             "name": name,
             "shape_type": "rectangle",
-            "features": {"label": labels, "score": scores},
+            "features": box_features(labels, scores),
             "edge_color": label_colours(labels) if labels else CLASS_COLOURS["clump"],
             "edge_width": 1.5,
             "face_color": "transparent",
@@ -133,10 +146,11 @@ def detections_layer(
         name=name or f"{image_name} clumps",
         image_kwargs=transform,
     )
-    kwargs["features"]["model"] = list(table.model)
     # Off the host galaxy (False) or not (True, also when no host was found or for hand labels).
     on_host = table["on_host"] if "on_host" in table else [True] * len(table)
-    kwargs["features"]["on_host"] = on_host_flags(on_host).tolist()
+    kwargs["features"] = box_features(
+        kwargs["features"]["label"], kwargs["features"]["score"], table.model, on_host_flags(on_host)
+    )
     kwargs["feature_defaults"] = hand_box_features(new_label)
     kwargs["metadata"] = {
         "napari_clumps_boxes": True,
