@@ -55,6 +55,10 @@ def test_every_step_is_in_the_csv_and_undo_restores_the_file(queue):
     assert rows == rows_of(truth[a])
     assert status == {a: ("unreviewed", 3), b: ("unreviewed", 0), c: ("unreviewed", 0)}
 
+    # the same boxes again (a layer reporting an edit twice) change nothing: no save, no undo step
+    session.set_boxes(a, truth[a])
+    assert len(session._undo) == 1
+
     # accept: reviewed, the model's boxes and scores kept as they are
     session.accept()
     rows, status = saved(csv)

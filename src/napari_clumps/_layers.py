@@ -123,6 +123,8 @@ def detections_layer(
     table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None, new_label: str = "clump"
 ) -> tuple:
     """A Shapes layer data tuple of a detections table, with the image's display ``transform``."""
+    import pandas as pd
+
     from .host import on_host_flags
 
     boxes = box_array(table)
@@ -137,6 +139,10 @@ def detections_layer(
     # Off the host galaxy (False) or not (True, also when no host was found or for hand labels).
     on_host = table["on_host"] if "on_host" in table else [True] * len(table)
     kwargs["features"]["on_host"] = on_host_flags(on_host).tolist()
+    # typed columns, so that an image without boxes still takes the defaults of a drawn box
+    kwargs["features"] = pd.DataFrame(kwargs["features"]).astype(
+        {"label": object, "score": float, "model": object, "on_host": bool}
+    )
     kwargs["feature_defaults"] = hand_box_features(new_label)
     kwargs["metadata"] = {
         "napari_clumps_boxes": True,

@@ -213,8 +213,12 @@ class ReviewSession:
         return bool(self._undo)
 
     def _change(self, index: int, **values) -> None:
-        self._undo.append((index, self.items[index].copy()))
-        self.items[index] = replace(self.items[index].copy(), **values)
+        before = self.items[index]
+        after = replace(before.copy(), **values)
+        if _same_state(before, after):
+            return  # e.g. a layer reporting the same edit twice: nothing to save or undo
+        self._undo.append((index, before))
+        self.items[index] = after
         self.save()
 
     def _box_index(self, index: int) -> int:
@@ -304,6 +308,17 @@ class ReviewSession:
             item.status = status if status in (UNREVIEWED, REVIEWED) else UNREVIEWED
             item.width, item.height = _int_or_none(row.width), _int_or_none(row.height)
         self._other_images = listed[~listed_mine].reset_index(drop=True)
+
+
+def _same_state(a: ImageReview, b: ImageReview) -> bool:
+    return (
+        a.status == b.status
+        and a.labels == b.labels
+        and a.models == b.models
+        and a.boxes.shape == b.boxes.shape
+        and np.array_equal(a.boxes, b.boxes)
+        and np.array_equal(a.scores, b.scores)
+    )
 
 
 def _int_or_none(value):
