@@ -9,10 +9,11 @@ through :func:`napari_clumps._layers.detections_layer`, so they look as in the d
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ._layers import (
     boxes_table,
@@ -41,7 +42,7 @@ KEYS = {
     "c": ("toggle_label", "selected box(es): clump <-> odd clump"),
     "b": ("add_box_at_cursor", "add a box of the image's typical size at the cursor"),
     "u": ("undo", "undo the last change (several levels)"),
-    "Control-Z": ("undo", "undo"),
+    "Control-Z": ("undo", "undo, as u"),
 }
 
 
@@ -72,23 +73,24 @@ class ReviewWidget(QWidget):
         self.undo_button = PushButton(text="Undo (u)")
         self.status = Label(value="choose a folder and a labels CSV, then Open queue")
         self.status.native.setWordWrap(True)
-        keys = Label(value="\n".join(f"{key}: {text}" for key, (_, text) in KEYS.items() if key != "Control-Z"))
-        keys.native.setWordWrap(True)
+        keys = QLabel("keys (over the image):\n" + "\n".join(f"  {key}: {text}" for key, (_, text) in KEYS.items()))
+        keys.setWordWrap(True)
         self.form = Container(
             widgets=[
                 self.folder,
                 self.labels_csv,
                 self.open_button,
-                self.status,
                 Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
                 Container(widgets=[self.accept_button, self.no_clumps_button], layout="horizontal", labels=False),
                 Container(widgets=[self.toggle_button, self.add_button], layout="horizontal", labels=False),
                 self.undo_button,
-                keys,
             ]
         )
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
+        # outside the form: word-wrapped labels in a form row get squeezed and cut off
+        layout.addWidget(self.status.native)
+        layout.addWidget(keys)
         layout.addStretch()
         self.setMaximumWidth(440)
 
@@ -188,7 +190,10 @@ class ReviewWidget(QWidget):
                 layer.visible = name == item.name and "band_name" not in layer.metadata
         while len(self._loaded) > KEEP_LOADED:
             self._unload(next(iter(self._loaded)))
-        self.viewer.layers.selection.active = self.boxes_layer()
+        boxes = self.boxes_layer()
+        self.viewer.layers.selection.active = boxes
+        if boxes.mode == "pan_zoom":
+            boxes.mode = "select"  # a click selects a box (for c, Delete); set after the layer is shown
         self.viewer.reset_view()
         self._update_status()
 
@@ -209,7 +214,6 @@ class ReviewWidget(QWidget):
             name=f"{Path(item.name).name} clumps",
         )
         boxes = Layer.create(data, kwargs, kind)
-        boxes.mode = "select"
         layers.append(boxes)
         for layer in layers:
             layer.metadata[LAYER_KEY] = item.name
@@ -326,7 +330,11 @@ class ReviewWidget(QWidget):
             return
         row, col = np.asarray(layer.world_to_data(self.viewer.cursor.position), float)[-2:]
         x, y = napari_rectangles_to_boxes([np.array([[row, col]])])[0][:2]
-        self.session.add_box(x, y, self.session.typical_box_side())
+        image = self.current_layers()[0]  # the composite: its metadata has the FITS header (PSF) and WCS
+        shape = SimpleNamespace(
+            header=image.metadata.get("header"), wcs=image.metadata.get("wcs"), width=image.data.shape[1]
+        )
+        self.session.add_box(x, y, self.session.typical_box_side(galaxy=shape))
         self._refill(self.session.item.name)
         self._update_status()
 
