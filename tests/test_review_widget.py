@@ -90,6 +90,12 @@ def test_review_edit_undo_close_and_resume(make_napari_viewer, galaxies):
     assert np.allclose([(rows[-1][3][0] + rows[-1][3][2]) / 2, (rows[-1][3][1] + rows[-1][3][3]) / 2], [50, 100])
     assert side > 4
 
+    # moving a box (napari's select tool sets the data and reports "changed") moves it in the CSV
+    before = saved(csv)[0]
+    layer.data = [layer.data[0] + np.array([2.0, 3.0]), *layer.data[1:]]
+    moved = saved(csv)[0]
+    assert moved[0][3] == tuple(np.round(np.add(before[0][3], [3, 2, 3, 2]), 3)) and moved[1:] == before[1:]
+
     # a: accepted, on to the next image; only its layers are visible
     press(viewer, "a")
     assert saved(csv)[1] == {names[0]: "reviewed", names[1]: "unreviewed", names[2]: "unreviewed"}
@@ -135,3 +141,24 @@ def test_forty_images_one_visible_at_a_time(make_napari_viewer, tmp_path):
         press(viewer, "0" if step % 2 else "n")
     assert session.progress == (6, 40)
     assert saved(tmp_path / "labels.csv")[1]["g01.png"] == "reviewed"
+
+
+def test_keys_work_through_qt_key_events(make_napari_viewer, qtbot, tmp_path):
+    """The keys as a user presses them over the canvas, with the boxes layer active (napari's
+    own Shapes keys p, a, b would win otherwise)."""
+    from PIL import Image
+    from qtpy.QtCore import Qt
+
+    for i in range(3):
+        Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(tmp_path / f"g{i}.png")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    widget.open_queue(tmp_path, tmp_path / "labels.csv")
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert viewer.layers.selection.active is widget.boxes_layer()
+    qtbot.keyClick(canvas, Qt.Key_A)
+    assert widget.session.current == 1 and saved(tmp_path / "labels.csv")[1]["g0.png"] == "reviewed"
+    qtbot.keyClick(canvas, Qt.Key_P)
+    assert widget.session.current == 0 and widget.boxes_layer().mode == "select"
+    qtbot.keyClick(canvas, Qt.Key_U)
+    assert saved(tmp_path / "labels.csv")[1]["g0.png"] == "unreviewed"
