@@ -162,3 +162,33 @@ def test_keys_work_through_qt_key_events(make_napari_viewer, qtbot, tmp_path):
     assert widget.session.current == 0 and widget.boxes_layer().mode == "select"
     qtbot.keyClick(canvas, Qt.Key_U)
     assert saved(tmp_path / "labels.csv")[1]["g0.png"] == "unreviewed"
+
+
+@pytest.mark.slow
+def test_detect_unreviewed_leaves_reviewed_and_hand_edited_images_alone(
+    make_napari_viewer, trained_model, qtbot, tmp_path
+):
+    from napari_clumps._detect_widget import register_model_file
+
+    model, folder, _ = trained_model
+    for name in ("sim_00003.fits", "sim_00004.fits", "sim_00005.fits"):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "images" / name).write_bytes((folder / name).read_bytes())
+    csv = tmp_path / "labels.csv"
+    viewer = make_napari_viewer()
+    register_model_file(model)
+    widget = ReviewWidget(viewer)
+    widget.model.reset_choices()
+    widget.model.value = str(model.resolve())
+    session = widget.open_queue(tmp_path / "images", csv)
+    session.mark_no_clumps()  # sim_00003: reviewed, no clumps
+    session.next()
+    session.add_box(50, 50, 12)  # sim_00004: a hand box, not yet reviewed
+    widget.detect_unreviewed()
+    qtbot.waitUntil(lambda: widget.detect_button.enabled, timeout=300_000)
+    rows, status = saved(csv)
+    assert status == {"sim_00003.fits": "reviewed", "sim_00004.fits": "unreviewed", "sim_00005.fits": "unreviewed"}
+    assert [r for r in rows if r[0] == "sim_00003.fits"] == []
+    assert [r[2] for r in rows if r[0] == "sim_00004.fits"] == [HAND_MODEL]
+    detected = [r for r in rows if r[0] == "sim_00005.fits"]
+    assert detected and {r[2] for r in detected} == {session.items[2].models[0]} != {HAND_MODEL}

@@ -12,9 +12,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from ._detect_widget import DEFAULT_CHOICE, avoid_triton_llvm_clash, model_file_choices
 from ._layers import (
     boxes_table,
     detections_layer,
@@ -23,7 +24,7 @@ from ._layers import (
     image_layers,
     label_colours,
 )
-from .detections import REVIEWED
+from .detections import HAND_MODEL, REVIEWED
 
 #: Images kept loaded (the current one and the last ones visited); others are unloaded.
 KEEP_LOADED = 3
@@ -51,6 +52,7 @@ class ReviewWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
+        avoid_triton_llvm_clash()
         self.viewer = napari_viewer
         self.session = None
         self._loaded: dict[str, list] = {}  # CSV name -> [image layers..., boxes layer], most recent last
@@ -71,6 +73,17 @@ class ReviewWidget(QWidget):
         self.toggle_button = PushButton(text="Clump / odd (c)")
         self.add_button = PushButton(text="Add box at cursor (b)")
         self.undo_button = PushButton(text="Undo (u)")
+        self.model = ComboBox(
+            label="model",
+            choices=lambda _widget: model_file_choices(),
+            tooltip="the packaged default model or a model file (add files in the Detect clumps widget)",
+        )
+        self.detect_button = PushButton(
+            text="Detect unreviewed",
+            tooltip="run the model on the unreviewed images that have no hand-made boxes (at the model's "
+            "recommended threshold); reviewed images are never touched",
+        )
+        self.worker = None
         self.status = Label(value="choose a folder and a labels CSV, then Open queue")
         self.status.native.setWordWrap(True)
         keys = QLabel("keys (over the image):\n" + "\n".join(f"  {key}: {text}" for key, (_, text) in KEYS.items()))
@@ -84,6 +97,8 @@ class ReviewWidget(QWidget):
                 Container(widgets=[self.accept_button, self.no_clumps_button], layout="horizontal", labels=False),
                 Container(widgets=[self.toggle_button, self.add_button], layout="horizontal", labels=False),
                 self.undo_button,
+                self.model,
+                self.detect_button,
             ]
         )
         layout = QVBoxLayout(self)
@@ -102,10 +117,12 @@ class ReviewWidget(QWidget):
         self.toggle_button.changed.connect(self.toggle_label)
         self.add_button.changed.connect(self.add_box_at_cursor)
         self.undo_button.changed.connect(self.undo)
+        self.detect_button.changed.connect(self.detect_unreviewed)
         self._set_enabled(False)
         for key, (method, _) in KEYS.items():
             self.viewer.bind_key(key, self._key_action(method), overwrite=True)
-        self.destroyed.connect(self._unbind_keys)
+        viewer = self.viewer  # not self: the slot runs while the widget is being deleted
+        self.destroyed.connect(lambda *_: _unbind_keys(viewer))
 
     # ------------------------------------------------------------------ keys
 
@@ -118,13 +135,6 @@ class ReviewWidget(QWidget):
         action.__name__ = method
         return action
 
-    def _unbind_keys(self, *_):
-        for key in KEYS:
-            try:
-                self.viewer.bind_key(key, None)
-            except (KeyError, RuntimeError):  # already unbound, or the viewer is gone
-                pass
-
     def _set_enabled(self, enabled: bool):
         for button in (
             self.previous_button,
@@ -134,6 +144,7 @@ class ReviewWidget(QWidget):
             self.toggle_button,
             self.add_button,
             self.undo_button,
+            self.detect_button,
         ):
             button.enabled = enabled
 
@@ -345,6 +356,51 @@ class ReviewWidget(QWidget):
         self._refill(self.session.item.name)
         self.show_current()
 
+    # ------------------------------------------------------------------ detection
+
+    @staticmethod
+    def _detectable(item) -> bool:
+        """Unreviewed and without hand-made boxes: the model's boxes would lose nobody's work."""
+        return item.status != REVIEWED and HAND_MODEL not in item.models
+
+    def detect_unreviewed(self):
+        """Run the model over the detectable images in a worker thread; fill their boxes as they come."""
+        from napari.qt.threading import create_worker
+
+        targets = [item for item in self.session.items if self._detectable(item)]
+        if not targets:
+            self._update_status("no unreviewed image without hand-made boxes to detect in")
+            return None
+        self.detect_button.enabled = False
+        self._update_status(f"detecting in {len(targets)} unreviewed image(s)...")
+        self.worker = create_worker(  # starts at once, since handlers are connected here
+            _detect_in_thread,
+            [item.path for item in targets],
+            [item.name for item in targets],
+            None if self.model.value == DEFAULT_CHOICE else self.model.value,
+            _progress={"total": len(targets), "desc": "Detecting clumps"},
+            _connect={"yielded": self._on_detected, "finished": self._detection_finished},
+        )
+        return self.worker
+
+    def _on_detected(self, result):
+        if isinstance(result, str):  # a model or device error
+            from napari.utils.notifications import show_error
+
+            show_error(f"napari-clumps: detection failed: {result}")
+            return
+        if result.error:
+            self._update_status(f"{result.name}: {result.error}")
+            return
+        item = self.session.items[self.session.index_of(result.name)]
+        if self._detectable(item):  # the user may have reviewed or edited it meanwhile
+            self.session.set_boxes(result.name, result.table)
+            self._refill(result.name)
+            self._update_status()
+
+    def _detection_finished(self):
+        self.detect_button.enabled = self.session is not None
+
     # ------------------------------------------------------------------ status
 
     def _update_status(self, note: str = ""):
@@ -353,3 +409,23 @@ class ReviewWidget(QWidget):
         state = "reviewed" if item.status == REVIEWED else "not reviewed"
         text = f"reviewed {reviewed} of {total}: {item.name} ({state}, {item.n_boxes} boxes)"
         self.status.value = f"{text}\n{note}" if note else text
+
+
+def _detect_in_thread(paths, names, model):
+    """Worker body: yields an :class:`~napari_clumps.inference.ImageDetections` per image, or a
+    message for the failures a user can act on (a bad model file, no such device)."""
+    from .inference import iter_detections
+    from .model import ModelError, select_device
+
+    try:
+        yield from iter_detections(paths, model, names=names, device=str(select_device("auto")))
+    except ModelError as error:
+        yield str(error)
+
+
+def _unbind_keys(viewer) -> None:
+    for key in KEYS:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, RuntimeError):  # already unbound, or the viewer is gone
+            pass
