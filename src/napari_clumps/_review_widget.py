@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from ._detect_widget import DEFAULT_CHOICE, avoid_triton_llvm_clash, model_file_choices
 from ._layers import (
@@ -105,6 +105,8 @@ class ReviewWidget(QWidget):
         layout.addWidget(self.form.native)
         # outside the form: word-wrapped labels in a form row get squeezed and cut off
         layout.addWidget(self.status.native)
+        # as wide as the dock: a word-wrapped label otherwise wraps at the width of its first text
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         layout.addWidget(keys)
         layout.addStretch()
         self.setMaximumWidth(440)
