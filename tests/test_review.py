@@ -173,3 +173,18 @@ def test_training_takes_only_reviewed_images(queue):
     assert [item.name for item in items] == [str(paths[0])]
     assert len(items[0].boxes) == 3
     assert any("not reviewed" in note for note in notes)
+
+
+def test_ra_dec_are_written_once_the_image_is_described(queue):
+    from napari_clumps.io import read_image
+
+    paths, truth, csv = queue
+    a = str(paths[0])
+    session = ReviewSession(paths, csv)
+    session.set_boxes(a, truth[a])
+    assert read_detections(csv)[["ra", "dec"]].isna().all().all()  # the WCS is not known yet
+    session.describe_image(a, read_image(paths[0]))
+    session.accept()
+    saved_rows = read_detections(csv)
+    np.testing.assert_allclose(saved_rows[["ra", "dec"]].to_numpy(), truth[a][["ra", "dec"]].to_numpy(), atol=1e-8)
+    assert read_images_list(csv).loc[0, ["width", "height"]].tolist() == [200, 200]

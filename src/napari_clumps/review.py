@@ -13,6 +13,7 @@ resumes it. No napari, no Qt: the review widget (``_review_widget``) is a view o
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,7 @@ class ReviewSession:
             raise ValueError(f"no images found in {images}")
         self._index = {item.name: i for i, item in enumerate(self.items)}
         self._undo: list[tuple[int, ImageReview]] = []
+        self._radec_cache: dict[str, tuple] = {}
         # rows of images this session was not given: written back untouched, never dropped
         self._other_rows = None
         self._other_images = None
@@ -261,10 +263,23 @@ class ReviewSession:
 
         from .detections import detections_frame, images_row
 
-        frames = [
-            detections_frame(item.name, item.boxes, item.labels, item.scores, wcs=item.wcs, model=item.models)
-            for item in self.items
-        ]
+        # one table for all images at once: a save per key press must stay fast for thousands of images
+        counts = [item.n_boxes for item in self.items]
+        boxes = np.concatenate([item.boxes.reshape(-1, 4) for item in self.items])
+        table = detections_frame(
+            "",
+            boxes,
+            list(chain.from_iterable(item.labels for item in self.items)),
+            np.concatenate([item.scores for item in self.items]),
+            model=list(chain.from_iterable(item.models for item in self.items)),
+        )
+        table["image"] = np.repeat([item.name for item in self.items], counts)
+        starts = np.cumsum([0, *counts])
+        for i, item in enumerate(self.items):
+            if item.wcs is not None and item.n_boxes:
+                rows = slice(starts[i], starts[i + 1])
+                table.loc[table.index[rows], ["ra", "dec"]] = np.column_stack(self._radec(item))
+        frames = [table]
         images = pd.DataFrame(
             [
                 {**images_row(item.name, item.n_boxes, item.width, item.height), REVIEW_STATUS_COLUMN: item.status}
@@ -278,6 +293,17 @@ class ReviewSession:
         frames = [frame for frame in frames if len(frame)]
         table = pd.concat(frames, ignore_index=True) if frames else detections_frame("", np.zeros((0, 4)), [], [])
         return table, images
+
+    def _radec(self, item):
+        """RA/Dec of an image's box centres, recomputed only when its boxes change."""
+        from .pixels import pixel_to_radec
+
+        key = (item.boxes.tobytes(), id(item.wcs))
+        cached = self._radec_cache.get(item.name)
+        if cached is None or cached[0] != key:
+            centres = (item.boxes[:, :2] + item.boxes[:, 2:]) / 2
+            cached = self._radec_cache[item.name] = (key, pixel_to_radec(item.wcs, centres[:, 0], centres[:, 1]))
+        return cached[1]
 
     def save(self) -> Path:
         """Write the labels CSV and its images list (atomic renames: a crash leaves the old file or the new one)."""
