@@ -192,3 +192,37 @@ def test_detect_unreviewed_leaves_reviewed_and_hand_edited_images_alone(
     assert [r[2] for r in rows if r[0] == "sim_00004.fits"] == [HAND_MODEL]
     detected = [r for r in rows if r[0] == "sim_00005.fits"]
     assert detected and {r[2] for r in detected} == {session.items[2].models[0]} != {HAND_MODEL}
+
+
+def test_a_rectangle_drawn_with_the_mouse_is_a_hand_clump(make_napari_viewer, galaxies):
+    """napari gives a drawn shape the features of the last selected one (here a model's odd
+    clump); the queue makes it a hand box."""
+    from types import SimpleNamespace
+
+    from napari.layers.shapes._shapes_mouse_bindings import add_rectangle
+
+    folder, truth, csv = galaxies
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    session = widget.open_queue(folder, csv)
+    model_rows = truth[truth.image == "sim_00000.jpg"].assign(model="some-model", score=0.4, label="odd_clump")
+    session.set_boxes("sim_00000.jpg", model_rows)
+    widget._refill("sim_00000.jpg")
+    layer = widget.boxes_layer()
+    layer.selected_data = {0}  # napari now draws with this box's features
+    layer.selected_data = set()
+    layer.mode = "add_rectangle"
+    event = SimpleNamespace(type="mouse_press", position=(40.0, 30.0), modifiers=[])
+    drawing = add_rectangle(layer, event)
+    next(drawing)
+    event.type, event.position = "mouse_move", (52.0, 44.0)
+    next(drawing)
+    event.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(drawing)
+    rows, _ = saved(csv)
+    assert len(rows) == len(model_rows) + 1
+    assert rows[-1][:3] == ("sim_00000.jpg", "clump", HAND_MODEL)
+    np.testing.assert_allclose(rows[-1][3], (30.5, 40.5, 44.5, 52.5), atol=0.01)
+    assert read_detections(csv).score.iloc[-1] == 1.0
+    assert all(r[2] == "some-model" for r in rows[:-1])
