@@ -188,3 +188,19 @@ def test_ra_dec_are_written_once_the_image_is_described(queue):
     saved_rows = read_detections(csv)
     np.testing.assert_allclose(saved_rows[["ra", "dec"]].to_numpy(), truth[a][["ra", "dec"]].to_numpy(), atol=1e-8)
     assert read_images_list(csv).loc[0, ["width", "height"]].tolist() == [200, 200]
+
+
+def test_a_detections_csv_opens_as_a_queue_of_unreviewed_model_boxes(tmp_path):
+    """The CSV of ``napari-clumps detect`` (here the simulator's, same format, no review column)."""
+    truth_csv = write_dataset(tmp_path, n=3, seed=SEED)
+    truth = read_detections(truth_csv)
+    session = ReviewSession(tmp_path, truth_csv)  # a folder: names relative to it, as in the CSV
+    assert len(session) == 6 and session.progress == (0, 6) and session.current == 0
+    assert session.items[0].name == "sim_00000.fits" and session.items[0].n_boxes == 3
+    session.accept()
+    rows, status = saved(truth_csv)
+    assert rows == rows_of(truth)  # every box kept, model ids and scores too
+    assert status["sim_00000.fits"] == ("reviewed", 3) and status["sim_00000.jpg"] == ("unreviewed", 3)
+    # the images list's own extra columns stay
+    listed = read_images_list(truth_csv)
+    assert {"psf_fwhm_px", "seed", "index"} <= set(listed.columns) and listed.seed.tolist() == [SEED] * 6

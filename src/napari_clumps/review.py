@@ -21,6 +21,7 @@ import numpy as np
 from .detections import (
     BOX_COLUMNS,
     HAND_MODEL,
+    IMAGES_COLUMNS,
     LABELS,
     REVIEW_STATUS_COLUMN,
     REVIEWED,
@@ -75,6 +76,8 @@ class ReviewSession:
         self._index = {item.name: i for i, item in enumerate(self.items)}
         self._undo: list[tuple[int, ImageReview]] = []
         self._radec_cache: dict[str, tuple] = {}
+        # more images-list columns the CSV had (e.g. a simulation's PSF size): kept as they were
+        self._listed_extras: dict[str, dict] = {}
         # rows of images this session was not given: written back untouched, never dropped
         self._other_rows = None
         self._other_images = None
@@ -282,7 +285,11 @@ class ReviewSession:
         frames = [table]
         images = pd.DataFrame(
             [
-                {**images_row(item.name, item.n_boxes, item.width, item.height), REVIEW_STATUS_COLUMN: item.status}
+                {
+                    **self._listed_extras.get(item.name, {}),
+                    **images_row(item.name, item.n_boxes, item.width, item.height),
+                    REVIEW_STATUS_COLUMN: item.status,
+                }
                 for item in self.items
             ]
         )
@@ -327,6 +334,8 @@ class ReviewSession:
         if listed is None:
             return
         listed_mine = listed.image.isin(self._index)
+        extras = [c for c in listed.columns if c not in IMAGES_COLUMNS and c != REVIEW_STATUS_COLUMN]
+        self._listed_extras = {row["image"]: row for row in listed[listed_mine][["image", *extras]].to_dict("records")}
         for row in listed[listed_mine].itertuples(index=False):
             item = self.items[self._index[row.image]]
             status = getattr(row, REVIEW_STATUS_COLUMN, UNREVIEWED)
