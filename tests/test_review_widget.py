@@ -131,16 +131,24 @@ def test_forty_images_one_visible_at_a_time(make_napari_viewer, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(40):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"g{i:02d}.png")
+    (tmp_path / "g03.png").write_bytes(b"not a PNG")  # a bad file shows nothing and does not stop the queue
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
     session = widget.open_queue(tmp_path, tmp_path / "labels.csv")
     assert len(session) == 40
     for step in range(12):
-        assert visible_images(viewer) == {f"g{step:02d}.png"}
+        assert visible_images(viewer) == (set() if step == 3 else {f"g{step:02d}.png"})
+        assert ("cannot read" in widget.status.value) == (step == 3)
         assert len({layer.metadata[LAYER_KEY] for layer in viewer.layers}) <= KEEP_LOADED
         press(viewer, "0" if step % 2 else "n")
     assert session.progress == (6, 40)
     assert saved(tmp_path / "labels.csv")[1]["g01.png"] == "reviewed"
+    # the user removes the current boxes layer by hand: the image is loaded again when needed
+    viewer.layers.remove(widget.boxes_layer())
+    assert widget.boxes_layer() is None and visible_images(viewer) == set()
+    press(viewer, "p")
+    press(viewer, "n")
+    assert visible_images(viewer) == {"g12.png"} and widget.boxes_layer() in viewer.layers
 
 
 def test_keys_work_through_qt_key_events(make_napari_viewer, qtbot, tmp_path):

@@ -57,6 +57,7 @@ class ReviewWidget(QWidget):
         self.session = None
         self._loaded: dict[str, list] = {}  # CSV name -> [image layers..., boxes layer], most recent last
         self._updating_layer = False  # True while the widget itself rewrites a boxes layer
+        self._unloading = False  # True while the widget itself removes an image's layers
         self.folder = FileEdit(label="images", mode="d", tooltip="folder of galaxy images (searched recursively)")
         self.labels_csv = FileEdit(
             label="labels CSV",
@@ -121,6 +122,7 @@ class ReviewWidget(QWidget):
         self.undo_button.changed.connect(self.undo)
         self.detect_button.changed.connect(self.detect_unreviewed)
         self._set_enabled(False)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
         for key, (method, _) in KEYS.items():
             self.viewer.bind_key(key, self._key_action(method), overwrite=True)
         viewer = self.viewer  # not self: the slot runs while the widget is being deleted
@@ -188,15 +190,15 @@ class ReviewWidget(QWidget):
         from .io import ImageReadError
 
         item = self.session.item
-        if item.name not in self._loaded:
+        note = ""
+        if item.name in self._loaded:  # most recently used last
+            self._loaded[item.name] = self._loaded.pop(item.name)
+        else:
             try:
                 self._load(item)
-            except ImageReadError as error:
+            except ImageReadError as error:  # shown as nothing; n, p and 0 still work
                 show_error(f"napari-clumps: {error}")
-                self._update_status(f"cannot read: {error}")
-                return
-        else:  # most recently used last
-            self._loaded[item.name] = self._loaded.pop(item.name)
+                note = f"cannot read: {error}"
         for name, layers in self._loaded.items():
             for layer in layers:
                 # raw FITS bands stay hidden unless the user shows them; the composite and boxes show
@@ -204,11 +206,12 @@ class ReviewWidget(QWidget):
         while len(self._loaded) > KEEP_LOADED:
             self._unload(next(iter(self._loaded)))
         boxes = self.boxes_layer()
-        self.viewer.layers.selection.active = boxes
-        if boxes.mode == "pan_zoom":
-            boxes.mode = "select"  # a click selects a box (for c, Delete); set after the layer is shown
-        self.viewer.reset_view()
-        self._update_status()
+        if boxes is not None:
+            self.viewer.layers.selection.active = boxes
+            if boxes.mode == "pan_zoom":
+                boxes.mode = "select"  # a click selects a box (for c, Delete); set after the layer is shown
+            self.viewer.reset_view()
+        self._update_status(note)
 
     def _load(self, item):
         from napari.layers import Layer
@@ -237,10 +240,21 @@ class ReviewWidget(QWidget):
             boxes.bind_key(key, self._key_action(method), overwrite=True)
         self._loaded[item.name] = layers
 
+    def _layer_removed(self, event):
+        """The user removed one of an image's layers: forget the image's layers (loaded again when
+        the image is shown again), so that no action edits a layer that is gone."""
+        name = event.value.metadata.get(LAYER_KEY) if hasattr(event.value, "metadata") else None
+        if name in self._loaded and not self._unloading:
+            self._unload(name)
+
     def _unload(self, name: str):
-        for layer in self._loaded.pop(name, []):
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+        self._unloading = True
+        try:
+            for layer in self._loaded.pop(name, []):
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        finally:
+            self._unloading = False
 
     @staticmethod
     def _table(item):
