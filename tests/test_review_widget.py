@@ -184,9 +184,8 @@ def test_detect_unreviewed_leaves_reviewed_and_hand_edited_images_alone(
         (tmp_path / "images" / name).write_bytes((folder / name).read_bytes())
     csv = tmp_path / "labels.csv"
     viewer = make_napari_viewer()
-    register_model_file(model)
     widget = ReviewWidget(viewer)
-    widget.model.reset_choices()
+    register_model_file(model)  # after the widget exists: it hears of the new file
     widget.model.value = str(model.resolve())
     session = widget.open_queue(tmp_path / "images", csv)
     session.mark_no_clumps()  # sim_00003: reviewed, no clumps

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from ._detect_widget import DEFAULT_CHOICE, avoid_triton_llvm_clash, model_file_choices
+from ._detect_widget import DEFAULT_CHOICE, _forget, _listeners, avoid_triton_llvm_clash, model_file_choices
 from ._layers import (
     boxes_table,
     detections_layer,
@@ -127,6 +127,9 @@ class ReviewWidget(QWidget):
             self.viewer.bind_key(key, self._key_action(method), overwrite=True)
         viewer = self.viewer  # not self: the slot runs while the widget is being deleted
         self.destroyed.connect(lambda *_: _unbind_keys(viewer))
+        # model files registered later (a fine-tune, the detection widget) become choices here too
+        _listeners.append(self.model.reset_choices)
+        self.destroyed.connect(lambda *_, reset=self.model.reset_choices: _forget(reset))
 
     # ------------------------------------------------------------------ keys
 
