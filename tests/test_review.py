@@ -204,3 +204,20 @@ def test_a_detections_csv_opens_as_a_queue_of_unreviewed_model_boxes(tmp_path):
     # the images list's own extra columns stay
     listed = read_images_list(truth_csv)
     assert {"psf_fwhm_px", "seed", "index"} <= set(listed.columns) and listed.seed.tolist() == [SEED] * 6
+
+
+def test_evaluate_counts_only_reviewed_images_of_a_review_csv(queue, tmp_path):
+    import pandas as pd
+
+    from napari_clumps.detections import write_detections
+    from napari_clumps.metrics import evaluate
+
+    paths, truth, csv = queue
+    a, b = str(paths[0]), str(paths[1])
+    session = ReviewSession(paths, csv)
+    session.set_boxes(a, truth[a])
+    session.accept()
+    session.set_boxes(b, truth[b])  # the model's boxes for b, not reviewed: no truth
+    detections = write_detections(pd.concat([truth[a], truth[b]]), tmp_path / "detections.csv")
+    scores = evaluate(csv, detections)["at_threshold"]
+    assert (scores["n_truth"], scores["n_detections"], scores["n_matched"]) == (3, 3, 3)
