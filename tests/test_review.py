@@ -75,7 +75,7 @@ def test_every_step_is_in_the_csv_and_undo_restores_the_file(queue):
     new = session.add_box(100.0, 80.0, 12.0)
     hand_row = (b, "clump", HAND_MODEL, 1.0, (94.0, 74.0, 106.0, 86.0))
     assert new == 2 and saved(csv)[0] == rows_of(truth[a]) + rows_of(kept) + [hand_row]
-    assert session.toggle_label(new) == "odd_clump"
+    assert session.toggle_label(new) == ["odd_clump"]
     assert saved(csv)[0][-1] == (b, "odd_clump", HAND_MODEL, 1.0, (94.0, 74.0, 106.0, 86.0))
     session.accept()
     assert saved(csv)[1][b] == ("reviewed", 3)
@@ -83,6 +83,13 @@ def test_every_step_is_in_the_csv_and_undo_restores_the_file(queue):
     # third image: no clumps, although the model found some
     session.next()
     session.set_boxes(c, truth[c])
+    # several boxes toggled at once are one change, undone at once
+    labels_before = list(session.items[2].labels)
+    session.toggle_label([0, 1, 2])
+    assert [r[1] for r in saved(csv)[0][6:]] == [{"clump": "odd_clump", "odd_clump": "clump"}[v] for v in labels_before]
+    session.undo()
+    assert [r[1] for r in saved(csv)[0][6:]] == labels_before
+
     session.mark_no_clumps()
     rows, status = saved(csv)
     assert [r[0] for r in rows] == [a] * 3 + [b] * 3

@@ -345,8 +345,7 @@ class ReviewWidget(QWidget):
         if not selected:
             self._update_status("select a box first (click it in select mode), then press c")
             return
-        for index in selected:
-            self.session.toggle_label(index)
+        self.session.toggle_label(selected)
         self._refill(self.session.item.name)
         layer.selected_data = set(selected)
         self._update_status()

@@ -188,11 +188,14 @@ class ReviewSession:
         labels[self._box_index(index)] = label_names(label)[0]
         self._change(self.current, labels=labels)
 
-    def toggle_label(self, index: int) -> str:
-        """clump <-> odd_clump; returns the new label."""
-        label = LABELS[1 - LABELS.index(self.item.labels[self._box_index(index)])]
-        self.set_label(index, label)
-        return label
+    def toggle_label(self, index) -> list[str]:
+        """clump <-> odd_clump of one box or several (one change, one undo step); returns the new labels."""
+        indices = [index] if isinstance(index, (int, np.integer)) else list(index)
+        labels = list(self.item.labels)
+        for i in map(self._box_index, indices):
+            labels[i] = LABELS[1 - LABELS.index(labels[i])]
+        self._change(self.current, labels=labels)
+        return [labels[i] for i in indices]
 
     def accept(self) -> None:
         """The current image is reviewed, with its boxes as they are (model boxes keep their scores)."""
