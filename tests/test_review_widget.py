@@ -170,6 +170,10 @@ def test_keys_work_through_qt_key_events(make_napari_viewer, qtbot, tmp_path):
     assert widget.session.current == 0 and widget.boxes_layer().mode == "select"
     qtbot.keyClick(canvas, Qt.Key_U)
     assert saved(tmp_path / "labels.csv")[1]["g0.png"] == "unreviewed"
+    qtbot.keyClick(canvas, Qt.Key_0)
+    assert saved(tmp_path / "labels.csv")[1]["g0.png"] == "reviewed"
+    qtbot.keyClick(canvas, Qt.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert saved(tmp_path / "labels.csv")[1]["g0.png"] == "unreviewed"
 
 
 @pytest.mark.slow
