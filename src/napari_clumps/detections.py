@@ -45,6 +45,11 @@ _DECIMALS = {
     "host_distance": 4,
 }
 IMAGES_COLUMNS = ["image", "status", "n_detections", "width", "height", "error"]
+#: Extra images-list column of a labels CSV made in the review queue (:mod:`napari_clumps.review`):
+#: whether a person has checked the image's boxes. Only reviewed images are labels.
+REVIEW_STATUS_COLUMN = "review_status"
+UNREVIEWED, REVIEWED = "unreviewed", "reviewed"
+REVIEW_STATUSES = (UNREVIEWED, REVIEWED)
 
 
 def box_array(table) -> np.ndarray:
@@ -168,3 +173,14 @@ def read_images_list(path):
 
     companion = images_list_path(path)
     return pd.read_csv(companion, dtype={"image": str}) if companion.exists() else None
+
+
+def labelled_image_names(images_list) -> list[str] | None:
+    """The images of an images list that count as labelled: all of them, except in a review
+    queue's list (:data:`REVIEW_STATUS_COLUMN`) the ones nobody has reviewed yet. None when
+    there is no images list."""
+    if images_list is None:
+        return None
+    if REVIEW_STATUS_COLUMN in images_list:
+        images_list = images_list[images_list[REVIEW_STATUS_COLUMN] == REVIEWED]
+    return list(images_list["image"])

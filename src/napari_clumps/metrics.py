@@ -210,14 +210,13 @@ def evaluate(
     ``score_threshold``, default the paper's 0.3), ``coco`` (:func:`coco_average_precision`)
     and the settings used.
     """
-    from .detections import read_detections, read_images_list
+    from .detections import labelled_image_names, read_detections, read_images_list
     from .model import PAPER_SCORE_THRESHOLD
 
     if score_threshold is None:
         score_threshold = PAPER_SCORE_THRESHOLD
     if images is None and not hasattr(truth, "columns"):
-        listed = read_images_list(truth)
-        images = list(listed.image) if listed is not None else None
+        images = labelled_image_names(read_images_list(truth))
     truth = truth if hasattr(truth, "columns") else read_detections(truth)
     detections = detections if hasattr(detections, "columns") else read_detections(detections)
     settings = {"rule": rule, "iou_threshold": iou_threshold}

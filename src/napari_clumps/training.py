@@ -88,13 +88,25 @@ def load_labelled_images(
     name. Returns the labelled images and the cleaning notes. Rows naming no given image raise
     when ``strict_names``.
     """
-    from .detections import read_detections
+    from .detections import labelled_image_names, read_detections, read_images_list
     from .io import find_images, read_image
 
     table = read_detections(labels_csv)
     found = find_images(image_paths)
     if not found:
         raise TrainingError("no images given")
+    listed = read_images_list(labels_csv)
+    skipped_notes = []
+    if listed is not None and len(labelled_image_names(listed)) < len(listed):
+        # a review queue's CSV: images nobody has reviewed yet are not labels (not even "no clumps")
+        reviewed = set(labelled_image_names(listed))
+        unreviewed = set(listed.image) - reviewed
+        table = table[~table.image.isin(unreviewed)]
+        kept = [(path, name) for path, name in found if not {name, Path(name).name, str(path)} & unreviewed]
+        skipped_notes.append(f"{labels_csv}: {len(found) - len(kept)} image(s) not reviewed yet, left out")
+        found = kept
+        if not found:
+            raise TrainingError(f"{labels_csv}: none of the images given has been reviewed")
     by_key = {}
     for path, name in found:
         for key in {name, Path(name).name, str(path)}:
@@ -108,7 +120,7 @@ def load_labelled_images(
     for image_name, rows in table.groupby("image"):
         if image_name in by_key:
             rows_by_name.setdefault(by_key[image_name][1], []).append(rows)
-    labelled, notes = [], []
+    labelled, notes = [], skipped_notes
     for path, name in found:
         image = read_image(path)
         rows = rows_by_name.get(name)

@@ -1,0 +1,449 @@
+"""The review queue dock widget: one galaxy at a time, keys to accept, fix and move on.
+
+A view of :class:`napari_clumps.review.ReviewSession`, which holds the state and writes every
+change to the labels CSV at once; this module only loads layers, binds keys and forwards edits.
+Images come in through the reader glue (:func:`napari_clumps._layers.image_layers`) and boxes
+through :func:`napari_clumps._layers.detections_layer`, so they look as in the detection widget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+from ._detect_widget import DEFAULT_CHOICE, _forget, _listeners, avoid_triton_llvm_clash, model_file_choices
+from ._layers import (
+    boxes_table,
+    detections_layer,
+    display_transform,
+    hand_box_features,
+    image_layers,
+    label_colours,
+)
+from .detections import HAND_MODEL, REVIEWED
+
+#: Images kept loaded (the current one and the last ones visited); others are unloaded.
+KEEP_LOADED = 3
+#: Marks the layers this widget made: metadata key -> the image's CSV name.
+LAYER_KEY = "napari_clumps_review"
+
+#: Key -> (widget method, what it does). Bound on the viewer and on each boxes layer, where they
+#: win over napari's own Shapes keys (``p`` polygon, ``b`` send to back, ``a`` select all).
+#: Boxes are deleted with napari's own Delete / Backspace / remove button: those edits reach
+#: the session through the layer's data events.
+KEYS = {
+    "n": ("next_image", "next image"),
+    "p": ("previous_image", "previous image"),
+    "a": ("accept", "accept the boxes as they are, go to the next unreviewed image"),
+    "0": ("no_clumps", "no clumps in this image (reviewed, zero boxes), go on"),
+    "c": ("toggle_label", "selected box(es): clump <-> odd clump"),
+    "b": ("add_box_at_cursor", "add a box of the image's typical size at the cursor"),
+    "u": ("undo", "undo the last change (several levels)"),
+    "Control-Z": ("undo", "undo, as u"),
+}
+
+
+class ReviewWidget(QWidget):
+    """Go through a folder of galaxies, check each one's boxes; every change is saved at once."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        avoid_triton_llvm_clash()
+        self.viewer = napari_viewer
+        self.session = None
+        self._loaded: dict[str, list] = {}  # CSV name -> [image layers..., boxes layer], most recent last
+        self._updating_layer = False  # True while the widget itself rewrites a boxes layer
+        self._unloading = False  # True while the widget itself removes an image's layers
+        self.folder = FileEdit(label="images", mode="d", tooltip="folder of galaxy images (searched recursively)")
+        self.labels_csv = FileEdit(
+            label="labels CSV",
+            mode="w",
+            filter="*.csv",
+            value="labels.csv",
+            tooltip="written at every change; open the same file again to resume",
+        )
+        self.open_button = PushButton(text="Open queue")
+        self.previous_button = PushButton(text="< Previous (p)")
+        self.next_button = PushButton(text="Next (n) >")
+        self.accept_button = PushButton(text="Accept (a)")
+        self.no_clumps_button = PushButton(text="No clumps (0)")
+        self.toggle_button = PushButton(text="Clump / odd (c)")
+        self.add_button = PushButton(text="Add box at cursor (b)")
+        self.undo_button = PushButton(text="Undo (u)")
+        self.model = ComboBox(
+            label="model",
+            choices=lambda _widget: model_file_choices(),
+            tooltip="the packaged default model or a model file (add files in the Detect clumps widget)",
+        )
+        self.detect_button = PushButton(
+            text="Detect unreviewed",
+            tooltip="run the model on the unreviewed images that have no hand-made boxes (at the model's "
+            "recommended threshold); reviewed images are never touched",
+        )
+        self.worker = None
+        self.status = Label(value="choose a folder and a labels CSV, then Open queue")
+        self.status.native.setWordWrap(True)
+        keys = QLabel("keys (over the image):\n" + "\n".join(f"  {key}: {text}" for key, (_, text) in KEYS.items()))
+        keys.setWordWrap(True)
+        self.form = Container(
+            widgets=[
+                self.folder,
+                self.labels_csv,
+                self.open_button,
+                Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
+                Container(widgets=[self.accept_button, self.no_clumps_button], layout="horizontal", labels=False),
+                Container(widgets=[self.toggle_button, self.add_button], layout="horizontal", labels=False),
+                self.undo_button,
+                self.model,
+                self.detect_button,
+            ]
+        )
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        # outside the form: word-wrapped labels in a form row get squeezed and cut off
+        layout.addWidget(self.status.native)
+        # as wide as the dock: a word-wrapped label otherwise wraps at the width of its first text
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        layout.addWidget(keys)
+        layout.addStretch()
+        self.setMaximumWidth(440)
+
+        self.open_button.changed.connect(lambda: self.open_queue(self.folder.value, self.labels_csv.value))
+        self.previous_button.changed.connect(self.previous_image)
+        self.next_button.changed.connect(self.next_image)
+        self.accept_button.changed.connect(self.accept)
+        self.no_clumps_button.changed.connect(self.no_clumps)
+        self.toggle_button.changed.connect(self.toggle_label)
+        self.add_button.changed.connect(self.add_box_at_cursor)
+        self.undo_button.changed.connect(self.undo)
+        self.detect_button.changed.connect(self.detect_unreviewed)
+        self._set_enabled(False)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
+        for key, (method, _) in KEYS.items():
+            self.viewer.bind_key(key, self._key_action(method), overwrite=True)
+        viewer = self.viewer  # not self: the slot runs while the widget is being deleted
+        self.destroyed.connect(lambda *_: _unbind_keys(viewer))
+        # model files registered later (a fine-tune, the detection widget) become choices here too
+        _listeners.append(self.model.reset_choices)
+        self.destroyed.connect(lambda *_, reset=self.model.reset_choices: _forget(reset))
+
+    # ------------------------------------------------------------------ keys
+
+    def _key_action(self, method: str):
+        # the viewer passes itself (or the layer) to a key binding; the action needs neither
+        def action(_viewer_or_layer=None):
+            if self.session is not None:
+                getattr(self, method)()
+
+        action.__name__ = method
+        return action
+
+    def _set_enabled(self, enabled: bool):
+        for button in (
+            self.previous_button,
+            self.next_button,
+            self.accept_button,
+            self.no_clumps_button,
+            self.toggle_button,
+            self.add_button,
+            self.undo_button,
+            self.detect_button,
+        ):
+            button.enabled = enabled
+
+    # ------------------------------------------------------------------ opening
+
+    def open_queue(self, images, labels_csv):
+        """Start (or resume, when ``labels_csv`` exists) a review of ``images`` (a folder, files)."""
+        from napari.utils.notifications import show_error
+
+        from .detections import DetectionsFileError
+        from .review import ReviewSession
+
+        try:
+            session = ReviewSession(images, labels_csv)
+        except (ValueError, DetectionsFileError) as error:
+            show_error(f"napari-clumps: {error}")
+            return None
+        for name in list(self._loaded):
+            self._unload(name)
+        self.session = session
+        self._set_enabled(True)
+        self.show_current()
+        return session
+
+    # ------------------------------------------------------------------ layers
+
+    def current_layers(self) -> list:
+        return self._loaded.get(self.session.item.name, [])
+
+    def boxes_layer(self):
+        """The current image's boxes (Shapes) layer."""
+        layers = self.current_layers()
+        return layers[-1] if layers else None
+
+    def show_current(self):
+        """Load the current image if needed, show only its layers, fit the view."""
+        from napari.utils.notifications import show_error
+
+        from .io import ImageReadError
+
+        item = self.session.item
+        note = ""
+        if item.name in self._loaded:  # most recently used last
+            self._loaded[item.name] = self._loaded.pop(item.name)
+        else:
+            try:
+                self._load(item)
+            except ImageReadError as error:  # shown as nothing; n, p and 0 still work
+                show_error(f"napari-clumps: {error}")
+                note = f"cannot read: {error}"
+        for name, layers in self._loaded.items():
+            for layer in layers:
+                # raw FITS bands stay hidden unless the user shows them; the composite and boxes show
+                layer.visible = name == item.name and "band_name" not in layer.metadata
+        while len(self._loaded) > KEEP_LOADED:
+            self._unload(next(iter(self._loaded)))
+        boxes = self.boxes_layer()
+        if boxes is not None:
+            self.viewer.layers.selection.active = boxes
+            if boxes.mode == "pan_zoom":
+                boxes.mode = "select"  # a click selects a box (for c, Delete); set after the layer is shown
+            self.viewer.reset_view()
+        self._update_status(note)
+
+    def _load(self, item):
+        from napari.layers import Layer
+
+        from .io import read_image
+
+        galaxy = read_image(item.path)
+        self.session.describe_image(item.name, galaxy)
+        layers = [Layer.create(*data) for data in image_layers(galaxy)]
+        data, kwargs, kind = detections_layer(
+            self._table(item),
+            image_name=item.name,
+            transform=display_transform(galaxy.is_fits, galaxy.height),
+            wcs=galaxy.wcs,
+            height=galaxy.height,
+            name=f"{Path(item.name).name} clumps",
+        )
+        boxes = Layer.create(data, kwargs, kind)
+        layers.append(boxes)
+        for layer in layers:
+            layer.metadata[LAYER_KEY] = item.name
+            self.viewer.layers.append(layer)
+        boxes.events.data.connect(lambda event, layer=boxes: self._layer_edited(layer, event))
+        boxes.events.features.connect(lambda event, layer=boxes: self._layer_edited(layer, event))
+        for key, (method, _) in KEYS.items():
+            boxes.bind_key(key, self._key_action(method), overwrite=True)
+        self._loaded[item.name] = layers
+
+    def _layer_removed(self, event):
+        """The user removed one of an image's layers: forget the image's layers (loaded again when
+        the image is shown again), so that no action edits a layer that is gone."""
+        name = event.value.metadata.get(LAYER_KEY) if hasattr(event.value, "metadata") else None
+        if name in self._loaded and not self._unloading:
+            self._unload(name)
+
+    def _unload(self, name: str):
+        self._unloading = True
+        try:
+            for layer in self._loaded.pop(name, []):
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        finally:
+            self._unloading = False
+
+    @staticmethod
+    def _table(item):
+        from .detections import detections_frame
+
+        return detections_frame(item.name, item.boxes, item.labels, item.scores, wcs=item.wcs, model=item.models)
+
+    def _refill(self, name: str):
+        """Rewrite an image's boxes layer from the session (after a change made here, or an undo)."""
+        layers = self._loaded.get(name)
+        if not layers:
+            return
+        layer, item = layers[-1], self.session.items[self.session.index_of(name)]
+        data, kwargs, _ = detections_layer(
+            self._table(item), image_name=name, transform={}, wcs=item.wcs, height=item.height
+        )
+        self._updating_layer = True
+        try:
+            layer.selected_data = set()
+            layer.data = []  # replace in one go: shapes and their features together
+            if len(data):
+                layer.add_rectangles(data)
+            layer.features = kwargs["features"]
+            if len(data):
+                layer.edge_color = label_colours(kwargs["features"]["label"])
+            layer.refresh()
+        finally:
+            self._updating_layer = False
+
+    def _layer_edited(self, layer, event):
+        """A box drawn, moved, resized or deleted with napari's own tools: tell the session."""
+        if self._updating_layer or self.session is None:
+            return
+        action = getattr(event, "action", None)
+        if action is not None and str(action) not in ("added", "removed", "changed"):
+            return  # "adding", "changing" ...: the edit is not finished
+        if len(layer.features) != len(layer.data):
+            return  # mid-update: shapes and features not yet in step
+        name = layer.metadata[LAYER_KEY]
+        known = self.session.items[self.session.index_of(name)].n_boxes
+        if str(action) == "added" and len(layer.data) > known:
+            self._mark_drawn_by_hand(layer, range(known, len(layer.data)))
+        self.session.set_boxes(name, boxes_table(layer))
+        self._update_status()
+
+    def _mark_drawn_by_hand(self, layer, indices):
+        """New boxes are hand boxes (score 1, clump; ``c`` makes them odd). napari gives a new
+        shape the features of the last selected one, which may be a model's box."""
+        features = layer.features.copy()
+        for column, value in hand_box_features().items():
+            features.loc[list(indices), column] = value
+        self._updating_layer = True
+        try:
+            layer.features = features
+            layer.feature_defaults = hand_box_features()
+            layer.edge_color = label_colours(features["label"])
+        finally:
+            self._updating_layer = False
+
+    # ------------------------------------------------------------------ actions (buttons and keys)
+
+    def next_image(self):
+        self.session.next()
+        self.show_current()
+
+    def previous_image(self):
+        self.session.previous()
+        self.show_current()
+
+    def accept(self):
+        self.session.accept()
+        self.session.next_unreviewed()
+        self.show_current()
+
+    def no_clumps(self):
+        name = self.session.item.name
+        self.session.mark_no_clumps()
+        self._refill(name)
+        self.session.next_unreviewed()
+        self.show_current()
+
+    def toggle_label(self):
+        layer = self.boxes_layer()
+        selected = sorted(layer.selected_data) if layer is not None else []
+        if not selected:
+            self._update_status("select a box first (click it in select mode), then press c")
+            return
+        self.session.toggle_label(selected)
+        self._refill(self.session.item.name)
+        layer.selected_data = set(selected)
+        self._update_status()
+
+    def add_box_at_cursor(self):
+        """A box of the image's typical size centred where the cursor is (a click, not a drag)."""
+        from .pixels import napari_rectangles_to_boxes
+
+        layer = self.boxes_layer()
+        if layer is None:
+            return
+        row, col = np.asarray(layer.world_to_data(self.viewer.cursor.position), float)[-2:]
+        x, y = napari_rectangles_to_boxes([np.array([[row, col]])])[0][:2]
+        image = self.current_layers()[0]  # the composite: its metadata has the FITS header (PSF) and WCS
+        shape = SimpleNamespace(
+            header=image.metadata.get("header"), wcs=image.metadata.get("wcs"), width=image.data.shape[1]
+        )
+        self.session.add_box(x, y, self.session.typical_box_side(galaxy=shape))
+        self._refill(self.session.item.name)
+        self._update_status()
+
+    def undo(self):
+        if not self.session.undo():
+            self._update_status("nothing to undo")
+            return
+        self._refill(self.session.item.name)
+        self.show_current()
+
+    # ------------------------------------------------------------------ detection
+
+    @staticmethod
+    def _detectable(item) -> bool:
+        """Unreviewed and without hand-made boxes: the model's boxes would lose nobody's work."""
+        return item.status != REVIEWED and HAND_MODEL not in item.models
+
+    def detect_unreviewed(self):
+        """Run the model over the detectable images in a worker thread; fill their boxes as they come."""
+        from napari.qt.threading import create_worker
+
+        targets = [item for item in self.session.items if self._detectable(item)]
+        if not targets:
+            self._update_status("no unreviewed image without hand-made boxes to detect in")
+            return None
+        self.detect_button.enabled = False
+        self._update_status(f"detecting in {len(targets)} unreviewed image(s)...")
+        self.worker = create_worker(  # starts at once, since handlers are connected here
+            _detect_in_thread,
+            [item.path for item in targets],
+            [item.name for item in targets],
+            None if self.model.value == DEFAULT_CHOICE else self.model.value,
+            _progress={"total": len(targets), "desc": "Detecting clumps"},
+            _connect={"yielded": self._on_detected, "finished": self._detection_finished},
+        )
+        return self.worker
+
+    def _on_detected(self, result):
+        if isinstance(result, str):  # a model or device error
+            from napari.utils.notifications import show_error
+
+            show_error(f"napari-clumps: detection failed: {result}")
+            return
+        if result.error:
+            self._update_status(f"{result.name}: {result.error}")
+            return
+        item = self.session.items[self.session.index_of(result.name)]
+        if self._detectable(item):  # the user may have reviewed or edited it meanwhile
+            self.session.set_boxes(result.name, result.table)
+            self._refill(result.name)
+            self._update_status()
+
+    def _detection_finished(self):
+        self.detect_button.enabled = self.session is not None
+
+    # ------------------------------------------------------------------ status
+
+    def _update_status(self, note: str = ""):
+        reviewed, total = self.session.progress
+        item = self.session.item
+        state = "reviewed" if item.status == REVIEWED else "not reviewed"
+        text = f"reviewed {reviewed} of {total}: {item.name} ({state}, {item.n_boxes} boxes)"
+        self.status.value = f"{text}\n{note}" if note else text
+
+
+def _detect_in_thread(paths, names, model):
+    """Worker body: yields an :class:`~napari_clumps.inference.ImageDetections` per image, or a
+    message for the failures a user can act on (a bad model file, no such device)."""
+    from .inference import iter_detections
+    from .model import ModelError, select_device
+
+    try:
+        yield from iter_detections(paths, model, names=names, device=str(select_device("auto")))
+    except ModelError as error:
+        yield str(error)
+
+
+def _unbind_keys(viewer) -> None:
+    for key in KEYS:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, RuntimeError):  # already unbound, or the viewer is gone
+            pass
