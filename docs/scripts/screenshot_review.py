@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torchvision.ops  # noqa: F401  (before napari's OpenGL: see tests/conftest.py)
 
+# isort: split
 import napari
 from qtpy.QtCore import QTimer
 
+from napari_clumps._review_widget import ReviewWidget
 from napari_clumps.inference import detect
 from napari_clumps.model import packaged_model_path, read_provenance, recommended_threshold
 from napari_clumps.review import ReviewSession
-from napari_clumps._review_widget import ReviewWidget
 from napari_clumps.simulate import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
