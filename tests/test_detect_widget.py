@@ -271,3 +271,35 @@ def test_empty_layers_survive_the_slider_export_and_an_image_without_detections(
     assert len(viewer.layers["blank clumps"].data) == 0
     assert len(viewer.layers["hubble clumps"].data) == shown
     assert not [m for m in messages if "could not convert" in m or "Length of values" in m]
+
+
+def test_detect_again_keeps_a_layer_the_user_edited(make_napari_viewer, qtbot):
+    """Re-running Detect replaces boxes layers the slider changed, never one the user edited."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_clumps.samples import hubble_image
+
+    viewer = make_napari_viewer()
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.layers["hubble"]]
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["hubble clumps"]
+    detected = len(layer.data)
+    assert detected >= 2
+    widget.score.value = 0.9  # the filter rebuilds the layer: not an edit
+    widget.score.value = 0.25
+    assert not layer.metadata.get("edited")
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["hubble clumps"]  # replaced by the new run
+    assert len(layer.data) == detected
+    layer.selected_data = {0}
+    layer.remove_selected()  # the user deletes a box
+    assert layer.metadata.get("edited")
+    widget.run()
+    assert any("kept your edited boxes of hubble" in m for m in messages)
+    assert viewer.layers["hubble clumps"] is layer and len(layer.data) == detected - 1
+    assert widget.run_button.enabled  # nothing else to run: the widget is ready again

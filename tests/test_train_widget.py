@@ -7,7 +7,7 @@ from napari_clumps._detect_widget import DetectionWidget, register_model_file
 from napari_clumps._train_widget import FineTuneWidget
 from napari_clumps.detections import write_detections
 
-pytestmark = [pytest.mark.gui, pytest.mark.slow]  # a viewer, and the trained_model fixture plus training
+pytestmark = pytest.mark.gui  # a viewer; the tests that train are slow too
 
 
 def _open_with_truth_boxes(viewer, folder, truth, names, tmp_path):
@@ -24,6 +24,7 @@ def _wait(widget, qtbot):
     qtbot.waitUntil(lambda: widget.worker is not None and widget.train_button.enabled, timeout=300_000)
 
 
+@pytest.mark.slow
 def test_train_one_epoch_on_edited_boxes_then_detect_with_it(make_napari_viewer, trained_model, qtbot, tmp_path):
     model, folder, truth = trained_model
     viewer = make_napari_viewer()
@@ -79,6 +80,7 @@ def pytest_approx_box(layer):
     return pytest.approx(napari_rectangles_to_boxes(layer.data[:1])[0])
 
 
+@pytest.mark.slow
 def test_cancel_keeps_the_previous_file_and_the_widget_usable(make_napari_viewer, trained_model, qtbot, tmp_path):
     model, folder, truth = trained_model
     viewer = make_napari_viewer()
@@ -101,3 +103,23 @@ def test_cancel_keeps_the_previous_file_and_the_widget_usable(make_napari_viewer
     assert "cancelled in epoch 1" in widget.status.value
     assert out.read_bytes() == before
     assert widget.train_button.enabled and not widget.cancel_button.enabled
+
+
+@pytest.mark.parametrize("with_layer", [False, True])
+def test_training_without_any_box_is_refused(make_napari_viewer, qtbot, tmp_path, with_layer):
+    """Fine-tuning on images that have no boxes at all (Detect never ran, or every box deleted)
+    teaches nothing but "no clump": refused with a message, nothing trained or written."""
+    from napari_clumps.samples import hubble_image
+
+    viewer = make_napari_viewer()
+    for i in range(3):
+        viewer.add_image(hubble_image().composite, name=f"galaxy{i}", rgb=True)
+    if with_layer:  # an emptied clumps layer
+        viewer.add_shapes([], name="galaxy0 clumps", metadata={"napari_clumps_boxes": True, "image_name": "galaxy0"})
+    widget = FineTuneWidget(viewer)
+    widget.images.value = [viewer.layers[f"galaxy{i}"] for i in range(3)]
+    widget.output.value = tmp_path / "never.safetensors"
+    widget.start()
+    assert "no boxes in the 3 chosen image(s)" in widget.status.value
+    assert widget.worker is None and widget.train_button.enabled
+    assert not (tmp_path / "never.safetensors").exists()

@@ -31,6 +31,7 @@ from ._layers import (
     image_name,
     label_colours,
     layer_to_galaxy_image,
+    note_user_edit,
 )
 from .detections import LABELS
 from .inference import DEFAULT_NMS_IOU
@@ -243,6 +244,17 @@ class DetectionWidget(QWidget):
         if not layers:
             show_warning("napari-clumps: choose an image layer to detect clumps in")
             return
+        edited = [layer for layer in layers if self._edited_boxes_of(layer)]
+        if edited:  # a correction is never overwritten: the user removes the layer to start again
+            names = ", ".join(layer.name for layer in edited)
+            show_warning(
+                f"napari-clumps: kept your edited boxes of {names}: not detected again "
+                "(delete its clumps layer to detect it again)"
+            )
+            layers = [layer for layer in layers if layer not in edited]
+            if not layers:
+                self.status.value = f"kept your edited boxes of {names}; nothing else to detect"
+                return
         try:
             images = [layer_to_galaxy_image(layer) for layer in layers]
         except ValueError as error:
@@ -265,6 +277,11 @@ class DetectionWidget(QWidget):
             _progress={"total": len(images), "desc": "Detecting clumps"},
             _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished},
         )
+
+    def _edited_boxes_of(self, image_layer) -> bool:
+        """Whether the clumps layer over ``image_layer`` holds the user's edits."""
+        name = f"{image_layer.name} clumps"
+        return name in self.viewer.layers and bool(self.viewer.layers[name].metadata.get("edited"))
 
     def cancel(self):
         if self.worker is not None:
@@ -293,7 +310,7 @@ class DetectionWidget(QWidget):
         if layer.name in self.viewer.layers:
             self.viewer.layers.remove(layer.name)
         self.viewer.add_layer(layer)
-        layer.events.data.connect(lambda event, layer=layer: _recolour_added(layer, event))
+        _watch_edits(layer)
         apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
         self.status.value = (
             f"{image_layer.name}: {len(layer.data)} clumps shown "
@@ -372,7 +389,7 @@ class DetectionWidget(QWidget):
             if layer_name in self.viewer.layers:
                 self.viewer.layers.remove(layer_name)
             layer = self.viewer.add_shapes(data, name=layer_name, **kwargs)
-            layer.events.data.connect(lambda event, layer=layer: _recolour_added(layer, event))
+            _watch_edits(layer)
             added.append(layer)
         if missing:
             show_warning(f"napari-clumps: {path}: no open image for {len(missing)} image(s), e.g. {missing[0]}")
@@ -439,6 +456,12 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
 
 def image_name_of(image) -> str:
     return Path(image.path).name
+
+
+def _watch_edits(layer) -> None:
+    """Colour the boxes the user adds by their class, and remember that the layer was edited."""
+    layer.events.data.connect(lambda event: _recolour_added(layer, event))
+    layer.events.data.connect(lambda event: note_user_edit(layer, event))
 
 
 def _recolour_added(layer, event):

@@ -229,12 +229,26 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
     metadata["keep_off_host"] = bool(keep_off_host)
     if len(shown) == len(current) and len(hidden) == (0 if pool is None else len(pool)):
         return  # nothing moves
-    shapes_layer.selected_data = set()
-    shapes_layer.data = []  # replace in one go: shapes and their features together
-    if len(shown):
-        shapes_layer.add_rectangles(list(shown["_vertices"]))
-    # also when nothing is shown: emptying the data leaves the old feature rows behind
-    shapes_layer.features = shown.drop(columns="_vertices")
-    if len(shown):
-        shapes_layer.edge_color = label_colours(shown["label"])
-    shapes_layer.refresh()
+    metadata["rebuilding"] = True  # data events from here on are the filter's, not the user's edits
+    try:
+        shapes_layer.selected_data = set()
+        shapes_layer.data = []  # replace in one go: shapes and their features together
+        if len(shown):
+            shapes_layer.add_rectangles(list(shown["_vertices"]))
+        # also when nothing is shown: emptying the data leaves the old feature rows behind
+        shapes_layer.features = shown.drop(columns="_vertices")
+        if len(shown):
+            shapes_layer.edge_color = label_colours(shown["label"])
+        shapes_layer.refresh()
+    finally:
+        metadata["rebuilding"] = False
+
+
+def note_user_edit(shapes_layer, event=None) -> None:
+    """Mark a boxes layer as edited by the user (a box added, moved or deleted), unless the
+    change is :func:`apply_score_threshold` rebuilding it; Detect then keeps the layer."""
+    action = str(getattr(event, "action", ""))
+    if action.endswith(("ADDED", "REMOVED", "CHANGED", "added", "removed", "changed")) and not (
+        shapes_layer.metadata.get("rebuilding")
+    ):
+        shapes_layer.metadata["edited"] = True

@@ -25,7 +25,7 @@ from ._detect_widget import (
     register_model_file,
 )
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
-from .training import TrainingOptions
+from .training import MIN_VALIDATION_IMAGES, TrainingOptions
 
 
 class _Relay(QObject):
@@ -154,6 +154,20 @@ class FineTuneWidget(QWidget):
             return
         for note in notes:
             show_info(f"napari-clumps: {note}")
+        n_boxes = sum(len(it.boxes) for it in items)
+        if n_boxes == 0:  # negatives alone teach only "no clump anywhere"
+            message = (
+                f"no boxes in the {len(items)} chosen image(s): run Detect and correct its boxes, or draw "
+                "boxes, first (images without boxes train as negatives beside images with boxes)"
+            )
+            show_warning(f"napari-clumps: {message}")
+            self.status.value = message
+            return
+        if self.val_fraction.value > 0 and len(items) < MIN_VALIDATION_IMAGES:
+            show_info(
+                f"napari-clumps: validation is off with fewer than {MIN_VALIDATION_IMAGES} images; the new model "
+                "keeps its base model's score threshold"
+            )
         options = TrainingOptions(
             epochs=self.epochs.value,
             learning_rate=self.learning_rate.value,
@@ -164,7 +178,6 @@ class FineTuneWidget(QWidget):
         self._history_steps, self._history_f1 = [], []
         self._redraw()
         self.train_button.enabled, self.cancel_button.enabled = False, True
-        n_boxes = sum(len(it.boxes) for it in items)
         self.status.value = (
             f"training on {len(items)} images ({n_boxes} boxes, {sum(len(it.boxes) == 0 for it in items)} negatives)..."
         )

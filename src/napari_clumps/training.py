@@ -260,8 +260,12 @@ def _encoder_stages(body):
     raise TrainingError(f"cannot find the stages of a {type(body).__name__} encoder")
 
 
+#: Fewer images than this are all used for training: a validation split of them would say nothing.
+MIN_VALIDATION_IMAGES = 5
+
+
 def split_train_val(items, val_fraction: float, seed: int):
-    if val_fraction <= 0 or len(items) < 5:
+    if val_fraction <= 0 or len(items) < MIN_VALIDATION_IMAGES:
         return list(items), []
     order = np.random.default_rng(seed).permutation(len(items))
     n_val = max(1, int(round(val_fraction * len(items))))
