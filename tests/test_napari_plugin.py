@@ -127,3 +127,31 @@ def test_npe2_validate_passes():
     result = subprocess.run([npe2, "validate", "napari-clumps"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in result.stdout
+
+
+@pytest.mark.gui
+def test_every_control_of_the_widgets_has_a_tooltip(make_napari_viewer):
+    """A user hovering any control learns what it does (issue 13)."""
+    from magicgui.widgets import Container
+
+    from napari_clumps._detect_widget import DetectionWidget
+    from napari_clumps._review_widget import ReviewWidget
+    from napari_clumps._train_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+
+    def controls(container):
+        for widget in container:
+            if isinstance(widget, Container):
+                yield from controls(widget)
+            elif widget.widget_type != "Label":
+                yield widget
+
+    for widget_class in (DetectionWidget, FineTuneWidget, ReviewWidget):
+        widget = widget_class(viewer)
+        forms = [value for value in vars(widget).values() if isinstance(value, Container)]
+        assert forms, widget_class
+        checked = [c for form in forms for c in controls(form)]
+        assert len(checked) >= 6, widget_class  # buttons, fields and choices, not only labels
+        missing = [c.label or c.text or c.name for c in checked if not c.tooltip]
+        assert missing == [], f"{widget_class.__name__}: {missing}"

@@ -157,11 +157,19 @@ class DetectionWidget(QWidget):
         self.new_label = ComboBox(
             label="new boxes", choices=list(LABELS), value=LABELS[0], tooltip="class of boxes you draw"
         )
-        self.run_button = PushButton(text="Detect")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.csv_path = FileEdit(label="CSV", mode="w", filter="*.csv", value="detections.csv")
-        self.export_button = PushButton(text="Export boxes to CSV")
-        self.import_button = PushButton(text="Load boxes from CSV")
+        self.run_button = PushButton(
+            text="Detect", tooltip="run the model on the chosen images (a layer you edited is kept as it is)"
+        )
+        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="stop after the current batch")
+        self.csv_path = FileEdit(
+            label="CSV", mode="w", filter="*.csv", value="detections.csv", tooltip="detections CSV to write or read"
+        )
+        self.export_button = PushButton(
+            text="Export boxes to CSV", tooltip="every clumps layer, as edited, with its images list (contracts.md)"
+        )
+        self.import_button = PushButton(
+            text="Load boxes from CSV", tooltip="boxes of a detections or labels CSV onto the open images"
+        )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.images.native.setMaximumHeight(110)

@@ -66,14 +66,16 @@ class ReviewWidget(QWidget):
             value="labels.csv",
             tooltip="written at every change; open the same file again to resume",
         )
-        self.open_button = PushButton(text="Open queue")
-        self.previous_button = PushButton(text="< Previous (p)")
-        self.next_button = PushButton(text="Next (n) >")
-        self.accept_button = PushButton(text="Accept (a)")
-        self.no_clumps_button = PushButton(text="No clumps (0)")
-        self.toggle_button = PushButton(text="Clump / odd (c)")
-        self.add_button = PushButton(text="Add box at cursor (b)")
-        self.undo_button = PushButton(text="Undo (u)")
+        self.open_button = PushButton(
+            text="Open queue", tooltip="open the images with the labels CSV; an existing CSV resumes where you stopped"
+        )
+        self.previous_button = PushButton(text="< Previous (p)", tooltip=KEYS["p"][1])
+        self.next_button = PushButton(text="Next (n) >", tooltip=KEYS["n"][1])
+        self.accept_button = PushButton(text="Accept (a)", tooltip=KEYS["a"][1])
+        self.no_clumps_button = PushButton(text="No clumps (0)", tooltip=KEYS["0"][1])
+        self.toggle_button = PushButton(text="Clump / odd (c)", tooltip=KEYS["c"][1])
+        self.add_button = PushButton(text="Add box at cursor (b)", tooltip=KEYS["b"][1])
+        self.undo_button = PushButton(text="Undo (u)", tooltip=KEYS["u"][1])
         self.model = ComboBox(
             label="model",
             choices=lambda _widget: model_file_choices(),

@@ -53,11 +53,22 @@ class FineTuneWidget(QWidget):
             allow_multiple=True,
             tooltip="images whose boxes you checked; one without boxes is a negative",
         )
-        self.base = ComboBox(label="base model", choices=self._base_choices)
+        self.base = ComboBox(
+            label="base model",
+            choices=self._base_choices,
+            tooltip="the model to start from: packaged, a model file, or a new architecture",
+        )
         defaults = TrainingOptions()
-        self.epochs = SpinBox(label="epochs", min=1, max=500, value=defaults.epochs)
+        self.epochs = SpinBox(
+            label="epochs", min=1, max=500, value=defaults.epochs, tooltip="passes over the reviewed images"
+        )
         self.learning_rate = FloatSpinBox(
-            label="learning rate", min=1e-6, max=1e-2, step=1e-5, value=defaults.learning_rate
+            label="learning rate",
+            min=1e-6,
+            max=1e-2,
+            step=1e-5,
+            value=defaults.learning_rate,
+            tooltip="peak of the one-cycle schedule (docs/fine-tuning.md says why the default)",
         )
         self.learning_rate.native.setDecimals(6)
         self.trainable_blocks = SpinBox(
@@ -67,10 +78,26 @@ class FineTuneWidget(QWidget):
             value=defaults.trainable_blocks,
             tooltip="encoder stages to train, deepest first; 0 = frozen, -1 = all",
         )
-        self.val_fraction = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05, value=defaults.val_fraction)
-        self.output = FileEdit(label="save as", mode="w", filter="*.safetensors", value="finetuned.safetensors")
-        self.train_button = PushButton(text="Train")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.val_fraction = FloatSpinBox(
+            label="validation",
+            min=0.0,
+            max=0.5,
+            step=0.05,
+            value=defaults.val_fraction,
+            tooltip=f"fraction of images held out to measure F1 and set the new model's threshold "
+            f"(off below {MIN_VALIDATION_IMAGES} images)",
+        )
+        self.output = FileEdit(
+            label="save as",
+            mode="w",
+            filter="*.safetensors",
+            value="finetuned.safetensors",
+            tooltip="model file, written after every epoch that improves (atomically)",
+        )
+        self.train_button = PushButton(text="Train", tooltip="fine-tune on the reviewed images in the background")
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="stop within one step; the file keeps the last good model"
+        )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.images.native.setMaximumHeight(110)
