@@ -155,3 +155,17 @@ def test_every_control_of_the_widgets_has_a_tooltip(make_napari_viewer):
         assert len(checked) >= 6, widget_class  # buttons, fields and choices, not only labels
         missing = [c.label or c.text or c.name for c in checked if not c.tooltip]
         assert missing == [], f"{widget_class.__name__}: {missing}"
+
+
+@pytest.mark.gui
+def test_docks_fit_a_small_screen_together(make_napari_viewer):
+    """Each dock scrolls instead of demanding its full height (the two used to need 1,091 px), and
+    asks for its full height when there is room."""
+    from napari_clumps._detect_widget import DetectionWidget
+    from napari_clumps._review_widget import ReviewWidget
+    from napari_clumps._train_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    widgets = [cls(viewer) for cls in (DetectionWidget, FineTuneWidget, ReviewWidget)]
+    assert sum(w.minimumSizeHint().height() for w in widgets) < 900 - 200  # room for the title bars
+    assert all(w.sizeHint().height() > 400 for w in widgets)

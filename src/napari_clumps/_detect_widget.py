@@ -21,7 +21,8 @@ from magicgui.widgets import (
     PushButton,
     Select,
 )
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ._layers import (
     apply_score_threshold,
@@ -80,6 +81,35 @@ def model_file_choices() -> list[tuple]:
 def _forget(listener) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
+
+
+class _ContentSizedScrollArea(QScrollArea):
+    """Asks for its content's size when there is room, and shrinks in height (scrolling) when
+    there is not; never narrower than its content, so that it never scrolls sideways."""
+
+    def sizeHint(self):
+        return self.widget().sizeHint() if self.widget() is not None else super().sizeHint()
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        if self.widget() is not None:
+            hint.setWidth(self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width())
+        return hint
+
+
+def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+    """The layout to fill ``widget`` with, inside a scroll area: docks stacked on a small screen
+    (1400 x 900) shrink and scroll instead of pushing their buttons off the screen."""
+    area = _ContentSizedScrollArea(widget)
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    content = QWidget()
+    area.setWidget(content)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    return QVBoxLayout(content)
 
 
 def is_boxes_layer(layer) -> bool:
@@ -191,7 +221,7 @@ class DetectionWidget(QWidget):
                 self.status,
             ]
         )
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addWidget(self.form.native)
         layout.addStretch()
         self.setMaximumWidth(440)

@@ -13,9 +13,16 @@ from types import SimpleNamespace
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
-from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 
-from ._detect_widget import DEFAULT_CHOICE, _forget, _listeners, avoid_triton_llvm_clash, model_file_choices
+from ._detect_widget import (
+    DEFAULT_CHOICE,
+    _forget,
+    _listeners,
+    avoid_triton_llvm_clash,
+    model_file_choices,
+    scrolling_layout,
+)
 from ._layers import (
     boxes_table,
     detections_layer,
@@ -104,7 +111,7 @@ class ReviewWidget(QWidget):
                 self.detect_button,
             ]
         )
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addWidget(self.form.native)
         # outside the form: word-wrapped labels in a form row get squeezed and cut off
         layout.addWidget(self.status.native)

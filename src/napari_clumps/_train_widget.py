@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Select, SpinBox
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from ._detect_widget import (
     DEFAULT_CHOICE,
@@ -23,6 +23,7 @@ from ._detect_widget import (
     is_boxes_layer,
     model_file_choices,
     register_model_file,
+    scrolling_layout,
 )
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
 from .training import MIN_VALIDATION_IMAGES, TrainingOptions
@@ -115,7 +116,7 @@ class FineTuneWidget(QWidget):
             ]
         )
         self.figure, self.canvas, self.loss_axes, self.f1_axes = self._make_plot()
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.canvas)
         self.setMaximumWidth(440)
