@@ -303,3 +303,24 @@ def test_detect_again_keeps_a_layer_the_user_edited(make_napari_viewer, qtbot):
     assert any("kept your edited boxes of hubble" in m for m in messages)
     assert viewer.layers["hubble clumps"] is layer and len(layer.data) == detected - 1
     assert widget.run_button.enabled  # nothing else to run: the widget is ready again
+
+
+def test_a_box_drawn_after_detection_is_a_hand_box(make_napari_viewer, qtbot):
+    """napari gives a new shape the features of the last selected one; a box the user draws must
+    be a hand box (score 1, model "hand", no score shown) that the score filter never hides."""
+    from napari_clumps.samples import hubble_image
+
+    viewer = make_napari_viewer()
+    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.layers["hubble"]]
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["hubble clumps"]
+    layer.selected_data = {0}  # a model's box was selected last
+    widget.new_label.value = "odd_clump"
+    layer.add_rectangles([np.array([[20.0, 20.0], [20.0, 45.0], [45.0, 45.0], [45.0, 20.0]])])
+    drawn = layer.features.iloc[-1]
+    assert (drawn.model, drawn.score, drawn.score_text, drawn.label) == ("hand", 1.0, "", "odd_clump")
+    widget.score.value = 0.99  # hides every model box, never the hand box
+    assert len(layer.data) == 1 and layer.features.model.tolist() == ["hand"]

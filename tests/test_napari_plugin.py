@@ -169,3 +169,16 @@ def test_docks_fit_a_small_screen_together(make_napari_viewer):
     widgets = [cls(viewer) for cls in (DetectionWidget, FineTuneWidget, ReviewWidget)]
     assert sum(w.minimumSizeHint().height() for w in widgets) < 900 - 200  # room for the title bars
     assert all(w.sizeHint().height() > 400 for w in widgets)
+
+
+def test_boxes_show_the_models_score_and_nothing_on_hand_drawn_boxes():
+    from napari_clumps._layers import detections_layer, hand_box_features
+    from napari_clumps.detections import HAND_MODEL, detections_frame
+
+    table = detections_frame(
+        "g.png", [[10, 10, 20, 20], [30, 30, 40, 40]], ["clump", "odd_clump"], [0.873, 1.0], model=["m", HAND_MODEL]
+    )
+    _, kwargs, _ = detections_layer(table, image_name="g.png", transform={})
+    assert kwargs["text"]["string"] == "{score_text}"
+    assert kwargs["features"]["score_text"].tolist() == ["0.87", ""]
+    assert kwargs["feature_defaults"]["score_text"] == "" == hand_box_features()["score_text"]

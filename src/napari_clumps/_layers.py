@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detections import CLASS_COLOURS, HAND_MODEL, box_array, label_names
+from .detections import CLASS_COLOURS, HAND_MODEL, LABELS, box_array, label_names
 from .pixels import boxes_to_napari_rectangles, napari_north_up
 
 
@@ -70,11 +70,18 @@ def box_features(labels, scores, models=None, on_host=None):
     of an empty layer otherwise, and then refuses the text default of the next box drawn."""
     import pandas as pd
 
-    columns = {"label": pd.Series(list(labels), dtype=object), "score": pd.Series(scores, dtype=float)}
+    scores = pd.Series(scores, dtype=float)
+    models = None if models is None else list(models)
+    columns = {"label": pd.Series(list(labels), dtype=object), "score": scores}
     if models is not None:
-        columns["model"] = pd.Series(list(models), dtype=object)
+        columns["model"] = pd.Series(models, dtype=object)
     if on_host is not None:
         columns["on_host"] = pd.Series(on_host, dtype=bool)
+    # the text drawn on a box: a model's score; nothing on a box a person drew (not a "sure" 1.00)
+    columns["score_text"] = pd.Series(
+        ["" if model == HAND_MODEL else f"{score:.2f}" for score, model in zip(scores, models or [None] * len(scores))],
+        dtype=object,
+    )
     return pd.DataFrame(columns)
 
 
@@ -98,7 +105,7 @@ def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None =
             "edge_color": label_colours(labels) if labels else CLASS_COLOURS["clump"],
             "edge_width": 1.5,
             "face_color": "transparent",
-            "text": {"string": "{score:.2f}", "size": 8, "color": "white", "anchor": anchor},
+            "text": {"string": "{score_text}", "size": 8, "color": "white", "anchor": anchor},
             **transform,
         },
         "shapes",
@@ -109,8 +116,8 @@ def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None =
 
 
 def hand_box_features(label: str = "clump") -> dict:
-    """Features of a box the user draws: sure (score 1), by hand, on the host."""
-    return {"label": label, "score": 1.0, "model": HAND_MODEL, "on_host": True}
+    """Features of a box the user draws: sure (score 1), by hand, on the host, no score shown."""
+    return {"label": label, "score": 1.0, "model": HAND_MODEL, "on_host": True, "score_text": ""}
 
 
 def image_name(image_layer) -> str:
@@ -160,6 +167,7 @@ def detections_layer(
         "below_threshold": None,
         "score_threshold": 0.0,
         "keep_off_host": False,
+        "n_boxes_seen": len(boxes),  # how many boxes the layer had after its last change
     }
     return data, kwargs, kind
 
@@ -242,13 +250,33 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
         shapes_layer.refresh()
     finally:
         metadata["rebuilding"] = False
+        metadata["n_boxes_seen"] = len(shapes_layer.data)
 
 
 def note_user_edit(shapes_layer, event=None) -> None:
-    """Mark a boxes layer as edited by the user (a box added, moved or deleted), unless the
-    change is :func:`apply_score_threshold` rebuilding it; Detect then keeps the layer."""
-    action = str(getattr(event, "action", ""))
-    if action.endswith(("ADDED", "REMOVED", "CHANGED", "added", "removed", "changed")) and not (
-        shapes_layer.metadata.get("rebuilding")
-    ):
-        shapes_layer.metadata["edited"] = True
+    """After a box was added, moved or deleted by the user: mark the layer as edited (Detect then
+    keeps it), and make boxes just drawn hand boxes (:func:`hand_box_features`: napari gives a new
+    shape the features of the last selected one, often a model's box, which the score filter
+    could then hide). Changes made by :func:`apply_score_threshold` are not edits."""
+    metadata = shapes_layer.metadata
+    action = str(getattr(event, "action", "")).lower().rsplit(".", 1)[-1]
+    known = metadata.get("n_boxes_seen", len(shapes_layer.data))
+    if action not in ("added", "removed", "changed") or metadata.get("rebuilding"):
+        return
+    metadata["edited"] = True
+    if action == "added" and len(shapes_layer.data) > known and len(shapes_layer.features) == len(shapes_layer.data):
+        mark_drawn_by_hand(shapes_layer, range(known, len(shapes_layer.data)))
+    metadata["n_boxes_seen"] = len(shapes_layer.data)
+
+
+def mark_drawn_by_hand(shapes_layer, indices) -> None:
+    """Give the boxes at ``indices`` the features of a hand-drawn box of the layer's class for new
+    boxes (its feature defaults), and their class colour."""
+    defaults = shapes_layer.feature_defaults
+    label = str(defaults["label"].iloc[0]) if "label" in defaults else LABELS[0]
+    features = shapes_layer.features.copy()
+    for column, value in hand_box_features(label).items():
+        if column in features:
+            features.loc[list(indices), column] = value
+    shapes_layer.features = features
+    shapes_layer.edge_color = label_colours(features["label"])

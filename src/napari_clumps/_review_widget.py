@@ -30,6 +30,7 @@ from ._layers import (
     hand_box_features,
     image_layers,
     label_colours,
+    mark_drawn_by_hand,
 )
 from .detections import HAND_MODEL, REVIEWED
 
@@ -315,14 +316,10 @@ class ReviewWidget(QWidget):
     def _mark_drawn_by_hand(self, layer, indices):
         """New boxes are hand boxes (score 1, clump; ``c`` makes them odd). napari gives a new
         shape the features of the last selected one, which may be a model's box."""
-        features = layer.features.copy()
-        for column, value in hand_box_features().items():
-            features.loc[list(indices), column] = value
         self._updating_layer = True
         try:
-            layer.features = features
             layer.feature_defaults = hand_box_features()
-            layer.edge_color = label_colours(features["label"])
+            mark_drawn_by_hand(layer, indices)
         finally:
             self._updating_layer = False
 
