@@ -317,10 +317,33 @@ def test_a_box_drawn_after_detection_is_a_hand_box(make_napari_viewer, qtbot):
     widget.images.value = [viewer.layers["hubble"]]
     _run_and_wait(widget, qtbot)
     layer = viewer.layers["hubble clumps"]
-    layer.selected_data = {0}  # a model's box was selected last
     widget.new_label.value = "odd_clump"
+    layer.selected_data = {0}  # a model's box was selected last
     layer.add_rectangles([np.array([[20.0, 20.0], [20.0, 45.0], [45.0, 45.0], [45.0, 20.0]])])
     drawn = layer.features.iloc[-1]
     assert (drawn.model, drawn.score, drawn.score_text, drawn.label) == ("hand", 1.0, "", "odd_clump")
     widget.score.value = 0.99  # hides every model box, never the hand box
     assert len(layer.data) == 1 and layer.features.model.tolist() == ["hand"]
+
+
+def test_box_class_changes_the_selected_boxes(make_napari_viewer, qtbot, tmp_path):
+    from napari_clumps.samples import hubble_image
+
+    viewer = make_napari_viewer()
+    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.layers["hubble"]]
+    _run_and_wait(widget, qtbot)
+    layer = viewer.layers["hubble clumps"]
+    before = layer.features.label.tolist()
+    target = before.index("clump")
+    layer.selected_data = {target}
+    widget.new_label.value = "odd_clump"
+    after = layer.features.label.tolist()
+    assert (
+        after[target] == "odd_clump" and after[:target] + after[target + 1 :] == before[:target] + before[target + 1 :]
+    )
+    np.testing.assert_allclose(layer.edge_color[target][:3], [1.0, 159 / 255, 28 / 255], atol=0.01)  # orange
+    table = read_detections(widget.export_csv(tmp_path / "classes.csv"))
+    assert table.label.tolist() == after and layer.metadata["edited"]

@@ -185,7 +185,10 @@ class DetectionWidget(QWidget):
             "given; 0: from the FITS header, or no resampling",
         )
         self.new_label = ComboBox(
-            label="new boxes", choices=list(LABELS), value=LABELS[0], tooltip="class of boxes you draw"
+            label="box class",
+            choices=list(LABELS),
+            value=LABELS[0],
+            tooltip="class of the boxes you draw, and of the selected boxes when you change it",
         )
         self.run_button = PushButton(
             text="Detect", tooltip="run the model on the chosen images (a layer you edited is kept as it is)"
@@ -376,8 +379,17 @@ class DetectionWidget(QWidget):
             apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
 
     def _set_new_label(self, label):
+        """New boxes get ``label``; so do the boxes selected in a clumps layer (a correction, kept
+        as the model's box with its score, only its class changed)."""
         for layer in self.boxes_layers():
-            layer.feature_defaults = hand_box_features(label)
+            selected = sorted(i for i in layer.selected_data if i < len(layer.features))
+            if selected:
+                features = layer.features.copy()
+                features.loc[selected, "label"] = label
+                layer.features = features
+                layer.edge_color = label_colours(features["label"])
+                layer.metadata["edited"] = True
+            layer.feature_defaults = hand_box_features(label)  # after the features: setting them resets it
 
     # ------------------------------------------------------------------ CSV
 
