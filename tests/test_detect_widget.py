@@ -24,6 +24,31 @@ def widget_on_galaxy(make_napari_viewer, trained_model, qtbot):
     return viewer, widget, model, folder
 
 
+@pytest.fixture
+def hubble_in_viewer(make_napari_viewer):
+    """A viewer with the real Hubble sample and the detection widget (packaged model, chosen
+    image: the sample), and the notification messages it shows."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_clumps.samples import hubble_image
+
+    viewer = make_napari_viewer()
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.layers["hubble"]]
+    return viewer, widget, messages
+
+
+@pytest.fixture
+def hubble_detected(hubble_in_viewer, qtbot):
+    """:func:`hubble_in_viewer` after one Detect run."""
+    _run_and_wait(hubble_in_viewer[1], qtbot)
+    return hubble_in_viewer
+
+
 def _wait_until_done(widget, qtbot):
     """The widget re-enables Detect when its worker has finished (however it finished)."""
     qtbot.waitUntil(lambda: widget.run_button.enabled and widget.worker is not None, timeout=120_000)
@@ -237,20 +262,11 @@ def test_off_host_boxes_hidden_until_asked_and_psf_options_reach_the_detector(
     assert corner_boxes() == [] and layer.features["on_host"].all()
 
 
-def test_empty_layers_survive_the_slider_export_and_an_image_without_detections(make_napari_viewer, qtbot, tmp_path):
+def test_empty_layers_survive_the_slider_export_and_an_image_without_detections(hubble_in_viewer, qtbot, tmp_path):
     """Issue 13's crashes: a layer emptied by the slider and brought back, an export with an empty
     layer, and an image where the model finds nothing; every step keeps working afterwards."""
-    from napari.utils.notifications import notification_manager
-
-    from napari_clumps.samples import hubble_image
-
-    viewer = make_napari_viewer()
-    messages = []
-    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
-    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
+    viewer, widget, messages = hubble_in_viewer
     viewer.add_image(np.zeros((128, 128, 3), np.uint8), name="blank", rgb=True)
-    widget = DetectionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
     widget.images.value = [viewer.layers["hubble"], viewer.layers["blank"]]
     _run_and_wait(widget, qtbot)
     hubble, blank = viewer.layers["hubble clumps"], viewer.layers["blank clumps"]
@@ -273,20 +289,9 @@ def test_empty_layers_survive_the_slider_export_and_an_image_without_detections(
     assert not [m for m in messages if "could not convert" in m or "Length of values" in m]
 
 
-def test_detect_again_keeps_a_layer_the_user_edited(make_napari_viewer, qtbot):
+def test_detect_again_keeps_a_layer_the_user_edited(hubble_detected, qtbot):
     """Re-running Detect replaces boxes layers the slider changed, never one the user edited."""
-    from napari.utils.notifications import notification_manager
-
-    from napari_clumps.samples import hubble_image
-
-    viewer = make_napari_viewer()
-    messages = []
-    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
-    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
-    widget = DetectionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.images.value = [viewer.layers["hubble"]]
-    _run_and_wait(widget, qtbot)
+    viewer, widget, messages = hubble_detected
     layer = viewer.layers["hubble clumps"]
     detected = len(layer.data)
     assert detected >= 2
@@ -305,17 +310,10 @@ def test_detect_again_keeps_a_layer_the_user_edited(make_napari_viewer, qtbot):
     assert widget.run_button.enabled  # nothing else to run: the widget is ready again
 
 
-def test_a_box_drawn_after_detection_is_a_hand_box(make_napari_viewer, qtbot):
+def test_a_box_drawn_after_detection_is_a_hand_box(hubble_detected):
     """napari gives a new shape the features of the last selected one; a box the user draws must
     be a hand box (score 1, model "hand", no score shown) that the score filter never hides."""
-    from napari_clumps.samples import hubble_image
-
-    viewer = make_napari_viewer()
-    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
-    widget = DetectionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.images.value = [viewer.layers["hubble"]]
-    _run_and_wait(widget, qtbot)
+    viewer, widget, _ = hubble_detected
     layer = viewer.layers["hubble clumps"]
     widget.new_label.value = "odd_clump"
     layer.selected_data = {0}  # a model's box was selected last
@@ -326,15 +324,8 @@ def test_a_box_drawn_after_detection_is_a_hand_box(make_napari_viewer, qtbot):
     assert len(layer.data) == 1 and layer.features.model.tolist() == ["hand"]
 
 
-def test_box_class_changes_the_selected_boxes(make_napari_viewer, qtbot, tmp_path):
-    from napari_clumps.samples import hubble_image
-
-    viewer = make_napari_viewer()
-    viewer.add_image(hubble_image().composite, name="hubble", rgb=True)
-    widget = DetectionWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.images.value = [viewer.layers["hubble"]]
-    _run_and_wait(widget, qtbot)
+def test_box_class_changes_the_selected_boxes(hubble_detected, tmp_path):
+    viewer, widget, _ = hubble_detected
     layer = viewer.layers["hubble clumps"]
     before = layer.features.label.tolist()
     target = before.index("clump")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -27,6 +26,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 from ._layers import (
     apply_score_threshold,
     boxes_table,
+    clumps_layer_name,
     detections_layer_over,
     hand_box_features,
     image_name,
@@ -321,8 +321,21 @@ class DetectionWidget(QWidget):
 
     def _edited_boxes_of(self, image_layer) -> bool:
         """Whether the clumps layer over ``image_layer`` holds the user's edits."""
-        name = f"{image_layer.name} clumps"
+        name = clumps_layer_name(image_layer.name)
         return name in self.viewer.layers and bool(self.viewer.layers[name].metadata.get("edited"))
+
+    def _put_boxes_layer(self, table, image_layer):
+        """The clumps layer of ``table`` over ``image_layer``, replacing any of the same name, and
+        watched for the user's edits (:func:`~napari_clumps._layers.note_user_edit`)."""
+        from napari.layers import Shapes
+
+        data, kwargs, _ = detections_layer_over(table, image_layer, self.new_label.value)
+        layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
+        if layer.name in self.viewer.layers:
+            self.viewer.layers.remove(layer.name)
+        self.viewer.add_layer(layer)
+        layer.events.data.connect(lambda event: note_user_edit(layer, event))
+        return layer
 
     def cancel(self):
         if self.worker is not None:
@@ -344,14 +357,7 @@ class DetectionWidget(QWidget):
 
             show_error(f"napari-clumps: {result.error}")
             return
-        from napari.layers import Shapes
-
-        data, kwargs, _ = detections_layer_over(result.table, image_layer, self.new_label.value)
-        layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
-        if layer.name in self.viewer.layers:
-            self.viewer.layers.remove(layer.name)
-        self.viewer.add_layer(layer)
-        _watch_edits(layer)
+        layer = self._put_boxes_layer(result.table, image_layer)
         apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
         self.status.value = (
             f"{image_layer.name}: {len(layer.data)} clumps shown "
@@ -434,13 +440,7 @@ class DetectionWidget(QWidget):
             if image_layer is None:
                 missing.append(name)
                 continue
-            data, kwargs, _ = detections_layer_over(rows, image_layer, self.new_label.value)
-            layer_name = kwargs.pop("name")
-            if layer_name in self.viewer.layers:
-                self.viewer.layers.remove(layer_name)
-            layer = self.viewer.add_shapes(data, name=layer_name, **kwargs)
-            _watch_edits(layer)
-            added.append(layer)
+            added.append(self._put_boxes_layer(rows, image_layer))
         if missing:
             show_warning(f"napari-clumps: {path}: no open image for {len(missing)} image(s), e.g. {missing[0]}")
         return added
@@ -506,17 +506,3 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
 
 def image_name_of(image) -> str:
     return Path(image.path).name
-
-
-def _watch_edits(layer) -> None:
-    """Colour the boxes the user adds by their class, and remember that the layer was edited."""
-    layer.events.data.connect(lambda event: _recolour_added(layer, event))
-    layer.events.data.connect(lambda event: note_user_edit(layer, event))
-
-
-def _recolour_added(layer, event):
-    """Colour boxes the user adds by their class."""
-    if getattr(event, "action", None) == "added" and len(layer.data):
-        colours = np.asarray(label_colours(layer.features["label"]))
-        if len(colours) == len(layer.data):
-            layer.edge_color = list(colours)

@@ -120,6 +120,11 @@ def hand_box_features(label: str = "clump") -> dict:
     return {"label": label, "score": 1.0, "model": HAND_MODEL, "on_host": True, "score_text": ""}
 
 
+def clumps_layer_name(image_layer_name: str) -> str:
+    """The name of the boxes layer over an image layer."""
+    return f"{image_layer_name} clumps"
+
+
 def image_name(image_layer) -> str:
     """The name an image layer has in CSVs: its file name, else the layer name."""
     path = image_layer.metadata.get("path") if image_layer is not None else None
@@ -150,7 +155,7 @@ def detections_layer(
         boxes,
         list(table.label),
         table.score.to_numpy(float),
-        name=name or f"{image_name} clumps",
+        name=name or clumps_layer_name(image_name),
         image_kwargs=transform,
     )
     # Off the host galaxy (False) or not (True, also when no host was found or for hand labels).
@@ -177,7 +182,7 @@ def detections_layer_over(table, image_layer, new_label: str = "clump") -> tuple
     return detections_layer(
         table,
         image_name=image_name(image_layer),
-        name=f"{image_layer.name} clumps",
+        name=clumps_layer_name(image_layer.name),
         transform={"scale": image_layer.scale, "translate": image_layer.translate},
         wcs=image_layer.metadata.get("wcs"),
         height=int(np.asarray(image_layer.data).shape[0]),

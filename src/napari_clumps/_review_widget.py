@@ -25,6 +25,7 @@ from ._detect_widget import (
 )
 from ._layers import (
     boxes_table,
+    clumps_layer_name,
     detections_layer,
     display_transform,
     hand_box_features,
@@ -240,7 +241,7 @@ class ReviewWidget(QWidget):
             transform=display_transform(galaxy.is_fits, galaxy.height),
             wcs=galaxy.wcs,
             height=galaxy.height,
-            name=f"{Path(item.name).name} clumps",
+            name=clumps_layer_name(Path(item.name).name),
         )
         boxes = Layer.create(data, kwargs, kind)
         layers.append(boxes)
