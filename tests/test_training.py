@@ -15,8 +15,10 @@ from napari_clumps.training import (
     TrainingOptions,
     clean_boxes,
     evaluate_items,
+    fine_tune,
     load_labelled_images,
     train,
+    validation_summary,
 )
 
 SMALL = SimulationSettings(size=96, disc_scale_px=(12.0, 20.0))
@@ -135,6 +137,52 @@ def test_model_file_records_provenance_and_validation(tmp_path):
     assert provenance["base_model"] == "resnet10t-untrained"
     assert [h["epoch"] for h in provenance["history"]][0] == 1
     assert "val_f1" in provenance["history"][0] and epochs[0].val_f1 is not None
+
+
+def test_fine_tune_cross_validates_a_small_set_and_calibrates_the_threshold(tmp_path, monkeypatch):
+    import napari_clumps.training as training
+
+    trained_on = []
+    real_train = training.train
+
+    def recording_train(detector, items, options, **kwargs):
+        trained_on.append(sorted(it.name for it in items))
+        return real_train(detector, items, options, **kwargs)
+
+    monkeypatch.setattr(training, "train", recording_train)
+    items, parts, out = _items(7), [], tmp_path / "tuned.safetensors"
+    tuned = fine_tune(
+        _tiny(),
+        items,
+        TrainingOptions(epochs=1, batch_size=2, trainable_blocks=None),
+        out=out,
+        callback=lambda p: parts.append(p.part) if p.kind == "epoch" else None,
+        folds=3,
+    )
+    names = sorted(it.name for it in items)
+    # three fold trainings whose held-out images partition the set, then one on every image
+    assert len(trained_on) == 4 and trained_on[-1] == names
+    held_out = [set(names) - set(fold) for fold in trained_on[:3]]
+    assert sorted(len(h) for h in held_out) == [2, 2, 3] and set().union(*held_out) == set(names)
+    assert parts == [f"cross-validation fold {i} of 3" for i in (1, 2, 3)] + ["final model on all 7 images"]
+    record = tuned.provenance["cross_validation"]
+    assert record["folds"] == 3 and record["n_images"] == 7 and record["n_truth"] == sum(len(i.boxes) for i in items)
+    assert (
+        tuned.score_threshold == round(record["threshold"], 2)
+        and "cross-validation" in tuned.provenance["threshold_source"]
+    )
+    assert record["base_model_f1"] is None and 0 <= record["f1"] <= 1  # an untrained base is not scored
+    assert load_model(out).provenance["cross_validation"] == record
+    assert validation_summary(tuned).startswith(f"3-fold cross-validated F1 {record['f1']:.3f} on 7 images")
+
+
+def test_fine_tune_on_a_large_set_is_one_training_with_a_held_out_split(monkeypatch):
+    import napari_clumps.training as training
+
+    monkeypatch.setattr(training, "CROSS_VALIDATION_BELOW", 5)
+    tuned = fine_tune(_tiny(), _items(6), TrainingOptions(epochs=1, batch_size=2, trainable_blocks=None))
+    assert "cross_validation" not in tuned.provenance
+    assert tuned.provenance["n_val_images"] == 1 and tuned.provenance["n_train_images"] == 5
 
 
 def test_trainable_blocks_freeze_the_encoder():

@@ -89,7 +89,7 @@ def cmd_detect(args) -> int:
 
 def cmd_train(args) -> int:
     from .model import get_detector, select_device
-    from .training import TrainingOptions, load_labelled_images, train
+    from .training import TrainingOptions, fine_tune, load_labelled_images, validation_summary
 
     items, notes = load_labelled_images(args.images, args.labels)
     for note in notes:
@@ -131,15 +131,13 @@ def cmd_train(args) -> int:
                     f"purity {progress.val_purity:.3f}" + (f", score >= {threshold:g})" if threshold else ")")
                 )
             )
-            _say(f"epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.4f}{extra}")
+            part = f"{progress.part}, " if progress.part else ""
+            _say(f"{part}epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.4f}{extra}")
 
     data = f"{len(items)} images ({n_boxes} boxes) from {', '.join(map(str, args.images))}; labels {args.labels}"
-    trained = train(detector, items, options, out=args.out, callback=report, data_description=data)
+    trained = fine_tune(detector, items, options, out=args.out, callback=report, data_description=data)
     bar.close()
-    print(
-        f"model written to {args.out} ({trained.provenance['epochs_run']} epochs, "
-        f"best validation F1 {trained.provenance['best_val_f1']:.3f})"
-    )
+    print(f"model written to {args.out} ({trained.provenance['epochs_run']} epochs; {validation_summary(trained)})")
     return 0
 
 
@@ -367,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=float,
         default=training.val_fraction,
-        help="images held out to validate and calibrate the threshold (default %(default)s)",
+        help="images held out to validate and calibrate the threshold; under 20 images, 3-fold "
+        "cross-validation instead; 0: no validation (default %(default)s)",
     )
     train.add_argument(
         "--patience",

@@ -4,6 +4,8 @@
   given counts as fully labelled, so one with no rows is a negative.
 * :func:`clean_boxes` repairs or drops hand-drawn boxes (inverted corners, partly outside,
   zero size) and says what it did.
+* :func:`fine_tune` is :func:`train` with validation that holds for a user's few reviewed images
+  (k-fold cross-validation below :data:`CROSS_VALIDATION_BELOW` images, a calibrated threshold).
 * :func:`train` fine-tunes a :class:`~napari_clumps.model.Detector`: AdamW with a one-cycle
   schedule and gradient clipping, flips and 90-degree rotations (torchvision transforms.v2 with
   tv_tensors, box-aware) and optional scale jitter, a validation split with early stopping on
@@ -231,6 +233,9 @@ class TrainingProgress:
     val_completeness: float | None = None
     val_purity: float | None = None
     history: list = field(default_factory=list)
+    #: Which training of :func:`fine_tune` this is ("cross-validation fold 2 of 3", "final model");
+    #: empty for a single training.
+    part: str = ""
 
 
 def set_trainable_blocks(network, trainable_blocks: int | None) -> None:
@@ -278,23 +283,39 @@ def evaluate_items(detector, items: list[LabelledImage], score_threshold: float 
     At ``score_threshold``; with None, at the threshold (0.05-0.95) that gives the best F1, which
     is returned as ``threshold``.
     """
+    floor = _SCORE_FLOOR if score_threshold is None else score_threshold
+    return _best_scores(items, _found_table(detector, items, floor, device), score_threshold)
+
+
+#: Lowest score kept when a threshold is to be chosen (the lowest threshold tried by scores_table).
+_SCORE_FLOOR = 0.05
+
+
+def _item_names(items) -> list[str]:
+    return [it.name or f"image_{i}" for i, it in enumerate(items)]
+
+
+def _found_table(detector, items: list[LabelledImage], score_floor: float, device="auto"):
+    """The detections table of ``detector`` on ``items`` at scores >= ``score_floor``."""
+    import pandas as pd
+
+    from .inference import iter_detections
+
+    images, names = [it.image for it in items], _item_names(items)
+    results = iter_detections(images, detector, names=names, device=device, score_threshold=score_floor)
+    return pd.concat([r.table for r in results])
+
+
+def _best_scores(items: list[LabelledImage], found, score_threshold: float | None = None) -> dict:
+    """Scores of a detections table against ``items``' boxes: at ``score_threshold``, or at the
+    threshold with the best F1 (None)."""
     import pandas as pd
 
     from .detections import detections_frame
-    from .inference import iter_detections
     from .metrics import scores_table
 
-    names = [it.name or f"image_{i}" for i, it in enumerate(items)]
+    names = _item_names(items)
     truth = pd.concat([detections_frame(n, it.boxes, it.labels, 1.0) for n, it in zip(names, items)])
-    floor = 0.05 if score_threshold is None else score_threshold
-    found = pd.concat(
-        [
-            r.table
-            for r in iter_detections(
-                [it.image for it in items], detector, names=names, device=device, score_threshold=floor
-            )
-        ]
-    )
     table = scores_table(truth, found, thresholds=None if score_threshold is None else [score_threshold], images=names)
     row = table.loc[table.f1.fillna(-1).idxmax()]
     keys = ("threshold", "completeness", "purity", "f1", "n_truth", "n_detections")
@@ -400,6 +421,122 @@ def train(
     return _with_provenance(
         final, detector, options, history, len(train_items), len(val_items), data_description, best.threshold
     )
+
+
+#: Fewer images than this are validated by k-fold cross-validation in :func:`fine_tune` rather than
+#: a held-out split: a 20 % split of 10 images is two images, and the best threshold on two images
+#: is noise.
+CROSS_VALIDATION_BELOW = 20
+CROSS_VALIDATION_FOLDS = 3
+
+
+def fine_tune(
+    detector,
+    items: list[LabelledImage],
+    options: TrainingOptions | None = None,
+    *,
+    out=None,
+    callback=None,
+    should_stop=None,
+    data_description: str = "",
+    folds: int = CROSS_VALIDATION_FOLDS,
+):
+    """Fine-tune on a user's reviewed images with validation that holds for small sets.
+
+    From :data:`CROSS_VALIDATION_BELOW` images on (or with ``options.val_fraction`` 0) this is
+    :func:`train`. Below, with at least two images, ``folds``-fold cross-validation: one training
+    per fold on the other folds, each scoring its held-out images; the pooled held-out detections
+    give the F1 and the calibrated threshold of the model, which is then trained on every image
+    for the same number of epochs. The model's provenance keeps ``cross_validation``: the scores
+    at that threshold, and the base model's on the same images at its own threshold, so that the
+    user sees whether fine-tuning helped (None for an untrained base). Costs ``folds + 1`` trainings.
+    """
+    import pandas as pd
+
+    from .model import Detector, save_model, select_device
+
+    options = options or TrainingOptions()
+    n = len(items)
+    if n >= CROSS_VALIDATION_BELOW or n < 2 or options.val_fraction <= 0 or folds < 2:
+        return train(
+            detector,
+            items,
+            options,
+            out=out,
+            callback=callback,
+            should_stop=should_stop,
+            data_description=data_description,
+        )
+    from dataclasses import replace
+
+    folds = min(folds, n)
+    single = replace(options, val_fraction=0.0)
+    device = str(select_device(options.device))
+
+    def reporting(part):
+        return None if callback is None else (lambda progress: callback(replace(progress, part=part)))
+
+    order = np.random.default_rng(options.seed).permutation(n)
+    held_out_tables = []
+    for fold, held_out in enumerate(np.array_split(order, folds), start=1):
+        held = set(held_out.tolist())
+        fold_model = train(
+            detector,
+            [items[i] for i in range(n) if i not in held],
+            single,
+            callback=reporting(f"cross-validation fold {fold} of {folds}"),
+            should_stop=should_stop,
+        )
+        held_out_tables.append(_found_table(fold_model, [items[i] for i in held_out], _SCORE_FLOOR, device))
+    cross_validated = _best_scores(items, pd.concat(held_out_tables))
+    # an untrained architecture (training from scratch) has no score to compare with
+    base = evaluate_items(detector, items, detector.score_threshold, device=device) if detector.trained else None
+    final = train(
+        detector,
+        items,
+        single,
+        callback=reporting(f"final model on all {n} images"),
+        should_stop=should_stop,
+        data_description=data_description,
+    )
+    provenance = dict(final.provenance)
+    provenance.update(
+        {
+            "score_threshold": round(cross_validated["threshold"], 2),
+            "threshold_source": f"best F1 of {folds}-fold cross-validation on the {n} training images",
+            "cross_validation": {
+                "folds": folds,
+                "n_images": n,
+                **{k: round(v, 4) if isinstance(v, float) else v for k, v in cross_validated.items()},
+                "base_model_f1": None if base is None else round(base["f1"], 4),
+                "base_model_threshold": round(detector.score_threshold, 2),
+            },
+            "best_val_f1": round(cross_validated["f1"], 4),
+        }
+    )
+    tuned = Detector(final.network, final.config, provenance, final.source)
+    if out is not None:
+        save_model(tuned, out)
+    return tuned
+
+
+def validation_summary(detector) -> str:
+    """One line on how a fine-tuned model was validated and what it scored, for the CLI and widgets."""
+    provenance = detector.provenance
+    record = provenance.get("cross_validation")
+    if record:
+        base = record.get("base_model_f1")
+        versus = "" if base is None else f"; base model {base:.3f} at {record['base_model_threshold']:g}"
+        return (
+            f"{record['folds']}-fold cross-validated F1 {record['f1']:.3f} on {record['n_images']} images at "
+            f"threshold {provenance['score_threshold']:g} (completeness {record['completeness']:.3f}, "
+            f"purity {record['purity']:.3f}{versus})"
+        )
+    best = provenance.get("best_val_f1")
+    if best is None or best != best:  # NaN: no validation images
+        source = provenance.get("threshold_source", "")
+        return f"no validation images; threshold {detector.score_threshold:g} ({source})"
+    return f"best validation F1 {best:.3f} at threshold {detector.score_threshold:g}"
 
 
 def _loader(items, in_chans: int, options: TrainingOptions):
