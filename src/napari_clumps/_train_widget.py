@@ -26,7 +26,7 @@ from ._detect_widget import (
     scrolling_layout,
 )
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
-from .training import MIN_VALIDATION_IMAGES, TrainingOptions
+from .training import CROSS_VALIDATION_BELOW, CROSS_VALIDATION_FOLDS, TrainingOptions
 
 
 class _Relay(QObject):
@@ -46,6 +46,7 @@ class FineTuneWidget(QWidget):
         self.result_path = None
         self._stop = threading.Event()
         self._bar = None
+        self._part = ""  # which training of a cross-validation the progress is about
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
         self.images = Select(
@@ -85,8 +86,8 @@ class FineTuneWidget(QWidget):
             max=0.5,
             step=0.05,
             value=defaults.val_fraction,
-            tooltip=f"fraction of images held out to measure F1 and set the new model's threshold "
-            f"(off below {MIN_VALIDATION_IMAGES} images)",
+            tooltip=f"fraction of images held out to measure F1 and set the new model's threshold; under "
+            f"{CROSS_VALIDATION_BELOW} images, {CROSS_VALIDATION_FOLDS}-fold cross-validation instead; 0: off",
         )
         self.output = FileEdit(
             label="save as",
@@ -191,10 +192,12 @@ class FineTuneWidget(QWidget):
             show_warning(f"napari-clumps: {message}")
             self.status.value = message
             return
-        if self.val_fraction.value > 0 and len(items) < MIN_VALIDATION_IMAGES:
+        if self.val_fraction.value > 0 and len(items) == 1:
+            show_info("napari-clumps: one image: no validation; the new model keeps its base model's score threshold")
+        elif self.val_fraction.value > 0 and len(items) < CROSS_VALIDATION_BELOW:
             show_info(
-                f"napari-clumps: validation is off with fewer than {MIN_VALIDATION_IMAGES} images; the new model "
-                "keeps its base model's score threshold"
+                f"napari-clumps: {len(items)} images: validated by {CROSS_VALIDATION_FOLDS}-fold cross-validation "
+                f"({CROSS_VALIDATION_FOLDS + 1} trainings), which also calibrates the score threshold"
             )
         options = TrainingOptions(
             epochs=self.epochs.value,
@@ -203,7 +206,8 @@ class FineTuneWidget(QWidget):
             val_fraction=self.val_fraction.value,
         )
         self._stop.clear()
-        self._history_steps, self._history_f1 = [], []
+        self._history_steps, self._history_f1, self._part = [], [], ""
+
         self._redraw()
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = (
@@ -228,9 +232,16 @@ class FineTuneWidget(QWidget):
     def _on_progress(self, progress):
         from napari.utils import progress as napari_progress
 
+        if progress.part != self._part:  # the next training of a cross-validation: a new bar and plot
+            self._part = progress.part
+            self._history_steps, self._history_f1 = [], []
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
         if progress.kind == "step":
             if self._bar is None:
-                self._bar = napari_progress(total=progress.steps * progress.epochs, desc="Fine-tuning")
+                desc = f"Fine-tuning: {progress.part}" if progress.part else "Fine-tuning"
+                self._bar = napari_progress(total=progress.steps * progress.epochs, desc=desc)
             self._bar.update(1)
             self._history_steps.append(progress.loss)
             if progress.step % 2 == 0 or progress.step == progress.steps:
@@ -238,7 +249,8 @@ class FineTuneWidget(QWidget):
         else:
             self._history_f1.append((progress.epoch, progress.val_f1))
             f1 = "" if progress.val_f1 is None else f", validation F1 {progress.val_f1:.3f}"
-            self.status.value = f"epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.3f}{f1}"
+            part = f"{progress.part}, " if progress.part else ""
+            self.status.value = f"{part}epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.3f}{f1}"
             self._redraw()
 
     def _done(self, outcome):
@@ -302,12 +314,12 @@ class FineTuneWidget(QWidget):
 def _train_in_thread(items, base, options, out, report, should_stop):
     """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error."""
     from .model import DEFAULT_MODEL, ModelError, get_detector
-    from .training import TrainingCancelled, TrainingError, train
+    from .training import TrainingCancelled, TrainingError, fine_tune, validation_summary
 
     try:
         name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
         detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
-        trained = train(
+        trained = fine_tune(
             detector,
             items,
             options,
@@ -321,6 +333,4 @@ def _train_in_thread(items, base, options, out, report, should_stop):
         return "cancelled", f"{stop}; {kept}", None
     except (ModelError, TrainingError, ValueError) as error:
         return "error", str(error), None
-    best = trained.provenance.get("best_val_f1")
-    best_text = "" if best is None or best != best else f", best validation F1 {best:.3f}"
-    return "ok", f"saved {out} ({trained.provenance['epochs_run']} epochs{best_text})", str(out)
+    return "ok", f"saved {out} ({trained.provenance['epochs_run']} epochs; {validation_summary(trained)})", str(out)
