@@ -10,7 +10,7 @@ from napari_clumps.detections import (
     read_detections,
     read_images_list,
 )
-from napari_clumps.review import ReviewSession
+from napari_clumps.review import ReviewSession, training_images
 from napari_clumps.simulate import TRUTH_MODEL_ID, write_dataset
 
 SEED = 3  # three galaxies with 3 boxes each, clumps and odd clumps
@@ -180,6 +180,40 @@ def test_training_takes_only_reviewed_images(queue):
     assert [item.name for item in items] == [str(paths[0])]
     assert len(items[0].boxes) == 3
     assert any("not reviewed" in note for note in notes)
+
+
+def test_the_queue_trains_on_what_the_labels_csv_gives_the_cli(queue):
+    """The review widget's fine-tuning (training_images of the reviewed items) and ``train --labels``
+    on the saved CSV see the same images, boxes and classes, cleaned the same way."""
+    from napari_clumps.training import load_labelled_images
+
+    paths, truth, csv = queue
+    session = ReviewSession(paths, csv)
+    session.set_boxes(str(paths[0]), truth[str(paths[0])])
+    session.add_box(-4.0, 10.0, 12.0)  # reaches outside the image: clipped, as from the CSV
+    session.toggle_label([0])
+    session.accept()
+    session.go_to(2)
+    session.mark_no_clumps()
+    session.go_to(1)
+    session.set_boxes(str(paths[1]), truth[str(paths[1])])  # model boxes of an unreviewed image
+    reviews = session.reviewed_items()
+    assert [r.name for r in reviews] == [str(paths[0]), str(paths[2])]
+    from_queue, queue_notes = training_images(reviews)
+    from_csv, _ = load_labelled_images(paths, csv)
+    assert [i.name for i in from_queue] == [i.name for i in from_csv]
+    for mine, theirs in zip(from_queue, from_csv):
+        np.testing.assert_allclose(mine.boxes, theirs.boxes)
+        assert list(mine.labels) == list(theirs.labels)
+    assert (
+        len(from_queue[0].boxes) == 4
+        and from_queue[0].labels[0] != truth[str(paths[0])].label.map({"clump": 1, "odd_clump": 2}).iloc[0]
+    )
+    assert len(from_queue[1].boxes) == 0 and any("clipped" in note for note in queue_notes)
+    # the copies are the worker's own: later edits in the queue do not reach them
+    session.go_to(0)
+    session.delete_box(0)
+    assert len(reviews[0].boxes) == 4
 
 
 def test_ra_dec_are_written_once_the_image_is_described(queue):

@@ -205,6 +205,61 @@ def test_detect_unreviewed_leaves_reviewed_and_hand_edited_images_alone(
     assert detected and {r[2] for r in detected} == {session.items[2].models[0]} != {HAND_MODEL}
 
 
+@pytest.mark.slow
+def test_fine_tune_on_reviewed_then_redetect_keeps_every_correction(make_napari_viewer, trained_model, qtbot, tmp_path):
+    """The whole loop from the queue: review three galaxies, fine-tune on them (cross-validated),
+    the new model re-detects the unreviewed ones; reviewed and hand-edited images stay as they were."""
+    from napari_clumps._detect_widget import register_model_file
+    from napari_clumps.model import load_model
+    from napari_clumps.training import TrainingOptions
+
+    model, folder, truth = trained_model
+    names = [f"sim_{i:05d}.fits" for i in range(6)]
+    (tmp_path / "images").mkdir()
+    for name in names:
+        (tmp_path / "images" / name).write_bytes((folder / name).read_bytes())
+    csv = tmp_path / "labels.csv"
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    register_model_file(model)
+    widget.model.value = str(model.resolve())
+    widget.training_options = TrainingOptions(epochs=2)
+    session = widget.open_queue(tmp_path / "images", csv)
+    for name in names[:3]:  # three galaxies corrected to the truth and accepted
+        session.go_to(session.index_of(name))
+        session.set_boxes(name, truth[truth.image == name])
+        session.accept()
+    session.go_to(session.index_of(names[3]))
+    session.add_box(40, 40, 10)  # an unreviewed galaxy someone drew on
+    before = [row for row in saved(csv)[0] if row[0] in names[:4]]
+    widget.fine_tune_button.changed()  # as a click
+    assert "loading the model" in widget.status.value and not widget.fine_tune_button.enabled
+    assert widget.stop_button.enabled
+    qtbot.waitUntil(lambda: widget.fine_tuned_path is not None and widget.worker is None, timeout=600_000)
+    out = tmp_path / "labels-model-1.safetensors"
+    assert widget.fine_tuned_path == out and widget.model.value == str(out)
+    tuned = load_model(out)
+    assert tuned.provenance["cross_validation"]["n_images"] == 3
+    assert f"model: saved {out}" in widget.status.value and "cross-validated F1" in widget.status.value
+    rows, status = saved(csv)
+    assert [row for row in rows if row[0] in names[:4]] == before  # corrections untouched
+    assert [status[n] for n in names] == ["reviewed"] * 3 + ["unreviewed"] * 3
+    redetected = {row[2] for row in rows if row[0] in names[4:]}
+    assert redetected == {tuned.model_id}  # the unreviewed galaxies now carry the new model's boxes
+    assert widget.fine_tune_button.enabled and not widget.stop_button.enabled
+
+
+def test_fine_tuning_with_no_reviewed_box_is_refused(make_napari_viewer, galaxies):
+    folder, _, csv = galaxies
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    session = widget.open_queue(folder, csv)
+    session.mark_no_clumps()
+    assert widget.fine_tune_on_reviewed() is None and widget.worker is None
+    assert "nothing to learn from yet: 1 reviewed image(s), no boxes" in widget.status.value
+    assert not list(csv.parent.glob("*.safetensors"))
+
+
 def test_a_rectangle_drawn_with_the_mouse_is_a_hand_clump(make_napari_viewer, galaxies):
     """napari gives a drawn shape the features of the last selected one (here a model's odd
     clump); the queue makes it a hand box."""

@@ -8,6 +8,7 @@ through :func:`napari_clumps._layers.detections_layer`, so they look as in the d
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from ._detect_widget import (
     _listeners,
     avoid_triton_llvm_clash,
     model_file_choices,
+    register_model_file,
     scrolling_layout,
 )
 from ._layers import (
@@ -33,7 +35,9 @@ from ._layers import (
     label_colours,
     mark_drawn_by_hand,
 )
+from ._train_widget import _Relay, _train_in_thread
 from .detections import HAND_MODEL, REVIEWED
+from .training import TrainingOptions
 
 #: Images kept loaded (the current one and the last ones visited); others are unloaded.
 KEEP_LOADED = 3
@@ -95,7 +99,21 @@ class ReviewWidget(QWidget):
             tooltip="run the model on the unreviewed images that have no hand-made boxes (at the model's "
             "recommended threshold); reviewed images are never touched",
         )
+        self.fine_tune_button = PushButton(
+            text="Fine-tune on reviewed, re-detect the rest",
+            tooltip="train the chosen model on the reviewed images (cross-validated below 20 images, which "
+            "calibrates its threshold), save it next to the labels CSV, then detect again in the unreviewed "
+            "images without hand-made boxes; reviewed images are never touched",
+        )
+        self.stop_button = PushButton(text="Stop", tooltip="stop the fine-tuning or detection that is running")
         self.worker = None
+        self._after_worker = None  # what to do once the running worker has finished
+        self.fine_tuned_path = None  # the last model fine-tuned here
+        self._model_note = ""  # how it scored: shown under the queue's progress until the next one
+        self.training_options = TrainingOptions()  # the library's fine-tuning defaults (docs/fine-tuning.md)
+        self._stop_training = threading.Event()
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_training_progress)
         self.status = Label(value="choose a folder and a labels CSV, then Open queue")
         self.status.native.setWordWrap(True)
         keys = QLabel("keys (over the image):\n" + "\n".join(f"  {key}: {text}" for key, (_, text) in KEYS.items()))
@@ -111,6 +129,8 @@ class ReviewWidget(QWidget):
                 self.undo_button,
                 self.model,
                 self.detect_button,
+                self.fine_tune_button,
+                self.stop_button,
             ]
         )
         layout = scrolling_layout(self)
@@ -132,6 +152,8 @@ class ReviewWidget(QWidget):
         self.add_button.changed.connect(self.add_box_at_cursor)
         self.undo_button.changed.connect(self.undo)
         self.detect_button.changed.connect(self.detect_unreviewed)
+        self.fine_tune_button.changed.connect(self.fine_tune_on_reviewed)
+        self.stop_button.changed.connect(self.stop)
         self._set_enabled(False)
         self.viewer.layers.events.removed.connect(self._layer_removed)
         for key, (method, _) in KEYS.items():
@@ -163,8 +185,15 @@ class ReviewWidget(QWidget):
             self.add_button,
             self.undo_button,
             self.detect_button,
+            self.fine_tune_button,
         ):
-            button.enabled = enabled
+            button.enabled = enabled and not self.busy
+        self.stop_button.enabled = self.busy
+
+    @property
+    def busy(self) -> bool:
+        """A detection or fine-tuning is running (one at a time)."""
+        return self.worker is not None
 
     # ------------------------------------------------------------------ opening
 
@@ -396,16 +425,16 @@ class ReviewWidget(QWidget):
         if not targets:
             self._update_status("no unreviewed image without hand-made boxes to detect in")
             return None
-        self.detect_button.enabled = False
-        self._update_status(f"detecting in {len(targets)} unreviewed image(s)...")
+        self._update_status(f"loading the model to detect in {len(targets)} unreviewed image(s)...")
         self.worker = create_worker(  # starts at once, since handlers are connected here
             _detect_in_thread,
             [item.path for item in targets],
             [item.name for item in targets],
             None if self.model.value == DEFAULT_CHOICE else self.model.value,
             _progress={"total": len(targets), "desc": "Detecting clumps"},
-            _connect={"yielded": self._on_detected, "finished": self._detection_finished},
+            _connect={"yielded": self._on_detected, "finished": self._worker_finished},
         )
+        self._set_enabled(True)
         return self.worker
 
     def _on_detected(self, result):
@@ -423,8 +452,90 @@ class ReviewWidget(QWidget):
             self._refill(result.name)
             self._update_status()
 
-    def _detection_finished(self):
-        self.detect_button.enabled = self.session is not None
+    def _worker_finished(self):
+        self.worker = None
+        self._set_enabled(self.session is not None)
+        then, self._after_worker = self._after_worker, None
+        if then is not None:
+            then()
+
+    def stop(self):
+        """Stop the running fine-tuning (within one training step) or detection (after this image)."""
+        if self.worker is None:
+            return
+        self._stop_training.set()
+        if hasattr(self.worker, "quit"):  # a detection: a generator worker
+            self.worker.quit()
+        self._update_status("stopping...")
+
+    # ------------------------------------------------------------------ fine-tuning
+
+    def model_output_path(self) -> Path:
+        """Where the next fine-tuned model goes: next to the labels CSV, never over an earlier one."""
+        csv = self.session.labels_csv
+        for n in range(1, 10_000):
+            path = csv.with_name(f"{csv.stem}-model-{n}.safetensors")
+            if not path.exists():
+                return path
+        raise FileExistsError(f"{csv.parent}: too many fine-tuned models named {csv.stem}-model-N")
+
+    def fine_tune_on_reviewed(self):
+        """Train the chosen model on the reviewed images in a worker thread; when it is saved, select
+        it and detect again in the unreviewed images (:meth:`detect_unreviewed`)."""
+        from napari.qt.threading import create_worker
+
+        reviews = self.session.reviewed_items()
+        n_boxes = sum(review.n_boxes for review in reviews)
+        if not n_boxes:  # negatives alone teach only "no clump anywhere"
+            self._update_status(
+                f"nothing to learn from yet: {len(reviews)} reviewed image(s), no boxes among them; review "
+                "images with clumps first (a for accept, 0 for none)"
+            )
+            return None
+        self._stop_training.clear()
+        out = self.model_output_path()
+        self._update_status(
+            f"fine-tuning on {len(reviews)} reviewed image(s) ({n_boxes} boxes): reading them and loading the model..."
+        )
+        self.worker = create_worker(
+            _fine_tune_in_thread,
+            reviews,
+            self.model.value,
+            self.training_options,
+            out,
+            self._relay.progress.emit,
+            self._stop_training.is_set,
+            _connect={"returned": self._fine_tuned, "finished": self._worker_finished},
+        )
+        self._set_enabled(True)
+        return self.worker
+
+    def _on_training_progress(self, progress):
+        if progress.kind == "epoch":
+            part = f"{progress.part}, " if progress.part else ""
+            epoch = f"epoch {progress.epoch}/{progress.epochs}, loss {progress.loss:.3f}"
+            self._update_status(f"fine-tuning: {part}{epoch}")
+
+    def _fine_tuned(self, outcome):
+        from napari.utils.notifications import show_error, show_info
+
+        kind, message, path = outcome
+        if kind != "ok":
+            if kind == "error":
+                show_error(f"napari-clumps: fine-tuning failed: {message}")
+            self._update_status(message)
+            return
+        register_model_file(path)  # offered in every model menu; selected here
+        self.model.value = path
+        self.fine_tuned_path = Path(path)
+        self._model_note = f"model: {message}"
+        show_info(f"napari-clumps: {message}")
+        self._update_status()
+        self._after_worker = self._detect_after_fine_tuning  # once this worker has finished
+
+    def _detect_after_fine_tuning(self):
+        if self.session is not None and self.detect_unreviewed() is not None:
+            self._update_status("re-detecting the unreviewed images with it...")
 
     # ------------------------------------------------------------------ status
 
@@ -432,8 +543,16 @@ class ReviewWidget(QWidget):
         reviewed, total = self.session.progress
         item = self.session.item
         state = "reviewed" if item.status == REVIEWED else "not reviewed"
-        text = f"reviewed {reviewed} of {total}: {item.name} ({state}, {item.n_boxes} boxes)"
-        self.status.value = f"{text}\n{note}" if note else text
+        lines = [f"reviewed {reviewed} of {total}: {item.name} ({state}, {item.n_boxes} boxes)", note, self._model_note]
+        self.status.value = "\n".join(line for line in lines if line)
+
+
+def _fine_tune_in_thread(reviews, base, options, out, report, should_stop):
+    """Worker body: ``(kind, message, path)`` as the Fine-tune widget's (the same training)."""
+    from .review import training_images
+
+    items, _notes = training_images(reviews)  # the notes say which boxes were clipped: as in the CSV
+    return _train_in_thread(items, base, options, out, report, should_stop)
 
 
 def _detect_in_thread(paths, names, model):

@@ -114,6 +114,10 @@ class ReviewSession:
                 return self.go_to(index)
         return self.next()
 
+    def reviewed_items(self) -> list[ImageReview]:
+        """Copies of the reviewed images, safe to hand to a worker thread while the user goes on."""
+        return [item.copy() for item in self.items if item.status == REVIEWED]
+
     @property
     def progress(self) -> tuple[int, int]:
         """(reviewed, total)."""
@@ -346,6 +350,24 @@ class ReviewSession:
             item.status = status if status in (UNREVIEWED, REVIEWED) else UNREVIEWED
             item.width, item.height = _int_or_none(row.width), _int_or_none(row.height)
         self._other_images = listed[~listed_mine].reset_index(drop=True)
+
+
+def training_images(reviews: list[ImageReview]):
+    """Reviewed images as training data: ``(labelled images, notes)``, each image read from its
+    file and its boxes cleaned as :func:`napari_clumps.training.load_labelled_images` does for a
+    labels CSV (so the queue and ``napari-clumps train --labels`` train on the same thing)."""
+    from .detections import CLASS_NAMES
+    from .io import read_image
+    from .training import LabelledImage, clean_boxes
+
+    labelled, notes = [], []
+    for review in reviews:
+        image = read_image(review.path)
+        labels = [CLASS_NAMES.index(label) for label in review.labels]
+        boxes, classes, image_notes = clean_boxes(review.boxes, labels, image.width, image.height, review.name)
+        notes.extend(image_notes)
+        labelled.append(LabelledImage(image, boxes, classes, review.name))
+    return labelled, notes
 
 
 def _same_state(a: ImageReview, b: ImageReview) -> bool:

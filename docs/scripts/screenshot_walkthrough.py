@@ -1,0 +1,93 @@
+"""Screenshots of the whole loop in the review queue, for docs/walkthrough.md: open a folder,
+detect, review, fine-tune on the reviewed galaxies, re-detect the rest.
+
+usage: xvfb-run -a -s "-screen 0 1400x900x24" python docs/scripts/screenshot_walkthrough.py [OUT_DIR]
+
+Drives a real napari window as a user would, through the widget's own methods (the ones its
+buttons and keys call), on 12 simulated FITS galaxies in a temporary folder (relative paths only,
+so that no local path shows). The "corrections" are the simulation's true boxes, so the
+fine-tuned model's cross-validated F1 in the last picture is measured, not staged. Writes
+walkthrough_1_open.png ... walkthrough_4_fine_tuned.png and prints each step's status line.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torchvision.ops  # noqa: F401  (before napari's OpenGL: see tests/conftest.py)
+
+# isort: split
+import napari
+from qtpy.QtCore import QTimer
+
+from napari_clumps._review_widget import ReviewWidget
+from napari_clumps.detections import read_detections
+from napari_clumps.simulate import write_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT / "docs" / "images"
+N_GALAXIES, N_REVIEWED = 12, 6
+
+os.chdir(tempfile.mkdtemp())
+truth = read_detections(write_dataset("galaxies", n=N_GALAXIES, seed=2025))
+for path in Path("galaxies").glob("*.jpg"):
+    path.unlink()
+
+viewer = napari.Viewer(title="napari-clumps: review queue")
+viewer.window._qt_window.resize(1400, 860)
+widget = ReviewWidget(viewer)
+viewer.window.add_dock_widget(widget, name="Review clumps")
+# the fields as typed (relative), not resolved: no local path in the picture
+widget.folder.line_edit.value = "galaxies"
+widget.labels_csv.line_edit.value = "labels.csv"
+
+
+def shoot(name, then):
+    def take():
+        path = OUT / f"walkthrough_{name}.png"
+        viewer.window.screenshot(str(path), canvas_only=False)
+        print(f"{path.name}: {widget.status.value!r}", flush=True)
+        QTimer.singleShot(200, then)
+
+    viewer.reset_view()
+    QTimer.singleShot(700, take)
+
+
+def when_idle(then):
+    """Call ``then`` once the widget's worker (detection or fine-tuning) has finished."""
+    if widget.worker is None:
+        then()
+    else:
+        QTimer.singleShot(500, lambda: when_idle(then))
+
+
+def step_open():
+    widget.open_queue("galaxies", "labels.csv")
+    shoot("1_open", step_detect)
+
+
+def step_detect():
+    widget.detect_unreviewed()
+    when_idle(lambda: shoot("2_detected", step_review))
+
+
+def step_review():
+    session = widget.session
+    for _ in range(N_REVIEWED):  # corrected to the truth, then accepted (key a)
+        name = session.item.name
+        session.set_boxes(name, truth[truth.image == name])
+        widget.accept()
+    widget.previous_image()
+    widget.boxes_layer().selected_data = {0}
+    shoot("3_review", step_fine_tune)
+
+
+def step_fine_tune():
+    widget.next_image()
+    widget.fine_tune_on_reviewed()
+    when_idle(lambda: shoot("4_fine_tuned", viewer.close))
+
+
+QTimer.singleShot(1000, step_open)
+napari.run()
