@@ -21,6 +21,8 @@ from ._detect_widget import (
     _listeners,
     avoid_triton_llvm_clash,
     model_file_choices,
+    remember_paths,
+    restore_paths,
     scrolling_layout,
 )
 from ._layers import (
@@ -75,6 +77,7 @@ class ReviewWidget(QWidget):
             value="labels.csv",
             tooltip="written at every change; open the same file again to resume",
         )
+        restore_paths(review_images=self.folder, review_labels_csv=self.labels_csv)  # as last opened
         self.open_button = PushButton(
             text="Open queue", tooltip="open the images with the labels CSV; an existing CSV resumes where you stopped"
         )
@@ -183,6 +186,7 @@ class ReviewWidget(QWidget):
         for name in list(self._loaded):
             self._unload(name)
         self.session = session
+        remember_paths(review_images=images, review_labels_csv=labels_csv)
         self._set_enabled(True)
         self.show_current()
         return session
