@@ -29,6 +29,17 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("tests missing a marker:\n" + "\n".join(missing))
 
 
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty napari-clumps settings directory: the user's real settings
+    are never read or written, and no test sees another's remembered choices."""
+    from napari_clumps.settings import CONFIG_DIR_VARIABLE
+
+    directory = tmp_path_factory.mktemp("settings")
+    monkeypatch.setenv(CONFIG_DIR_VARIABLE, str(directory))
+    return directory
+
+
 SIZE = (60, 80)  # rows, columns: not square, so that axis mix-ups show
 CRVAL = (150.1, 2.2)  # RA, Dec in degrees of FITS pixel CRPIX
 CRPIX = (31.0, 21.0)  # 1-based FITS pixel (x, y): astropy pixel (30, 20), edge (30.5, 20.5)

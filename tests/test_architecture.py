@@ -67,4 +67,15 @@ def test_core_module_imports_point_inward(path):
 
 def test_the_core_is_most_of_the_package():
     names = {p.stem for p in core_modules()}
-    assert {"io", "inference", "model", "training", "metrics", "detections", "pixels", "host", "simulate"} <= names
+    assert {
+        "io",
+        "inference",
+        "model",
+        "training",
+        "metrics",
+        "detections",
+        "pixels",
+        "host",
+        "simulate",
+        "settings",
+    } <= names

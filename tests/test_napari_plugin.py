@@ -36,12 +36,19 @@ def test_npe2_discovers_readers_widgets_and_sample_data():
 @pytest.mark.gui
 @pytest.mark.parametrize("kind, n_bands", [("cube", 3), ("mef", 3), ("cube_gz", 3), ("single", 1), ("compressed", 1)])
 def test_viewer_opens_fits_north_up_with_wcs(make_napari_viewer, image_files, kind, n_bands):
+    from napari_clumps._commands import show_raw_bands
+
     viewer = make_napari_viewer()
-    layers = viewer.open(image_files[kind], plugin="napari-clumps")
-    composite, bands = layers[0], layers[1:]
+    (composite,) = viewer.open(image_files[kind], plugin="napari-clumps")  # one layer per file
     assert composite.rgb and composite.data.shape == (*SIZE, 3) and composite.data.dtype == np.uint8
-    assert len(bands) == n_bands and all(not b.visible for b in bands)
+    # its raw bands, one action away, just above it
+    viewer.layers.selection = {composite}
+    bands = show_raw_bands(viewer)
+    assert list(viewer.layers) == [composite, *bands] and len(bands) == n_bands and all(b.visible for b in bands)
+    assert [b.name for b in bands] == [f"{composite.name} [{name}]" for name in composite.metadata["band_names"]]
     assert bands[0].data.shape == SIZE and bands[0].data.dtype == np.float32
+    np.testing.assert_array_equal(bands[0].scale, composite.scale)
+    assert show_raw_bands(viewer) == bands and len(viewer.layers) == n_bands + 1  # never twice
     # data row 0 is FITS row 1 (values encode the row) ...
     assert bands[0].data[0, 5] < 1000 <= bands[0].data[1, 5]
     # ... and is displayed at the bottom: world row grows upwards from data row 0
@@ -114,7 +121,7 @@ def test_simulate_widget_adds_a_galaxy(make_napari_viewer):
     widget.seed.value, widget.galaxy.value = 7, 2
     widget()
     names = [layer.name for layer in viewer.layers]
-    assert names[0] == "simulated_seed7_2.fits" and len(names) == 5
+    assert names == ["simulated_seed7_2.fits", "simulated_seed7_2.fits truth"]  # the bands on demand
 
 
 def test_npe2_validate_passes():

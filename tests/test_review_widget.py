@@ -236,7 +236,7 @@ def test_fine_tune_on_reviewed_then_redetect_keeps_every_correction(make_napari_
     assert "loading the model" in widget.status.value and not widget.fine_tune_button.enabled
     assert widget.stop_button.enabled
     qtbot.waitUntil(lambda: widget.fine_tuned_path is not None and widget.worker is None, timeout=600_000)
-    out = tmp_path / "labels-model-1.safetensors"
+    out = tmp_path / "labels-model.safetensors"
     assert widget.fine_tuned_path == out and widget.model.value == str(out)
     tuned = load_model(out)
     assert tuned.provenance["cross_validation"]["n_images"] == 3

@@ -8,6 +8,7 @@ recommended threshold), writes the CSV next to the PNG and takes the screenshot;
 boxes so they can be compared with the picture.
 """
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +17,11 @@ import napari
 from qtpy.QtCore import QTimer
 
 from napari_clumps._detect_widget import DEFAULT_CHOICE, DetectionWidget, register_model_file
+from napari_clumps.settings import CONFIG_DIR_VARIABLE
 from napari_clumps.simulate import write_dataset
+
+# a throwaway settings directory: the model files registered here must not join the user's model menus
+os.environ.setdefault(CONFIG_DIR_VARIABLE, tempfile.mkdtemp(prefix="napari-clumps-settings-"))
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = sys.argv[1] if len(sys.argv) > 1 else "default"

@@ -7,6 +7,7 @@ detection widget's CSV import), starts fine-tuning BASE_MODEL on them and takes 
 once two epochs are done (loss curve and validation F1 in the dock), then cancels.
 """
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +17,11 @@ from qtpy.QtCore import QTimer
 
 from napari_clumps._detect_widget import DetectionWidget, register_model_file
 from napari_clumps._train_widget import FineTuneWidget
+from napari_clumps.settings import CONFIG_DIR_VARIABLE
 from napari_clumps.simulate import write_dataset
+
+# a throwaway settings directory: the model files registered here must not join the user's model menus
+os.environ.setdefault(CONFIG_DIR_VARIABLE, tempfile.mkdtemp(prefix="napari-clumps-settings-"))
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = Path(sys.argv[1])

@@ -39,8 +39,6 @@ for offset, suffix in ((0, ".fits"), (220, ".jpg")):
         image_kwargs={"scale": image_layer.scale, "translate": image_layer.translate},
     )
     viewer.add_shapes(data, **kwargs)
-for layer in viewer.layers:
-    layer.visible = "[" not in layer.name  # the raw band layers stay hidden
 
 
 def shoot():

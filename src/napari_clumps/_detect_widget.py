@@ -7,6 +7,7 @@ layers is :mod:`napari_clumps._layers`, the CSV is :mod:`napari_clumps.detection
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -17,12 +18,14 @@ from magicgui.widgets import (
     FloatSlider,
     FloatSpinBox,
     Label,
+    ProgressBar,
     PushButton,
     Select,
 )
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
+from ._commands import show_raw_bands
 from ._layers import (
     apply_score_threshold,
     boxes_table,
@@ -36,29 +39,56 @@ from ._layers import (
 )
 from .detections import LABELS
 from .inference import DEFAULT_NMS_IOU
-from .model import DEVICES, PAPER_SCORE_THRESHOLD
+from .model import DEFAULT_MODEL, DEVICES, PAPER_SCORE_THRESHOLD
 from .scale import DEFAULT_SEEING_ARCSEC
+from .settings import load_settings, remember_model_file, update_settings
 
 #: Lowest score the widget keeps, so that the slider can go down without re-running the model.
 SCORE_FLOOR = 0.05
 DEFAULT_CHOICE = "default (packaged model)"
 
-#: Model files known to this session, newest first (the fine-tuning widget adds its results).
-KNOWN_MODEL_FILES: list[str] = []
+#: Model menus to refresh when a model file is added (the widgets' ``reset_choices``).
 _listeners: list = []
 
 
 def register_model_file(path) -> None:
-    """Make a model file selectable in every detection widget."""
-    path = str(Path(path).resolve())
-    if path in KNOWN_MODEL_FILES:
-        KNOWN_MODEL_FILES.remove(path)
-    KNOWN_MODEL_FILES.insert(0, path)
+    """Make a model file selectable in every model menu, now and after a restart (the settings
+    file remembers it: :func:`napari_clumps.settings.remember_model_file`)."""
+    _saving(remember_model_file, path)
     for listener in list(_listeners):
         try:
             listener()
         except RuntimeError:  # its widget was closed and deleted
             _listeners.remove(listener)
+
+
+def remember(**changes) -> None:
+    """Save settings (:mod:`napari_clumps.settings`, by field name) from a widget."""
+    _saving(update_settings, **changes)
+
+
+def _saving(save, *args, **kwargs) -> None:
+    """Call a settings writer; a settings file that cannot be written costs the memory, never the
+    action the user was taking."""
+    from napari.utils.notifications import show_warning
+
+    try:
+        save(*args, **kwargs)
+    except OSError as error:
+        show_warning(f"napari-clumps: {error.filename or 'settings'}: cannot save the settings ({error.strerror})")
+
+
+def restore_paths(**file_edits) -> None:
+    """Start each ``FileEdit`` (by settings field name) at its remembered path, if there is one."""
+    remembered = load_settings()
+    for name, file_edit in file_edits.items():
+        if getattr(remembered, name):
+            file_edit.value = getattr(remembered, name)
+
+
+def remember_paths(**paths) -> None:
+    """Remember paths (by settings field name); a list of files is not a folder to remember."""
+    remember(**{name: str(path) for name, path in paths.items() if isinstance(path, str | Path) and str(path)})
 
 
 def image_layer_choices(viewer) -> list[tuple]:
@@ -71,11 +101,56 @@ def image_layer_choices(viewer) -> list[tuple]:
 
 
 def model_file_choices() -> list[tuple]:
-    """(label, value) of the packaged default and the model files known to this session."""
+    """(label, value) of the packaged default and the remembered model files."""
     return [
         (DEFAULT_CHOICE, DEFAULT_CHOICE),
-        *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in KNOWN_MODEL_FILES),
+        *((f"{Path(p).name} ({Path(p).parent.name})", p) for p in load_settings().model_files),
     ]
+
+
+def model_setting(choice: str) -> str:
+    """The settings' name for a model menu choice (the packaged default has its own label)."""
+    return DEFAULT_MODEL if choice == DEFAULT_CHOICE else choice
+
+
+def model_choice(setting: str) -> str:
+    return DEFAULT_CHOICE if setting == DEFAULT_MODEL else setting
+
+
+def preselect(select: Select, candidates, offered: weakref.WeakSet) -> None:
+    """Add to ``select``'s value the ``candidates`` (layers) not offered before, so that a layer is
+    chosen once, when it first qualifies, and a user's deselection afterwards stands."""
+    select.reset_choices()
+    new = [layer for layer in candidates if layer not in offered and layer in select.choices]
+    offered.update(new)
+    if new:
+        select.value = [*select.value, *new]
+
+
+class WorkProgress:
+    """A progress bar and a status line inside a widget, so that work shows from its first second
+    (napari's own activity dock starts collapsed): busy while a model loads, then i of N."""
+
+    def __init__(self, status: Label, what: str):
+        self.status = status
+        self.bar = ProgressBar(label="progress", value=0, min=0, max=1, visible=False, tooltip=f"progress of {what}")
+
+    def busy(self, text: str) -> None:
+        self.status.value = text
+        self.bar.visible = True
+        self.bar.native.setRange(0, 0)  # Qt's "busy" bar: no end known yet
+
+    def count(self, done: int, total: int, text: str | None = None) -> None:
+        self.bar.visible = True
+        self.bar.native.setRange(0, max(total, 1))
+        self.bar.value = min(done, max(total, 1))
+        if text is not None:
+            self.status.value = text
+
+    def done(self, text: str | None = None) -> None:
+        self.bar.visible = False
+        if text is not None:
+            self.status.value = text
 
 
 def _forget(listener) -> None:
@@ -125,14 +200,24 @@ class DetectionWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self._stop = threading.Event()
+        self._offered = weakref.WeakSet()  # image layers preselected once (see preselect)
+        self._run = _RunTally(0)
+        remembered = load_settings()
         self.images = Select(
             label="images",
             choices=self._image_choices,
             allow_multiple=True,
-            tooltip="image layers to run on (ctrl/shift-click for several)",
+            tooltip="image layers to run on (ctrl/shift-click for several); every image opened is chosen",
+        )
+        self.bands_button = PushButton(
+            text="Show raw bands",
+            tooltip="add the raw FITS bands of the images selected in the layer list "
+            "(also Layers > Data > Show raw FITS bands)",
         )
         self.model = ComboBox(
-            label="model", choices=self._model_choices, tooltip="the packaged default model or a model file"
+            label="model",
+            choices=self._model_choices,
+            tooltip="the packaged default model or a model file (remembered, as the files added)",
         )
         self.model_file = FileEdit(
             label="model file",
@@ -141,7 +226,10 @@ class DetectionWidget(QWidget):
             tooltip="add a model file (napari-clumps model or paper checkpoint)",
         )
         self.device = ComboBox(
-            label="device", choices=DEVICES, value="auto", tooltip="auto: CUDA, then Apple MPS, then CPU"
+            label="device",
+            choices=DEVICES,
+            value=remembered.device,
+            tooltip="auto: CUDA, then Apple MPS, then CPU (remembered)",
         )
         self.score = FloatSlider(
             label="score >=",
@@ -149,7 +237,8 @@ class DetectionWidget(QWidget):
             max=1.0,
             step=0.01,
             value=PAPER_SCORE_THRESHOLD,
-            tooltip="shown boxes; moving it does not re-run the model",
+            tooltip="shown boxes; moving it does not re-run the model. Starts at the model's "
+            "recommended threshold when you choose a model; remembered",
         )
         self.nms = FloatSpinBox(
             label="NMS IoU",
@@ -205,10 +294,12 @@ class DetectionWidget(QWidget):
         )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        self.progress = WorkProgress(self.status, "detection")
         self.images.native.setMaximumHeight(110)
         self.form = Container(
             widgets=[
                 self.images,
+                self.bands_button,
                 self.model,
                 self.model_file,
                 self.device,
@@ -221,6 +312,7 @@ class DetectionWidget(QWidget):
                 Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                 self.csv_path,
                 Container(widgets=[self.export_button, self.import_button], layout="horizontal", labels=False),
+                self.progress.bar,
                 self.status,
             ]
         )
@@ -229,8 +321,12 @@ class DetectionWidget(QWidget):
         layout.addStretch()
         self.setMaximumWidth(440)
 
+        if model_choice(remembered.model) in self.model.choices:
+            self.model.value = model_choice(remembered.model)
+        restore_paths(detections_csv=self.csv_path)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.bands_button.changed.connect(lambda: show_raw_bands(self.viewer))
         self.score.changed.connect(self._apply_threshold)
         self.keep_off_host.changed.connect(self._apply_threshold)
         self.new_label.changed.connect(self._set_new_label)
@@ -241,6 +337,13 @@ class DetectionWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
         self._use_model_threshold(self.model.value)
+        if remembered.score_threshold is not None:
+            self.score.value = max(remembered.score_threshold, SCORE_FLOOR)
+        # remembered from here on (not while the widget is being set up)
+        self.model.changed.connect(lambda choice: remember(model=model_setting(choice)))
+        self.device.changed.connect(lambda device: remember(device=device))
+        self.score.changed.connect(lambda value: remember(score_threshold=round(value, 4)))
+        self.csv_path.changed.connect(lambda path: remember_paths(detections_csv=path))
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.model.reset_choices))
         self._refresh_choices()
@@ -254,9 +357,8 @@ class DetectionWidget(QWidget):
         return model_file_choices()
 
     def _refresh_choices(self, event=None):
-        self.images.reset_choices()
-        if not self.images.value and self.images.choices:
-            self.images.value = [self.images.choices[0]]
+        """New image layers are chosen as they come (most runs are on every open image)."""
+        preselect(self.images, [layer for _, layer in image_layer_choices(self.viewer)], self._offered)
 
     def _add_model_file(self, path):
         if path and Path(path).is_file():
@@ -304,7 +406,11 @@ class DetectionWidget(QWidget):
         self._stop.clear()
         by_name = {layer.name: layer for layer in layers}
         self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"detecting in {len(images)} image(s)..."
+        self._run = _RunTally(len(images))
+        self.progress.busy(
+            f"loading the model ({self.model.current_choice}) for {len(images)} image(s); "
+            "the first run in a session also starts PyTorch, which takes a while..."
+        )
         self.worker = create_worker(  # starts at once, since handlers are connected here
             _detect_in_thread,
             images,
@@ -324,13 +430,17 @@ class DetectionWidget(QWidget):
         name = clumps_layer_name(image_layer.name)
         return name in self.viewer.layers and bool(self.viewer.layers[name].metadata.get("edited"))
 
-    def _put_boxes_layer(self, table, image_layer):
+    def _put_boxes_layer(self, table, image_layer, filtered: bool = False):
         """The clumps layer of ``table`` over ``image_layer``, replacing any of the same name, and
-        watched for the user's edits (:func:`~napari_clumps._layers.note_user_edit`)."""
+        watched for the user's edits (:func:`~napari_clumps._layers.note_user_edit`); ``filtered``:
+        with the score and host filter applied before it reaches the viewer, so that what listens
+        to new layers (the fine-tuning widget's choice of images) sees the boxes shown."""
         from napari.layers import Shapes
 
         data, kwargs, _ = detections_layer_over(table, image_layer, self.new_label.value)
         layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
+        if filtered:
+            apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
         if layer.name in self.viewer.layers:
             self.viewer.layers.remove(layer.name)
         self.viewer.add_layer(layer)
@@ -347,20 +457,29 @@ class DetectionWidget(QWidget):
         kind, *payload = item
         if kind == "error":
             self._failed(payload[0])
+        elif kind == "ready":
+            self._run.device_text = payload[0]
+            self.progress.count(0, self._run.total, f"{payload[0]}: detecting in {self._run.total} image(s)...")
         else:
             name, result, device_text = payload
+            self._run.done += 1
+            self._run.device_text = device_text
+            self.progress.count(self._run.done, self._run.total)
             self._show_result(layers_by_name[name], result, device_text)
 
     def _show_result(self, image_layer, result, device_text):
+        counter = f"image {self._run.done} of {self._run.total}: "
         if result.error:
             from napari.utils.notifications import show_error
 
             show_error(f"napari-clumps: {result.error}")
+            self._run.failed += 1
+            self.status.value = f"{counter}{result.error}"
             return
-        layer = self._put_boxes_layer(result.table, image_layer)
-        apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
+        layer = self._put_boxes_layer(result.table, image_layer, filtered=True)
+        self._run.shown += len(layer.data)
         self.status.value = (
-            f"{image_layer.name}: {len(layer.data)} clumps shown "
+            f"{counter}{image_layer.name}: {len(layer.data)} clumps shown "
             f"({len(result.table)} with score >= {SCORE_FLOOR} on or off the host); {device_text}"
         )
 
@@ -371,8 +490,7 @@ class DetectionWidget(QWidget):
         self.status.value = f"failed: {message}"
 
     def _finished(self):
-        if self._stop.is_set():
-            self.status.value = "cancelled"
+        self.progress.done("cancelled" if self._stop.is_set() else self._run.summary())
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
     # ------------------------------------------------------------------ editing
@@ -446,6 +564,20 @@ class DetectionWidget(QWidget):
         return added
 
 
+class _RunTally:
+    """What one Detect run has done so far, for the status line."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.failed, self.shown, self.device_text = total, 0, 0, 0, ""
+
+    def summary(self) -> str | None:
+        """The closing line of a run that gave results; None keeps the last line (an error)."""
+        if self.done <= 1:
+            return None  # one image: its own line says it all
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"done: {self.done} of {self.total} images{failed}, {self.shown} clumps shown; {self.device_text}"
+
+
 def avoid_triton_llvm_clash() -> None:
     """Keep torch from importing triton when an LLVM is already loaded (Mesa's llvmpipe GL).
 
@@ -468,9 +600,10 @@ def avoid_triton_llvm_clash() -> None:
 
 
 def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fwhm=None, pixel_scale=None):
-    """Worker body: yields ``("result", layer name, ImageDetections, device text)`` per image, or
-    ``("error", message)`` for the failures a user can act on (bad model file, no GPU, out of
-    memory); anything else propagates and napari reports it with its traceback."""
+    """Worker body: yields ``("ready", device text)`` once the model is loaded, then ``("result",
+    layer name, ImageDetections, device text)`` per image, or ``("error", message)`` for the
+    failures a user can act on (bad model file, no GPU, out of memory); anything else propagates
+    and napari reports it with its traceback."""
     import torch
 
     from .inference import iter_detections
@@ -481,6 +614,7 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
         torch_device = select_device(device)
         detector = get_detector(model, str(torch_device))
         device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
+        yield "ready", device_text
         note = unused_psf_note(detector.config, psf_fwhm, pixel_scale)
         if note:
             device_text += f"; {note}"

@@ -20,15 +20,12 @@ def display_transform(is_fits: bool, height: int) -> dict:
 
 
 def image_layers(image) -> list[tuple]:
-    """Layer data tuples of a :class:`~napari_clumps.io.GalaxyImage`.
+    """Layer data tuples of a :class:`~napari_clumps.io.GalaxyImage`: its colour composite alone
+    (what the detector sees), whatever the number of bands.
 
-    The colour composite first (what the detector sees); for FITS also one hidden layer per raw
-    band, with zscale contrast limits.
+    The raw bands travel in the layer's metadata; :func:`band_layers` makes layers of them when
+    asked ("Show raw bands"), so that opening a FITS adds one layer, not one per band as well.
     """
-    from astropy.visualization import ZScaleInterval
-
-    stem = Path(image.path).name
-    transform = display_transform(image.is_fits, image.height)
     metadata = {
         "path": str(image.path),
         "wcs": image.wcs,
@@ -37,26 +34,44 @@ def image_layers(image) -> list[tuple]:
         "bands": image.bands,
         "napari_clumps": True,
     }
-    layers = [(image.composite, {"name": stem, "rgb": True, "metadata": metadata, **transform}, "image")]
-    if image.is_fits:
-        for band, band_name in zip(image.bands, image.band_names):
-            low, high = ZScaleInterval().get_limits(band)
-            if not high > low:
-                low, high = float(band.min()), float(band.max()) + 1e-6
-            layers.append(
-                (
-                    band,
-                    {
-                        "name": f"{stem} [{band_name}]",
-                        "visible": False,
-                        "colormap": "gray",
-                        "contrast_limits": (float(low), float(high)),
-                        "metadata": {**metadata, "bands": None, "band_name": band_name},
-                        **transform,
-                    },
-                    "image",
-                )
-            )
+    kwargs = {"name": Path(image.path).name, "rgb": True, "metadata": metadata}
+    return [(image.composite, {**kwargs, **display_transform(image.is_fits, image.height)}, "image")]
+
+
+def has_raw_bands(image_layer) -> bool:
+    """Whether a layer is a FITS colour composite of this plugin, with its raw bands in its metadata."""
+    from .io import is_fits_path
+
+    metadata = image_layer.metadata
+    return metadata.get("bands") is not None and is_fits_path(metadata.get("path") or "")
+
+
+def band_layer_name(image_layer_name: str, band_name: str) -> str:
+    return f"{image_layer_name} [{band_name}]"
+
+
+def band_layers(image_layer) -> list[tuple]:
+    """Layer data tuples of the raw bands behind a FITS composite layer (see :func:`has_raw_bands`):
+    float32, zscale contrast limits, the composite's display transform."""
+    from astropy.visualization import ZScaleInterval
+
+    metadata = image_layer.metadata
+    # the composite's own keys, not any a widget added to it (the review marks the layers it made)
+    shared = {key: metadata.get(key) for key in ("path", "wcs", "header", "band_names", "napari_clumps")}
+    transform = {"scale": tuple(image_layer.scale), "translate": tuple(image_layer.translate)}
+    layers = []
+    for band, band_name in zip(metadata["bands"], metadata["band_names"]):
+        low, high = ZScaleInterval().get_limits(band)
+        if not high > low:
+            low, high = float(band.min()), float(band.max()) + 1e-6
+        kwargs = {
+            "name": band_layer_name(image_layer.name, band_name),
+            "colormap": "gray",
+            "contrast_limits": (float(low), float(high)),
+            "metadata": {**shared, "bands": None, "band_name": band_name},
+            **transform,
+        }
+        layers.append((band, kwargs, "image"))
     return layers
 
 

@@ -23,6 +23,8 @@ from ._detect_widget import (
     avoid_triton_llvm_clash,
     model_file_choices,
     register_model_file,
+    remember_paths,
+    restore_paths,
     scrolling_layout,
 )
 from ._layers import (
@@ -37,6 +39,7 @@ from ._layers import (
 )
 from ._train_widget import _Relay, _train_in_thread
 from .detections import HAND_MODEL, REVIEWED
+from .settings import unused_file_name
 from .training import TrainingOptions
 
 #: Images kept loaded (the current one and the last ones visited); others are unloaded.
@@ -79,6 +82,7 @@ class ReviewWidget(QWidget):
             value="labels.csv",
             tooltip="written at every change; open the same file again to resume",
         )
+        restore_paths(review_images=self.folder, review_labels_csv=self.labels_csv)  # as last opened
         self.open_button = PushButton(
             text="Open queue", tooltip="open the images with the labels CSV; an existing CSV resumes where you stopped"
         )
@@ -212,6 +216,7 @@ class ReviewWidget(QWidget):
         for name in list(self._loaded):
             self._unload(name)
         self.session = session
+        remember_paths(review_images=images, review_labels_csv=labels_csv)
         self._set_enabled(True)
         self.show_current()
         return session
@@ -473,11 +478,7 @@ class ReviewWidget(QWidget):
     def model_output_path(self) -> Path:
         """Where the next fine-tuned model goes: next to the labels CSV, never over an earlier one."""
         csv = self.session.labels_csv
-        for n in range(1, 10_000):
-            path = csv.with_name(f"{csv.stem}-model-{n}.safetensors")
-            if not path.exists():
-                return path
-        raise FileExistsError(f"{csv.parent}: too many fine-tuned models named {csv.stem}-model-N")
+        return unused_file_name(csv.parent, f"{csv.stem}-model.safetensors")
 
     def fine_tune_on_reviewed(self):
         """Train the chosen model on the reviewed images in a worker thread; when it is saved, select
@@ -511,7 +512,9 @@ class ReviewWidget(QWidget):
         return self.worker
 
     def _on_training_progress(self, progress):
-        if progress.kind == "epoch":
+        if isinstance(progress, str):  # what the worker is doing before the first step
+            self._update_status(f"fine-tuning: {progress}")
+        elif progress.kind == "epoch":
             part = f"{progress.part}, " if progress.part else ""
             epoch = f"epoch {progress.epoch}/{progress.epochs}, loss {progress.loss:.3f}"
             self._update_status(f"fine-tuning: {part}{epoch}")

@@ -7,6 +7,7 @@ Glue and layout only: the data come from :mod:`napari_clumps._layers`, the train
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,24 @@ from qtpy.QtWidgets import QWidget
 
 from ._detect_widget import (
     DEFAULT_CHOICE,
+    WorkProgress,
     _forget,
     _listeners,
     avoid_triton_llvm_clash,
     image_layer_choices,
     is_boxes_layer,
     model_file_choices,
+    preselect,
     register_model_file,
+    remember_paths,
     scrolling_layout,
 )
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
+from .settings import load_settings, unused_file_name
 from .training import CROSS_VALIDATION_BELOW, CROSS_VALIDATION_FOLDS, TrainingOptions
+
+#: The name offered for a new model file (made unique in the remembered folder).
+DEFAULT_OUTPUT_NAME = "finetuned.safetensors"
 
 
 class _Relay(QObject):
@@ -47,13 +55,15 @@ class FineTuneWidget(QWidget):
         self._stop = threading.Event()
         self._bar = None
         self._part = ""  # which training of a cross-validation the progress is about
+        self._offered = weakref.WeakSet()  # image layers preselected once (see preselect)
         self._relay = _Relay()
         self._relay.progress.connect(self._on_progress)
         self.images = Select(
             label="reviewed images",
             choices=self._image_choices,
             allow_multiple=True,
-            tooltip="images whose boxes you checked; one without boxes is a negative",
+            tooltip="images whose boxes you checked; one without boxes is a negative. Images "
+            "get chosen when their clumps layer has boxes",
         )
         self.base = ComboBox(
             label="base model",
@@ -89,12 +99,14 @@ class FineTuneWidget(QWidget):
             tooltip=f"fraction of images held out to measure F1 and set the new model's threshold; under "
             f"{CROSS_VALIDATION_BELOW} images, {CROSS_VALIDATION_FOLDS}-fold cross-validation instead; 0: off",
         )
+        folder = load_settings().finetune_folder
         self.output = FileEdit(
             label="save as",
             mode="w",
             filter="*.safetensors",
-            value="finetuned.safetensors",
-            tooltip="model file, written after every epoch that improves (atomically)",
+            value=unused_file_name(folder, DEFAULT_OUTPUT_NAME) if folder else DEFAULT_OUTPUT_NAME,
+            tooltip="model file, written after every epoch that improves (atomically); its folder is "
+            "remembered, and the new model stays in the model menus",
         )
         self.train_button = PushButton(text="Train", tooltip="fine-tune on the reviewed images in the background")
         self.cancel_button = PushButton(
@@ -102,6 +114,7 @@ class FineTuneWidget(QWidget):
         )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        self.progress = WorkProgress(self.status, "fine-tuning (steps of all epochs)")
         self.images.native.setMaximumHeight(110)
         self.form = Container(
             widgets=[
@@ -113,6 +126,7 @@ class FineTuneWidget(QWidget):
                 self.val_fraction,
                 self.output,
                 Container(widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False),
+                self.progress.bar,
                 self.status,
             ]
         )
@@ -124,15 +138,26 @@ class FineTuneWidget(QWidget):
 
         self.train_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
-        self.viewer.layers.events.inserted.connect(lambda e: self.images.reset_choices())
-        self.viewer.layers.events.removed.connect(lambda e: self.images.reset_choices())
+        self.output.changed.connect(lambda path: remember_paths(finetune_folder=Path(path).parent))
+        self.viewer.layers.events.inserted.connect(self._refresh_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_choices)
         _listeners.append(self.base.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.base.reset_choices))
+        self._refresh_choices()
 
     # ------------------------------------------------------------------ choices
 
     def _image_choices(self, _widget=None):
         return image_layer_choices(self.viewer)
+
+    def _refresh_choices(self, event=None):
+        """Choose the images whose clumps layer has boxes, as such layers appear (Detect, a CSV)."""
+        with_boxes = [
+            layer
+            for _, layer in image_layer_choices(self.viewer)
+            if (boxes := self.clump_layer_for(layer)) is not None and len(boxes.data)
+        ]
+        preselect(self.images, with_boxes, self._offered)
 
     def _base_choices(self, _widget=None):
         from .model import BACKBONES
@@ -210,8 +235,10 @@ class FineTuneWidget(QWidget):
 
         self._redraw()
         self.train_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = (
-            f"training on {len(items)} images ({n_boxes} boxes, {sum(len(it.boxes) == 0 for it in items)} negatives)..."
+        negatives = sum(len(it.boxes) == 0 for it in items)
+        self.progress.busy(
+            f"training on {len(items)} images ({n_boxes} boxes, {negatives} negatives): loading the base model "
+            "(the first run in a session also starts PyTorch)..."
         )
         self.worker = create_worker(
             _train_in_thread,
@@ -232,6 +259,9 @@ class FineTuneWidget(QWidget):
     def _on_progress(self, progress):
         from napari.utils import progress as napari_progress
 
+        if isinstance(progress, str):  # what the worker is doing before the first step
+            self.status.value = progress
+            return
         if progress.part != self._part:  # the next training of a cross-validation: a new bar and plot
             self._part = progress.part
             self._history_steps, self._history_f1 = [], []
@@ -243,6 +273,13 @@ class FineTuneWidget(QWidget):
                 desc = f"Fine-tuning: {progress.part}" if progress.part else "Fine-tuning"
                 self._bar = napari_progress(total=progress.steps * progress.epochs, desc=desc)
             self._bar.update(1)
+            done = (progress.epoch - 1) * progress.steps + progress.step
+            self.progress.count(done, progress.steps * progress.epochs)
+            if not self._history_f1:  # until the first epoch's line, which then stays
+                self.status.value = (
+                    f"epoch {progress.epoch}/{progress.epochs}, step {progress.step}/{progress.steps}: "
+                    f"loss {progress.loss:.3f}"
+                )
             self._history_steps.append(progress.loss)
             if progress.step % 2 == 0 or progress.step == progress.steps:
                 self._redraw()
@@ -273,6 +310,7 @@ class FineTuneWidget(QWidget):
         self.status.value = f"training stopped: {type(error).__name__}: {error}"
 
     def _finished(self):
+        self.progress.done()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -299,6 +337,7 @@ class FineTuneWidget(QWidget):
         loss.set_xlabel("step", fontsize=8)
         loss.set_ylabel("training loss", fontsize=8, color="tab:blue")
         f1.set_ylabel("validation F1", fontsize=8, color="tab:orange")
+        f1.yaxis.set_label_position("right")  # clear() put it on the left, over the loss axis label
         f1.set_ylim(0, 1)
         loss.tick_params(labelsize=7)
         f1.tick_params(labelsize=7)
@@ -319,6 +358,7 @@ def _train_in_thread(items, base, options, out, report, should_stop):
     try:
         name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
         detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
+        report(f"{detector.model_id} loaded; the first training step comes next...")
         trained = fine_tune(
             detector,
             items,

@@ -459,8 +459,9 @@ def load_paper_checkpoint(path, device="cpu") -> Detector:
     return Detector(network.to(device).eval(), config, provenance, str(path))
 
 
-#: Device choices: "auto" picks CUDA, then Apple MPS, then the CPU.
-DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Device choices: "auto" (the default) picks CUDA, then Apple MPS, then the CPU.
+DEFAULT_DEVICE = "auto"
+DEVICES = (DEFAULT_DEVICE, "cpu", "cuda", "mps")
 
 
 def select_device(device: str = "auto"):
