@@ -21,12 +21,14 @@ from napari_clumps._review_widget import ReviewWidget
 from napari_clumps.inference import detect
 from napari_clumps.model import packaged_model_path, read_provenance, recommended_threshold
 from napari_clumps.review import ReviewSession
+from napari_clumps.settings import CONFIG_DIR_VARIABLE
 from napari_clumps.simulate import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT / "docs/images/review_queue.png"
 
 os.chdir(tempfile.mkdtemp())
+os.environ[CONFIG_DIR_VARIABLE] = str(Path("settings").resolve())  # never the user's own settings
 write_dataset("galaxies", n=6, seed=2024)
 for path in Path("galaxies").glob("*.jpg"):
     path.unlink()

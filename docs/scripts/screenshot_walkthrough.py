@@ -23,6 +23,7 @@ from qtpy.QtCore import QTimer
 
 from napari_clumps._review_widget import ReviewWidget
 from napari_clumps.detections import read_detections
+from napari_clumps.settings import CONFIG_DIR_VARIABLE
 from napari_clumps.simulate import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,7 @@ OUT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT / "docs" / "ima
 N_GALAXIES, N_REVIEWED = 12, 6
 
 os.chdir(tempfile.mkdtemp())
+os.environ[CONFIG_DIR_VARIABLE] = str(Path("settings").resolve())  # never the user's own settings
 truth = read_detections(write_dataset("galaxies", n=N_GALAXIES, seed=2025))
 for path in Path("galaxies").glob("*.jpg"):
     path.unlink()
