@@ -262,3 +262,29 @@ def test_evaluate_counts_only_reviewed_images_of_a_review_csv(queue, tmp_path):
     detections = write_detections(pd.concat([truth[a], truth[b]]), tmp_path / "detections.csv")
     scores = evaluate(csv, detections)["at_threshold"]
     assert (scores["n_truth"], scores["n_detections"], scores["n_matched"]) == (3, 3, 3)
+
+
+def test_an_active_learning_ranking_orders_the_queue_and_survives_a_restart(queue):
+    import pandas as pd
+
+    paths, _, csv = queue
+    names = [str(p) for p in paths]
+    session = ReviewSession(paths, csv)
+    session.mark_no_clumps()  # the first image, reviewed before the ranking
+    ranking = pd.DataFrame({"image": [names[2], names[1]], "rank": [1, 2], "reason": ["most unsure", "less so"]})
+    session.set_ranking(ranking)
+    assert [session.items[i].name for i in session.order] == [names[0], names[2], names[1]]
+    session.go_to(0)
+    assert session.next_unreviewed().name == names[2] and session.item.reason == "most unsure"
+    assert session.next().name == names[1] and session.next().name == names[1]  # the end of the queue
+    assert session.previous().name == names[2]
+    listed = read_images_list(csv).set_index("image")
+    assert listed.review_rank.isna()[names[0]] and listed.review_rank[names[2]] == 1
+    assert listed.review_reason[names[1]] == "less so"
+    resumed = ReviewSession(paths, csv)
+    assert resumed.item.name == names[2]  # the first unreviewed in the ranked order
+    assert [resumed.items[i].name for i in resumed.order] == [names[0], names[2], names[1]]
+    assert resumed.items[2].reason == "most unsure" and resumed.items[0].rank is None
+    resumed.accept()
+    assert resumed.next_unreviewed().name == names[1]
+    assert list(read_images_list(csv).columns).count("review_reason") == 1  # not kept twice as an extra column

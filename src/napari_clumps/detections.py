@@ -50,6 +50,9 @@ IMAGES_COLUMNS = ["image", "status", "n_detections", "width", "height", "error"]
 REVIEW_STATUS_COLUMN = "review_status"
 UNREVIEWED, REVIEWED = "unreviewed", "reviewed"
 REVIEW_STATUSES = (UNREVIEWED, REVIEWED)
+#: Extra images-list columns of a review queue ordered by active learning (:mod:`napari_clumps.active`):
+#: the image's place in the order (1 = review first; empty for images outside the ranking) and why.
+REVIEW_RANK_COLUMN, REVIEW_REASON_COLUMN = "review_rank", "review_reason"
 
 
 def box_array(table) -> np.ndarray:

@@ -23,6 +23,8 @@ from .detections import (
     HAND_MODEL,
     IMAGES_COLUMNS,
     LABELS,
+    REVIEW_RANK_COLUMN,
+    REVIEW_REASON_COLUMN,
     REVIEW_STATUS_COLUMN,
     REVIEWED,
     UNREVIEWED,
@@ -48,6 +50,9 @@ class ImageReview:
     width: int | None = None
     height: int | None = None
     wcs: object = None
+    #: Place in an active-learning order (1 = review first) and why; None / "" when not ranked.
+    rank: int | None = None
+    reason: str = ""
 
     def copy(self) -> ImageReview:
         return replace(
@@ -83,10 +88,22 @@ class ReviewSession:
         self._other_images = None
         if self.labels_csv.exists():
             self._resume()
-        unreviewed = [i for i, item in enumerate(self.items) if item.status != REVIEWED]
-        self.current = unreviewed[0] if unreviewed else 0
+        unreviewed = [i for i in self.order if self.items[i].status != REVIEWED]
+        self.current = unreviewed[0] if unreviewed else self.order[0]
 
     # ------------------------------------------------------------------ navigation
+
+    @property
+    def order(self) -> list[int]:
+        """Item indices in the order of the queue: the images outside a ranking first (in folder
+        order: reviewed before it was made), then the ranked ones by rank (:meth:`set_ranking`)."""
+        ranks = [item.rank for item in self.items]
+        return sorted(range(len(ranks)), key=lambda i: (ranks[i] is not None, ranks[i] or 0, i))
+
+    def _step(self, steps: int) -> ImageReview:
+        order = self.order
+        position = order.index(self.current)
+        return self.go_to(order[int(np.clip(position + steps, 0, len(order) - 1))])
 
     @property
     def item(self) -> ImageReview:
@@ -100,19 +117,35 @@ class ReviewSession:
         return self.item
 
     def next(self) -> ImageReview:
-        return self.go_to(self.current + 1)
+        return self._step(1)
 
     def previous(self) -> ImageReview:
-        return self.go_to(self.current - 1)
+        return self._step(-1)
 
     def next_unreviewed(self) -> ImageReview:
-        """The first unreviewed image after the current one (wrapping round), else the next one."""
-        n = len(self.items)
-        for step in range(1, n + 1):
-            index = (self.current + step) % n
+        """The first unreviewed image after the current one in the queue's order (wrapping round),
+        else the next one."""
+        order = self.order
+        position = order.index(self.current)
+        for step in range(1, len(order) + 1):
+            index = order[(position + step) % len(order)]
             if self.items[index].status != REVIEWED:
                 return self.go_to(index)
         return self.next()
+
+    def set_ranking(self, ranking) -> None:
+        """Order the queue by an active-learning ranking (a table with ``image``, ``rank`` and
+        ``reason``, as :func:`napari_clumps.active.rank_review_queue` gives) and save it; images not
+        in it (the reviewed ones) come first, unranked. The current image stays; :meth:`next_unreviewed`
+        then follows the ranking."""
+        ranked = {row.image: (int(row.rank), str(row.reason)) for row in ranking.itertuples(index=False)}
+        for item in self.items:
+            item.rank, item.reason = ranked.get(item.name, (None, ""))
+        self.save()
+
+    @property
+    def ranked(self) -> bool:
+        return any(item.rank is not None for item in self.items)
 
     def reviewed_items(self) -> list[ImageReview]:
         """Copies of the reviewed images, safe to hand to a worker thread while the user goes on."""
@@ -274,6 +307,7 @@ class ReviewSession:
         from .detections import detections_frame, images_row
 
         # one table for all images at once: a save per key press must stay fast for thousands of images
+        ranked = self.ranked
         counts = [item.n_boxes for item in self.items]
         boxes = np.concatenate([item.boxes.reshape(-1, 4) for item in self.items])
         table = detections_frame(
@@ -296,10 +330,13 @@ class ReviewSession:
                     **self._listed_extras.get(item.name, {}),
                     **images_row(item.name, item.n_boxes, item.width, item.height),
                     REVIEW_STATUS_COLUMN: item.status,
+                    **({REVIEW_RANK_COLUMN: item.rank, REVIEW_REASON_COLUMN: item.reason} if ranked else {}),
                 }
                 for item in self.items
             ]
         )
+        if ranked:  # whole numbers, empty for the unranked, not floats
+            images[REVIEW_RANK_COLUMN] = images[REVIEW_RANK_COLUMN].astype("Int64")
         if self._other_rows is not None and len(self._other_rows):
             frames.append(self._other_rows)
         if self._other_images is not None and len(self._other_images):
@@ -341,7 +378,8 @@ class ReviewSession:
         if listed is None:
             return
         listed_mine = listed.image.isin(self._index)
-        extras = [c for c in listed.columns if c not in IMAGES_COLUMNS and c != REVIEW_STATUS_COLUMN]
+        own = {REVIEW_STATUS_COLUMN, REVIEW_RANK_COLUMN, REVIEW_REASON_COLUMN}
+        extras = [c for c in listed.columns if c not in IMAGES_COLUMNS and c not in own]
         self._listed_extras = {row["image"]: row for row in listed[listed_mine][["image", *extras]].to_dict("records")}
         for row in listed[listed_mine].itertuples(index=False):
             item = self.items[self._index[row.image]]
@@ -349,6 +387,9 @@ class ReviewSession:
             # a plain detections/labels CSV (no review column) lists processed images, not reviewed ones
             item.status = status if status in (UNREVIEWED, REVIEWED) else UNREVIEWED
             item.width, item.height = _int_or_none(row.width), _int_or_none(row.height)
+            item.rank = _int_or_none(getattr(row, REVIEW_RANK_COLUMN, None))
+            reason = getattr(row, REVIEW_REASON_COLUMN, "")
+            item.reason = "" if item.rank is None or not isinstance(reason, str) else reason
         self._other_images = listed[~listed_mine].reset_index(drop=True)
 
 
