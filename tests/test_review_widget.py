@@ -237,7 +237,7 @@ def test_fine_tune_on_reviewed_then_redetect_keeps_every_correction(make_napari_
     assert widget.stop_button.enabled
     qtbot.waitUntil(lambda: widget.fine_tuned_path is not None and widget.worker is None, timeout=600_000)
     out = tmp_path / "labels-model.safetensors"
-    assert widget.fine_tuned_path == out and widget.model.value == str(out)
+    assert widget.fine_tuned_path == out and widget.model.value == str(out.resolve())
     tuned = load_model(out)
     assert tuned.provenance["cross_validation"]["n_images"] == 3
     assert f"model: saved {out}" in widget.status.value and "cross-validated F1" in widget.status.value

@@ -22,7 +22,7 @@ import napari
 from qtpy.QtCore import QTimer
 
 from napari_clumps._review_widget import ReviewWidget
-from napari_clumps.detections import read_detections
+from napari_clumps.detections import box_array, read_detections
 from napari_clumps.settings import CONFIG_DIR_VARIABLE
 from napari_clumps.simulate import write_dataset
 
@@ -78,7 +78,8 @@ def step_review():
     session = widget.session
     for _ in range(N_REVIEWED):  # corrected to the truth, then accepted (key a)
         name = session.item.name
-        session.set_boxes(name, truth[truth.image == name])
+        rows = truth[truth.image == name]
+        session.set_boxes(name, box_array(rows), list(rows.label))  # hand boxes, as a person draws them
         widget.accept()
     widget.previous_image()
     widget.boxes_layer().selected_data = {0}

@@ -528,8 +528,8 @@ class ReviewWidget(QWidget):
                 show_error(f"napari-clumps: fine-tuning failed: {message}")
             self._update_status(message)
             return
-        register_model_file(path)  # offered in every model menu; selected here
-        self.model.value = path
+        register_model_file(path)  # offered in every model menu (by its absolute path); selected here
+        self.model.value = str(Path(path).resolve())
         self.fine_tuned_path = Path(path)
         self._model_note = f"model: {message}"
         show_info(f"napari-clumps: {message}")
