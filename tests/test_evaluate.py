@@ -66,6 +66,7 @@ def test_greedy_by_score_and_centre_rule():
     dets = [[1, 1, 11, 11], [0, 0, 10, 10]]
     match = match_image(truth, dets, [0.5, 0.9])
     assert match.detection_matched.tolist() == [False, True]  # the higher score wins
+    assert match.detection_partner.tolist() == [-1, 0]
     # a shifted small box: fails IoU 0.3 but its centre is inside the truth's half side
     shifted = [[4, 4, 12, 12]]
     assert match_image(truth, shifted, rule="iou", iou_threshold=0.5).n_matched == 0

@@ -7,6 +7,7 @@ from napari_clumps.pixels import (
     astropy_to_edge,
     boxes_to_napari_rectangles,
     edge_to_astropy,
+    flip_boxes_horizontally,
     flip_boxes_vertically,
     napari_rectangles_to_boxes,
     pixel_to_radec,
@@ -50,6 +51,19 @@ def test_flip_vertically_maps_rows_to_height_minus_row():
     np.testing.assert_array_equal(flip_boxes_vertically(flipped, 10), [[1, 2, 3, 7]])
     with pytest.raises(ValueError):
         flip_boxes_vertically([[1, 2, 3]], 10)
+
+
+def test_flip_horizontally_follows_the_pixels_of_a_mirrored_array():
+    # a box around column 2 of a 10-wide image: the mirrored array has that pixel in column 7
+    image = np.zeros((4, 10))
+    image[1, 2] = 1
+    mirrored = image[:, ::-1]
+    (x_min, y_min, x_max, y_max) = flip_boxes_horizontally([[2, 1, 3, 2]], width=10)[0]
+    row, column = np.argwhere(mirrored)[0]
+    assert (x_min, x_max, y_min, y_max) == (column, column + 1, row, row + 1)
+    np.testing.assert_array_equal(flip_boxes_horizontally([[7, 1, 8, 2]], 10), [[2, 1, 3, 2]])
+    with pytest.raises(ValueError):
+        flip_boxes_horizontally([[1, 2, 3]], 10)
 
 
 def test_radec_to_pixel_inverts_pixel_to_radec_on_a_simulated_wcs():

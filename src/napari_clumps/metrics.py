@@ -32,6 +32,9 @@ MATCH_RULES = ("iou", "centre")
 class ImageMatch:
     truth_matched: np.ndarray  # bool per truth box
     detection_matched: np.ndarray  # bool per detection
+    #: per detection, the index of the truth box it matched, -1 when none (pairs, e.g. to compare
+    #: the scores of two detectors' boxes of the same object)
+    detection_partner: np.ndarray = None
 
     @property
     def n_matched(self) -> int:
@@ -66,8 +69,9 @@ def match_image(
     scores = np.ones(len(dets)) if det_scores is None else np.asarray(det_scores, float)
     truth_matched = np.zeros(len(truth), bool)
     det_matched = np.zeros(len(dets), bool)
+    partner = np.full(len(dets), -1)
     if len(truth) == 0 or len(dets) == 0:
-        return ImageMatch(truth_matched, det_matched)
+        return ImageMatch(truth_matched, det_matched, partner)
     iou = box_iou(dets, truth)
     if rule == "iou":
         allowed = iou >= iou_threshold
@@ -88,7 +92,8 @@ def match_image(
         if len(candidates):
             t = candidates[np.argmax(quality[d, candidates])]
             truth_matched[t] = det_matched[d] = True
-    return ImageMatch(truth_matched, det_matched)
+            partner[d] = t
+    return ImageMatch(truth_matched, det_matched, partner)
 
 
 def scores_table(truth, detections, thresholds=None, images=None, **rule):

@@ -16,7 +16,8 @@ Other conventions met in practice:
 How an image is *displayed* never changes these numbers. FITS arrays hold FITS row 1 (the
 south edge, for the usual north-up WCS) at row 0; DS9, napari layers and our pictures show them
 north up, row 0 at the bottom, as survey JPEG cutouts store them (:func:`north_up`,
-:func:`napari_north_up`, :func:`flip_boxes_vertically`).
+:func:`napari_north_up`, :func:`flip_boxes_vertically`); a mirrored view of an image maps its boxes
+back with :func:`flip_boxes_horizontally`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ def flip_boxes_vertically(boxes, height: int) -> np.ndarray:
     """Boxes of an image whose rows were reversed (``array[::-1]``), e.g. a north-up JPEG of a FITS array."""
     boxes = np.asarray(boxes, float).reshape(-1, 4)
     return np.column_stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]])
+
+
+def flip_boxes_horizontally(boxes, width: int) -> np.ndarray:
+    """Boxes of an image whose columns were reversed (``array[:, ::-1]``): column ``c`` covers
+    ``[c, c+1)`` and becomes ``width - 1 - c``, so an edge ``x`` becomes ``width - x``."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    return np.column_stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]])
 
 
 def north_up(array) -> np.ndarray:
