@@ -1,5 +1,7 @@
 """The review queue widget in a real napari viewer (under Xvfb): keys, edits, undo, resume."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -206,7 +208,9 @@ def test_detect_unreviewed_leaves_reviewed_and_hand_edited_images_alone(
 
 
 @pytest.mark.slow
-def test_fine_tune_on_reviewed_then_redetect_keeps_every_correction(make_napari_viewer, trained_model, qtbot, tmp_path):
+def test_fine_tune_on_reviewed_then_redetect_keeps_every_correction(
+    make_napari_viewer, trained_model, qtbot, tmp_path, monkeypatch
+):
     """The whole loop from the queue: review three galaxies, fine-tune on them (cross-validated),
     the new model re-detects the unreviewed ones; reviewed and hand-edited images stay as they were."""
     from napari_clumps._detect_widget import register_model_file
@@ -218,7 +222,8 @@ def test_fine_tune_on_reviewed_then_redetect_keeps_every_correction(make_napari_
     (tmp_path / "images").mkdir()
     for name in names:
         (tmp_path / "images" / name).write_bytes((folder / name).read_bytes())
-    csv = tmp_path / "labels.csv"
+    monkeypatch.chdir(tmp_path)
+    csv = Path("labels.csv")  # relative, as typed: the new model must still be a valid menu choice
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
     register_model_file(model)
@@ -236,7 +241,7 @@ def test_fine_tune_on_reviewed_then_redetect_keeps_every_correction(make_napari_
     assert "loading the model" in widget.status.value and not widget.fine_tune_button.enabled
     assert widget.stop_button.enabled
     qtbot.waitUntil(lambda: widget.fine_tuned_path is not None and widget.worker is None, timeout=600_000)
-    out = tmp_path / "labels-model.safetensors"
+    out = Path("labels-model.safetensors")
     assert widget.fine_tuned_path == out and widget.model.value == str(out.resolve())
     tuned = load_model(out)
     assert tuned.provenance["cross_validation"]["n_images"] == 3
@@ -292,3 +297,37 @@ def test_a_rectangle_drawn_with_the_mouse_is_a_hand_clump(make_napari_viewer, ga
     np.testing.assert_allclose(rows[-1][3], (30.5, 40.5, 44.5, 52.5), atol=0.01)
     assert read_detections(csv).score.iloc[-1] == 1.0
     assert all(r[2] == "some-model" for r in rows[:-1])
+
+
+def test_order_by_what_teaches_most_reorders_the_queue_and_says_why(make_napari_viewer, galaxies, qtbot, monkeypatch):
+    """The ranking (stubbed here: napari_clumps.active has its own tests) reaches the queue: it
+    starts at rank 1, shows the reason, accept goes on by rank, and reopening keeps the order."""
+    import napari_clumps.active as active
+
+    folder, _, csv = galaxies
+    priorities = {"sim_00000.jpg": 0.5, "sim_00001.jpg": 0.1, "sim_00002.jpg": 2.0}
+
+    def fake_priorities(paths, model, names, device, should_stop):
+        for name in names:
+            yield {"image": name, "priority": priorities[name], "reason": f"{priorities[name]} boxes near", "error": ""}
+
+    monkeypatch.setattr(active, "iter_priorities", fake_priorities)
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    widget.open_queue(folder, csv)
+    assert widget.order_button.enabled
+    widget.order_by_priority()
+    assert not widget.order_button.enabled and "loading the model to rank 3" in widget.status.value
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.session.item.name == "sim_00002.jpg" and visible_images(viewer) == {"sim_00002.jpg"}
+    assert "rank 1: 2.0 boxes near" in widget.status.value
+    press(viewer, "a")
+    assert widget.session.item.name == "sim_00000.jpg" and "rank 2: 0.5 boxes near" in widget.status.value
+    _, status = saved(csv)
+    assert status["sim_00002.jpg"] == "reviewed"
+    ranked = read_images_list(csv).sort_values("review_rank").image
+    assert list(ranked) == ["sim_00002.jpg", "sim_00000.jpg", "sim_00001.jpg"]
+    viewer.close()
+    again = ReviewWidget(make_napari_viewer())
+    again.open_queue(folder, csv)
+    assert again.session.item.name == "sim_00000.jpg"  # the first unreviewed in the ranked order

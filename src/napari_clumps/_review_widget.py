@@ -103,6 +103,12 @@ class ReviewWidget(QWidget):
             tooltip="run the model on the unreviewed images that have no hand-made boxes (at the model's "
             "recommended threshold); reviewed images are never touched",
         )
+        self.order_button = PushButton(
+            text="Order by what teaches most",
+            tooltip="rank the unreviewed images with the chosen model so that the ones whose correction "
+            "teaches it most come first: boxes with scores near its threshold, and boxes a mirrored view "
+            "of the image disagrees on (docs/active-learning.md); next and accept then follow that order",
+        )
         self.fine_tune_button = PushButton(
             text="Fine-tune on reviewed, re-detect the rest",
             tooltip="train the chosen model on the reviewed images (cross-validated below 20 images, which "
@@ -114,6 +120,7 @@ class ReviewWidget(QWidget):
         self._after_worker = None  # what to do once the running worker has finished
         self.fine_tuned_path = None  # the last model fine-tuned here
         self._model_note = ""  # how it scored: shown under the queue's progress until the next one
+        self._priorities = []  # the ranking's rows as they come (active learning)
         self.training_options = TrainingOptions()  # the library's fine-tuning defaults (docs/fine-tuning.md)
         self._stop_training = threading.Event()
         self._relay = _Relay()
@@ -133,6 +140,7 @@ class ReviewWidget(QWidget):
                 self.undo_button,
                 self.model,
                 self.detect_button,
+                self.order_button,
                 self.fine_tune_button,
                 self.stop_button,
             ]
@@ -157,6 +165,7 @@ class ReviewWidget(QWidget):
         self.undo_button.changed.connect(self.undo)
         self.detect_button.changed.connect(self.detect_unreviewed)
         self.fine_tune_button.changed.connect(self.fine_tune_on_reviewed)
+        self.order_button.changed.connect(self.order_by_priority)
         self.stop_button.changed.connect(self.stop)
         self._set_enabled(False)
         self.viewer.layers.events.removed.connect(self._layer_removed)
@@ -189,6 +198,7 @@ class ReviewWidget(QWidget):
             self.add_button,
             self.undo_button,
             self.detect_button,
+            self.order_button,
             self.fine_tune_button,
         ):
             button.enabled = enabled and not self.busy
@@ -473,6 +483,54 @@ class ReviewWidget(QWidget):
             self.worker.quit()
         self._update_status("stopping...")
 
+    # ------------------------------------------------------------------ active learning
+
+    def order_by_priority(self):
+        """Rank the unreviewed images with the chosen model in a worker thread
+        (:mod:`napari_clumps.active`); when done, the queue follows the ranking from its first image."""
+        from napari.qt.threading import create_worker
+
+        waiting = [item for item in self.session.items if item.status != REVIEWED]
+        if not waiting:
+            self._update_status("every image is reviewed: nothing to order")
+            return None
+        self._stop_training.clear()
+        self._priorities = []
+        self._update_status(f"loading the model to rank {len(waiting)} unreviewed image(s)...")
+        self.worker = create_worker(
+            _rank_in_thread,
+            [item.path for item in waiting],
+            [item.name for item in waiting],
+            None if self.model.value == DEFAULT_CHOICE else self.model.value,
+            self._stop_training.is_set,
+            _progress={"total": len(waiting), "desc": "Ranking for review"},
+            _connect={"yielded": self._on_ranked, "finished": self._worker_finished},
+        )
+        self._after_worker = self._apply_ranking
+        self._set_enabled(True)
+        return self.worker
+
+    def _on_ranked(self, row):
+        if isinstance(row, str):  # a model or device error
+            from napari.utils.notifications import show_error
+
+            show_error(f"napari-clumps: ranking failed: {row}")
+            return
+        self._priorities.append(row)
+        self._update_status(f"ranking: {len(self._priorities)} image(s) done, last {row['image']}")
+
+    def _apply_ranking(self):
+        from .active import ranking_table
+
+        if not self._priorities:
+            self._update_status("no ranking (stopped or failed): the queue keeps its order")
+            return
+        table = ranking_table(self._priorities)
+        self.session.set_ranking(table)
+        self.session.go_to(self.session.index_of(table.image.iloc[0]))
+        self.show_current()
+        self._update_status(f"ranked {len(table)} image(s): the most useful to correct come first")
+
     # ------------------------------------------------------------------ fine-tuning
 
     def model_output_path(self) -> Path:
@@ -546,8 +604,24 @@ class ReviewWidget(QWidget):
         reviewed, total = self.session.progress
         item = self.session.item
         state = "reviewed" if item.status == REVIEWED else "not reviewed"
-        lines = [f"reviewed {reviewed} of {total}: {item.name} ({state}, {item.n_boxes} boxes)", note, self._model_note]
+        why = f"rank {item.rank}: {item.reason}" if item.rank is not None and item.status != REVIEWED else ""
+        progress = f"reviewed {reviewed} of {total}: {item.name} ({state}, {item.n_boxes} boxes)"
+        lines = [progress, why, note, self._model_note]
         self.status.value = "\n".join(line for line in lines if line)
+
+
+def _rank_in_thread(paths, names, model, should_stop):
+    """Worker body: yields :func:`napari_clumps.active.iter_priorities`'s row per image, or a message
+    for the failures a user can act on (a bad model file, no such device)."""
+    from .active import iter_priorities
+    from .model import ModelError, select_device
+
+    try:
+        yield from iter_priorities(
+            paths, model, names=names, device=str(select_device("auto")), should_stop=should_stop
+        )
+    except ModelError as error:
+        yield str(error)
 
 
 def _fine_tune_in_thread(reviews, base, options, out, report, should_stop):

@@ -258,8 +258,6 @@ def rank_for_review(
     Options as :func:`iter_priorities`; ``strategy`` one of :data:`STRATEGIES`. ``"random"``
     runs no detector: its priorities are uniform draws of ``numpy.random.default_rng(seed)``.
     """
-    import pandas as pd
-
     if strategy == "random":
         from .inference import expand_items
 
@@ -281,7 +279,14 @@ def rank_for_review(
                 **detection_options,
             )
         )
-    table = pd.DataFrame(rows, columns=[c for c in RANK_COLUMNS if c != "rank"])
+    return ranking_table(rows)
+
+
+def ranking_table(rows):
+    """The rows of :func:`iter_priorities` (in the order given) as :func:`rank_for_review`'s table."""
+    import pandas as pd
+
+    table = pd.DataFrame(list(rows), columns=[c for c in RANK_COLUMNS if c != "rank"])
     table = table.sort_values("priority", ascending=False, kind="stable", na_position="last")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)
