@@ -1,5 +1,5 @@
 """Screenshots of the whole loop in the review queue, for docs/walkthrough.md: open a folder,
-detect, review, fine-tune on the reviewed galaxies, re-detect the rest.
+detect, order by what teaches most, review, fine-tune on the reviewed galaxies, re-detect the rest.
 
 usage: xvfb-run -a -s "-screen 0 1400x900x24" python docs/scripts/screenshot_walkthrough.py [OUT_DIR]
 
@@ -7,7 +7,7 @@ Drives a real napari window as a user would, through the widget's own methods (t
 buttons and keys call), on 12 simulated FITS galaxies in a temporary folder (relative paths only,
 so that no local path shows). The "corrections" are the simulation's true boxes, so the
 fine-tuned model's cross-validated F1 in the last picture is measured, not staged. Writes
-walkthrough_1_open.png ... walkthrough_4_fine_tuned.png and prints each step's status line.
+walkthrough_1_open.png ... walkthrough_5_fine_tuned.png and prints each step's status line.
 """
 
 import os
@@ -31,6 +31,8 @@ OUT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT / "docs" / "ima
 N_GALAXIES, N_REVIEWED = 12, 6
 
 os.chdir(tempfile.mkdtemp())
+os.mkdir("survey")  # the folder name the model menu shows next to a model file
+os.chdir("survey")
 os.environ[CONFIG_DIR_VARIABLE] = str(Path("settings").resolve())  # never the user's own settings
 truth = read_detections(write_dataset("galaxies", n=N_GALAXIES, seed=2025))
 for path in Path("galaxies").glob("*.jpg"):
@@ -71,7 +73,12 @@ def step_open():
 
 def step_detect():
     widget.detect_unreviewed()
-    when_idle(lambda: shoot("2_detected", step_review))
+    when_idle(lambda: shoot("2_detected", step_order))
+
+
+def step_order():
+    widget.order_by_priority()
+    when_idle(lambda: shoot("3_ordered", step_review))
 
 
 def step_review():
@@ -80,16 +87,17 @@ def step_review():
         name = session.item.name
         rows = truth[truth.image == name]
         session.set_boxes(name, box_array(rows), list(rows.label))  # hand boxes, as a person draws them
+        widget._refill(name)  # what the layer shows after the same edits made with the mouse
         widget.accept()
     widget.previous_image()
     widget.boxes_layer().selected_data = {0}
-    shoot("3_review", step_fine_tune)
+    shoot("4_review", step_fine_tune)
 
 
 def step_fine_tune():
     widget.next_image()
     widget.fine_tune_on_reviewed()
-    when_idle(lambda: shoot("4_fine_tuned", viewer.close))
+    when_idle(lambda: shoot("5_fine_tuned", viewer.close))
 
 
 QTimer.singleShot(1000, step_open)
