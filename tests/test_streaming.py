@@ -136,6 +136,23 @@ def test_streamed_files_are_those_written_at_once(tmp_path):
     pd.testing.assert_frame_equal(read_images_list(streamed), read_images_list(at_once))
 
 
+def test_streamed_numbers_are_written_as_pandas_writes_them(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 400
+    magnitudes = 10.0 ** rng.integers(-9, 18, (n, 1))
+    boxes = np.abs(rng.normal(size=(n, 4))) * magnitudes
+    boxes[:, 2:] += boxes[:, :2]
+    table = detections_frame("x.fits", boxes, ["clump"] * n, rng.uniform(0, 1, n), model="m")
+    table["ra"], table["dec"] = rng.uniform(0, 360, n), rng.normal(0, 1e-3, n) * magnitudes[:, 0]
+    table.loc[::7, "dec"] = np.nan
+    table["host_distance"] = rng.choice([np.nan, 0.0, 1e-5, 123456.789, 1 / 3], n)
+    table["on_host"] = rng.choice([True, False, None], n)
+    table.loc[::5, "label"] = "odd_clump"
+    at_once = write_detections(table, tmp_path / "once.csv")
+    write_streamed(tmp_path / "streamed.csv", [(images_row("x.fits", n, 9, 9), table)])
+    assert (tmp_path / "streamed.csv").read_bytes() == at_once.read_bytes()
+
+
 def test_files_are_valid_after_every_image(tmp_path):
     path = tmp_path / "d.csv"
     items = image_tables()
