@@ -192,9 +192,9 @@ def test_resume_removes_a_torn_line_and_an_unfinished_image(tmp_path):
 
     writer = DetectionsWriter(path, resume=True)
     assert writer.done == {"dir/b, with comma.png": "ok"} and writer.done_rows == 1 and writer.models == {"m"}
-    assert len(writer.notes) == 3, writer.notes
-    assert "torn last line" in writer.notes[0] and str(path) in writer.notes[0]
-    assert "torn last line" in writer.notes[1] and "unfinished image" in writer.notes[2]
+    assert len(writer.notes) == 2, writer.notes
+    assert writer.notes[0].startswith(f"{path}: removed the rows of an unfinished image")
+    assert writer.notes[1].startswith(f"{images_list_path(path)}: removed a torn last line (4 bytes)")
     with writer:
         for row, table in items[1:]:
             writer.append(row, table)
@@ -232,6 +232,22 @@ def test_resume_refuses_files_that_do_not_belong_together(tmp_path):
     write_detections(read_detections(path), path, listed)
     with pytest.raises(DetectionsFileError, match="2 rows of 'a.fits' but its images list says 5"):
         DetectionsWriter(path, resume=True)
+
+
+def test_resume_changes_nothing_in_files_it_refuses(tmp_path):
+    path = tmp_path / "notes.csv"
+    path.write_bytes(b"a,b\n1,2\n3,")  # someone else's CSV, no newline at the end
+    images_list_path(path).write_bytes(b"x\n1")
+    with pytest.raises(DetectionsFileError, match="cannot resume: its columns are 'a,b'"):
+        DetectionsWriter(path, resume=True)
+    assert path.read_bytes() == b"a,b\n1,2\n3," and images_list_path(path).read_bytes() == b"x\n1"
+    write_streamed(path, image_tables())
+    with open(path, "ab") as handle:
+        handle.write(b"a.fits,clump,0.5\n")  # a short record
+    before = path.read_bytes()
+    with pytest.raises(DetectionsFileError, match="record 5 has 3 fields, expected 14"):
+        DetectionsWriter(path, resume=True)
+    assert path.read_bytes() == before
 
 
 def test_outputs_that_cannot_be_written_fail_at_once(tmp_path):

@@ -280,33 +280,32 @@ class DetectionsWriter:
     # ------------------------------------------------------------------ resuming
 
     def _recover(self) -> None:
-        """Read the files to resume: what is done, and repairs of an interrupted write."""
-        import csv
-
+        """Read the files to resume: what is done, and what an interrupted write left. Every
+        check comes first; the files are changed only when they pass."""
         for path in (self.path, self.images_path):
             if not path.exists():
                 other = self.images_path if path == self.path else self.path
                 raise DetectionsFileError(f"{path}: missing, so {other} cannot be resumed; delete it or drop --resume")
+        ends = {}  # byte offset after each file's last whole line
         for path, header in ((self.path, self.columns), (self.images_path, IMAGES_COLUMNS)):
-            torn = _truncate_torn_line(path)
-            if torn:
-                self.notes.append(f"{path}: removed a torn last line ({torn} bytes) left by an interrupted write")
-            with open(path, newline="", encoding="utf-8") as handle:
-                found = next(csv.reader(handle), None)
+            ends[path] = _whole_lines_end(path)
+            found = next((row for _, row in _csv_records(path, ends[path], header=False)), None)
             if found != header:
                 raise DetectionsFileError(
                     f"{path}: cannot resume: its columns are {','.join(found or [])!r}, expected {','.join(header)!r}"
                 )
         # The images list: what is done; failed images are tried again.
         listed, failed_offsets = {}, []
-        for offset, row in _csv_records(self.images_path):
+        for offset, row in _checked_records(self.images_path, ends[self.images_path], len(IMAGES_COLUMNS)):
             if row[1] == "failed":
                 failed_offsets.append(offset)
-            else:
+            elif row[2].isdigit() or not row[2]:
                 listed[row[0]] = listed.get(row[0], 0) + int(row[2] or 0)
-        # The detections: rows of unlisted images can only be the unfinished last image's.
+            else:
+                raise DetectionsFileError(f"{self.images_path}: cannot resume: n_detections {row[2]!r} of {row[0]!r}")
+        # The detections: rows of unlisted images can only be those of the unfinished last image.
         counts, tail_start, model_col = {}, None, self.columns.index("model")
-        for offset, row in _csv_records(self.path):
+        for offset, row in _checked_records(self.path, ends[self.path], len(self.columns)):
             name = row[0]
             if name in listed:
                 if tail_start is not None:
@@ -324,13 +323,18 @@ class DetectionsWriter:
                     f"{self.path}: cannot resume: {counts.get(name, 0)} rows of {name!r} but its images list "
                     f"says {n}; the two files do not belong together"
                 )
-        if tail_start is not None:
-            size = self.path.stat().st_size
-            with open(self.path, "r+b") as handle:
-                handle.truncate(tail_start)
-            self.notes.append(
-                f"{self.path}: removed the rows of an unfinished image ({size - tail_start} bytes) to redo it"
-            )
+        # The repairs.
+        for path, end in ends.items():
+            size = path.stat().st_size
+            if path == self.path and tail_start is not None:
+                _truncate(path, tail_start)
+                self.notes.append(
+                    f"{path}: removed the rows of an unfinished image ({size - tail_start} bytes, a torn last line "
+                    "included if any) to redo it"
+                )
+            elif end < size:
+                _truncate(path, end)
+                self.notes.append(f"{path}: removed a torn last line ({size - end} bytes) left by an interrupted write")
         if failed_offsets:
             _drop_records(self.images_path, failed_offsets)
             self.notes.append(f"{len(failed_offsets)} images that failed before are tried again")
@@ -396,52 +400,65 @@ def _write_all(handle, text: str) -> None:
         data = data[handle.write(data) :]
 
 
-def _truncate_torn_line(path) -> int:
-    """Cut a last line without its newline (a write interrupted by a kill); bytes removed."""
-    import os
-
+def _whole_lines_end(path) -> int:
+    """The byte offset after the last newline: the end of the whole lines. A last line without
+    one is torn (a write interrupted by a kill)."""
     size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "r+b") as handle:
+    with open(path, "rb") as handle:
         end = size
         while end > 0:
             start = max(0, end - 65536)
             handle.seek(start)
             block = handle.read(end - start)
-            if end == size and block.endswith(b"\n"):
-                return 0
             newline = block.rfind(b"\n")
             if newline >= 0:
-                keep = start + newline + 1
-                handle.truncate(keep)
-                os.fsync(handle.fileno())
-                return size - keep
+                return start + newline + 1
             end = start
-        handle.truncate(0)
-        return size
+    return 0
 
 
-def _csv_records(path):
-    """``(byte offset, fields)`` of each record after the header, read as a stream."""
+def _truncate(path, size: int) -> None:
+    import os
+
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+        os.fsync(handle.fileno())
+
+
+def _csv_records(path, end=None, header: bool = True):
+    """``(byte offset, fields)`` of each record up to byte ``end`` (after the header unless
+    ``header``=False), read as a stream."""
     import csv
 
     with open(path, "rb") as handle:
         position = [0]
+        end = path.stat().st_size if end is None else end
 
         def lines():
             for line in handle:
+                if position[0] >= end:
+                    return
                 position[0] += len(line)
-                yield line.decode("utf-8")
+                yield line.decode("utf-8", errors="replace")
 
         reader = csv.reader(lines())
-        next(reader, None)
+        if header:
+            next(reader, None)
         while True:
             offset = position[0]
             row = next(reader, None)
             if row is None:
                 return
             yield offset, row
+
+
+def _checked_records(path, end, n_fields: int):
+    for number, (offset, row) in enumerate(_csv_records(path, end), 2):
+        if len(row) != n_fields:
+            raise DetectionsFileError(
+                f"{path}: cannot resume: record {number} has {len(row)} fields, expected {n_fields}"
+            )
+        yield offset, row
 
 
 def _drop_records(path, offsets) -> None:
