@@ -439,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-workers",
         type=_COUNT,
         default=0,
-        help="processes that read images while the network runs (default 0: read between batches; "
-        "worth it with spare cores, e.g. a GPU run)",
+        help="processes that read (decode) images while the network runs (default 0: read between batches); "
+        "reading is a small part of a run, so it gains little (docs/benchmarks/batch_run.md)",
     )
     detect.add_argument("--device", default="auto", choices=DEVICES)
     detect.add_argument(
