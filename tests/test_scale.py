@@ -95,9 +95,11 @@ def test_cli_refuses_a_bad_psf_in_one_line(tmp_path, simulated, capsys):
     from napari_clumps.cli import main
 
     folder, _ = simulated
-    assert main(["detect", str(folder), "--out", str(tmp_path / "x.csv"), "--psf-fwhm", "-3"]) == 1
+    with pytest.raises(SystemExit) as exit_:  # a bad option value is a usage error (status 2)
+        main(["detect", str(folder), "--out", str(tmp_path / "x.csv"), "--psf-fwhm", "-3"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and "PSF FWHM" in err[-1]
+    assert err == ["error: argument --psf-fwhm: -3 is not above 0 (see napari-clumps detect --help)"]
     assert not (tmp_path / "x.csv").exists()
 
 

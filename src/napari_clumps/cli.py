@@ -7,6 +7,9 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import signal
 import sys
 from pathlib import Path
 
@@ -35,17 +38,30 @@ def _say(message: str) -> None:
 
 
 def cmd_detect(args) -> int:
-    import pandas as pd
+    """Detections streamed to the CSV image by image; ``--resume`` continues a stopped run."""
+    import time
 
-    from .detections import COLUMNS, images_list_path, write_detections
-    from .inference import iter_detections
+    from .detections import DetectionsWriter
     from .io import find_images
+
+    # Everything that can be checked without torch fails here, before the model loads.
+    found = find_images(args.paths, strict=True)
+    if not found:
+        raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
+    writer = DetectionsWriter(args.out, resume=args.resume)
+    for note in writer.notes:
+        _say(f"note: {note}")
+    todo = [(path, name) for path, name in found if name not in writer.done]
+    if writer.done:
+        _say(f"resuming {args.out}: {len(found) - len(todo)} of {len(found)} images done, {len(todo)} to do")
+    if not todo:
+        print(f"nothing to do: all {len(found)} images are in {args.out} ({writer.done_rows} clumps)")
+        return 0
+
+    from .inference import iter_detections
     from .model import get_detector, select_device
     from .scale import unused_psf_note
 
-    found = find_images(args.paths)
-    if not found:
-        raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
     device = select_device(args.device)
     detector = get_detector(args.model, str(device))
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
@@ -58,33 +74,96 @@ def cmd_detect(args) -> int:
     note = unused_psf_note(detector.config, args.psf_fwhm, args.pixel_scale)
     if note:
         _say(f"note: {detector.model_id}: {note}; they are used as they are")
-    tables, images, failed = [], [], 0
-    results = iter_detections(
-        [p for p, _ in found],
-        detector,
-        names=[n for _, n in found],
-        device=str(device),
-        batch_size=args.batch_size,
-        score_threshold=threshold,
-        nms_iou=args.nms_iou,
-        keep_off_host=args.keep_off_host,
-        psf_fwhm=args.psf_fwhm,
-        pixel_scale=args.pixel_scale,
-        seeing=args.seeing,
+    others = writer.models - {detector.model_id}
+    if others:
+        _say(f"note: {args.out} holds rows of {', '.join(sorted(others))}; this run adds {detector.model_id}'s")
+    started = time.perf_counter()
+    with writer, _stop_on_signals() as stop:
+        results = iter_detections(
+            [p for p, _ in todo],
+            detector,
+            names=[n for _, n in todo],
+            device=str(device),
+            batch_size=args.batch_size,
+            score_threshold=threshold,
+            nms_iou=args.nms_iou,
+            keep_off_host=args.keep_off_host,
+            psf_fwhm=args.psf_fwhm,
+            pixel_scale=args.pixel_scale,
+            seeing=args.seeing,
+            should_stop=stop.is_set,
+            num_workers=args.num_workers,
+        )
+        try:
+            for result in _progress(results, "detecting", len(todo)):
+                writer.append(result.images_row(), result.table)
+                if result.error:
+                    _say(f"error: {result.error}")
+        except BaseException:
+            _say(f"{writer.n_images} finished images are in {args.out}; --resume continues the run")
+            raise
+    seconds = time.perf_counter() - started
+    done, failed = writer.n_images, writer.n_failed
+    earlier = len(writer.done)
+    print(
+        f"{writer.n_rows} clumps in {done - failed} images ({failed} failed) in {seconds:.1f} s "
+        f"({done / max(seconds, 1e-9):.2f} images/s) -> {args.out} (images: {writer.images_path})"
+        + (
+            f"; with the earlier run: {earlier + done - failed} images, {writer.done_rows + writer.n_rows} clumps"
+            if earlier
+            else ""
+        )
     )
-    for result in _progress(results, "detecting", len(found)):
-        images.append(result.images_row())
-        if result.error:
-            failed += 1
-            _say(f"error: {result.error}")
-        else:
-            tables.append(result.table)
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
-    write_detections(table, args.out, pd.DataFrame(images))
-    print(f"{len(table)} clumps in {len(found) - failed} images -> {args.out} (images: {images_list_path(args.out)})")
     if failed:
-        print(f"{failed} of {len(found)} images failed; see the error lines above and the images list", file=sys.stderr)
+        print(f"{failed} of {done} images failed; see the error lines above and the images list", file=sys.stderr)
+    if stop.signal is not None:
+        print(
+            f"stopped by {stop.name}: {len(todo) - done} of {len(found)} images left; "
+            "run the same command with --resume to finish",
+            file=sys.stderr,
+        )
+        return 128 + stop.signal
     return 1 if failed else 0
+
+
+class _Stop:
+    """The first SIGINT or SIGTERM asks a run to stop after the batch in progress (what is
+    finished is written); a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.signal = None
+
+    def is_set(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name
+
+    def handle(self, signum, _frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        sys.stderr.write(
+            f"\n{self.name}: stopping after the current batch (finished images are kept; Ctrl-C again to "
+            "stop at once)\n"
+        )
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    import threading
+
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may
+        yield stop
+        return
+    previous = {signum: signal.signal(signum, stop.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def cmd_train(args) -> int:
@@ -260,6 +339,45 @@ def _demo_in_napari() -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too (docs/contracts.md), with where to find help."""
+
+    def error(self, message):
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _number(kind, low=None, high=None, *, low_open=False, high_open=False):
+    """An argparse type: ``kind`` (int or float), finite, within the bounds given."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or below or above:
+            if high is None:
+                need = f"{'above' if low_open else 'at least'} {low:g}"
+            elif low is None:
+                need = f"{'below' if high_open else 'at most'} {high:g}"
+            else:
+                need = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{text} is not {need}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+_POSITIVE_INT = _number(int, 1)
+_COUNT = _number(int, 0)
+_POSITIVE = _number(float, 0, low_open=True)
+_SCORE = _number(float, 0, 1)
+_IOU = _number(float, 0, 1, low_open=True)
+_FRACTION = _number(float, 0, 1, high_open=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser; every default comes from the core library (none is typed here twice)."""
     from . import __version__
@@ -271,37 +389,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = TrainingOptions()
 
-    parser = argparse.ArgumentParser(prog="napari-clumps", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="napari-clumps", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"napari-clumps {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # --debug after the command too: SUPPRESS keeps the subcommand from resetting it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    simulate = commands.add_parser("simulate", help="write simulated clumpy galaxies with truth")
+    simulate = commands.add_parser("simulate", parents=[common], help="write simulated clumpy galaxies with truth")
     simulate.add_argument("outdir", type=Path)
-    simulate.add_argument("--n", type=int, default=10, help="number of galaxies (default 10)")
+    simulate.add_argument("--n", type=_POSITIVE_INT, default=10, help="number of galaxies (default 10)")
     simulate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     simulate.set_defaults(run=cmd_simulate)
 
-    detect = commands.add_parser("detect", help="detect clumps in images or folders of images")
+    detect = commands.add_parser("detect", parents=[common], help="detect clumps in images or folders of images")
     detect.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     detect.add_argument(
         "--model", default=DEFAULT_MODEL, help="model file or packaged model name (default: %(default)s)"
     )
     detect.add_argument(
-        "--out", type=Path, default=Path("detections.csv"), help="CSV to write (default detections.csv)"
+        "--out",
+        type=Path,
+        default=Path("detections.csv"),
+        help="CSV to write, with its images list beside it; rows are added as images finish (default detections.csv)",
+    )
+    detect.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --out: skip the images already in its images list, add the others (those that "
+        "failed are tried again); without it, --out is replaced",
     )
     detect.add_argument(
         "--score-threshold",
-        type=float,
+        type=_SCORE,
         default=None,
         help="keep detections scoring at least this (default: the model's recommended "
         f"threshold, {PAPER_SCORE_THRESHOLD:g} for models without one)",
     )
     detect.add_argument(
-        "--nms-iou", type=float, default=DEFAULT_NMS_IOU, help="class-agnostic NMS IoU (%(default)s, as in the paper)"
+        "--nms-iou", type=_IOU, default=DEFAULT_NMS_IOU, help="class-agnostic NMS IoU (%(default)s, as in the paper)"
     )
     detect.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="network inputs per batch (%(default)s)"
+        "--batch-size", type=_POSITIVE_INT, default=DEFAULT_BATCH_SIZE, help="network inputs per batch (%(default)s)"
+    )
+    detect.add_argument(
+        "--num-workers",
+        type=_COUNT,
+        default=0,
+        help="processes that read (decode) images while the network runs (default 0: read between batches); "
+        "reading is a small part of a run, so it gains little (docs/benchmarks/batch_run.md)",
     )
     detect.add_argument("--device", default="auto", choices=DEVICES)
     detect.add_argument(
@@ -311,14 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument(
         "--psf-fwhm",
-        type=float,
+        type=_POSITIVE,
         default=None,
         metavar="PX",
         help="PSF FWHM of the images in pixels; they are resampled to the model's training PSF",
     )
     detect.add_argument(
         "--pixel-scale",
-        type=float,
+        type=_POSITIVE,
         default=None,
         metavar="ARCSEC",
         help="pixel scale of the images in arcsec/pixel (with --seeing) when the PSF FWHM is "
@@ -326,14 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument(
         "--seeing",
-        type=float,
+        type=_POSITIVE,
         default=None,
         metavar="ARCSEC",
         help=f"seeing FWHM in arcsec used with --pixel-scale (default {DEFAULT_SEEING_ARCSEC:g})",
     )
     detect.set_defaults(run=cmd_detect)
 
-    train = commands.add_parser("train", help="train or fine-tune a detector on labelled images")
+    train = commands.add_parser("train", parents=[common], help="train or fine-tune a detector on labelled images")
     train.add_argument("--images", nargs="+", required=True, help="image files or folders; all count as fully labelled")
     train.add_argument("--labels", type=Path, required=True, help="labels CSV in the detections format (score ignored)")
     train.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
@@ -347,36 +484,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="for a built-in architecture: weights file, Zoobot .ckpt, 'hub' or 'none' (from scratch)",
     )
-    train.add_argument("--epochs", type=int, default=training.epochs, help="(default %(default)s)")
+    train.add_argument("--epochs", type=_POSITIVE_INT, default=training.epochs, help="(default %(default)s)")
     train.add_argument(
         "--lr",
-        type=float,
+        type=_POSITIVE,
         default=training.learning_rate,
         help="peak learning rate of the one-cycle schedule (default %(default)s)",
     )
-    train.add_argument("--batch-size", type=int, default=training.batch_size, help="(default %(default)s)")
+    train.add_argument("--batch-size", type=_POSITIVE_INT, default=training.batch_size, help="(default %(default)s)")
     train.add_argument(
         "--trainable-blocks",
-        type=int,
+        type=_number(int, -1),
         default=training.trainable_blocks,
         help="encoder stages to train from the deepest; 0 freezes it, -1 trains all (default %(default)s)",
     )
     train.add_argument(
         "--val-fraction",
-        type=float,
+        type=_FRACTION,
         default=training.val_fraction,
         help="images held out to validate and calibrate the threshold; under 20 images, 3-fold "
         "cross-validation instead; 0: no validation (default %(default)s)",
     )
     train.add_argument(
         "--patience",
-        type=int,
+        type=_COUNT,
         default=training.patience,
         help="early stop after this many epochs without a better validation F1 (0: never)",
     )
     train.add_argument(
         "--scale-jitter",
-        type=float,
+        type=_FRACTION,
         default=training.scale_jitter,
         help="random rescaling by up to this fraction (default %(default)s)",
     )
@@ -384,14 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=training.device, choices=DEVICES)
     train.set_defaults(run=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="completeness, purity and F1 of detections against truth")
+    evaluate = commands.add_parser(
+        "evaluate", parents=[common], help="completeness, purity and F1 of detections against truth"
+    )
     evaluate.add_argument("--truth", type=Path, required=True)
     evaluate.add_argument("--detections", type=Path, required=True)
     evaluate.add_argument("--rule", choices=MATCH_RULES, default=MATCH_RULES[0])
-    evaluate.add_argument("--iou", type=float, default=DEFAULT_IOU, help="IoU needed for a match (rule iou)")
+    evaluate.add_argument("--iou", type=_IOU, default=DEFAULT_IOU, help="IoU needed for a match (rule iou)")
     evaluate.add_argument(
         "--score-threshold",
-        type=float,
+        type=_SCORE,
         default=PAPER_SCORE_THRESHOLD,
         help="threshold of the summary line (default %(default)s)",
     )
@@ -399,14 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", default=None, help="plot to write (default DETECTIONS.metrics.png)")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    info = commands.add_parser("info", help="read images and print what was read")
+    info = commands.add_parser("info", parents=[common], help="read images and print what was read")
     info.add_argument("paths", nargs="+", help="image files or folders")
     info.set_defaults(run=cmd_info)
-    demo = commands.add_parser("demo", help="run the main job on bundled data (offline)")
+    demo = commands.add_parser("demo", parents=[common], help="run the main job on bundled data (offline)")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
-    demo.add_argument("--n", type=int, default=4, help="simulated galaxies (default 4)")
+    demo.add_argument("--n", type=_POSITIVE_INT, default=4, help="simulated galaxies (default 4)")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model (default: %(default)s)")
-    demo.add_argument("--score-threshold", type=float, default=None, help="default: the model's")
+    demo.add_argument("--score-threshold", type=_SCORE, default=None, help="default: the model's")
     demo.add_argument(
         "--napari", action="store_true", help="open napari with the samples and the detection widget instead"
     )

@@ -100,22 +100,25 @@ def iter_detections(
     pixel_scale: float | None = None,
     seeing: float | None = None,
     should_stop=None,
+    num_workers: int = 0,
 ):
     """Yield an :class:`ImageDetections` per image, in order.
 
     ``items``: paths, folders (searched recursively, sorted; images named relative to the
     folder, as the CLI names them), :class:`~napari_clumps.io.GalaxyImage` objects or arrays. A
-    file that cannot be read yields its error and the others go on. Tiles of all images are
-    batched together, ``batch_size`` network inputs at a time. ``model``: anything
-    :func:`~napari_clumps.model.get_detector` takes. ``score_threshold`` defaults to the model's
-    recommended one. ``should_stop()`` is polled between batches.
+    file that cannot be read (corrupt, deleted or unreadable while the run goes on) yields its
+    error and the others go on. Tiles of all images are batched together, ``batch_size``
+    network inputs at a time. ``model``: anything :func:`~napari_clumps.model.get_detector`
+    takes. ``score_threshold`` defaults to the model's recommended one. ``should_stop()`` is
+    polled between images and batches; once it says True nothing more is yielded.
+    ``num_workers`` > 0 reads files in that many worker processes (a torch ``DataLoader``)
+    while the network runs; 0 reads them here, between batches.
 
     Every table has the host columns of :mod:`napari_clumps.host`; detections off the host galaxy
     are dropped unless ``keep_off_host``. ``psf_fwhm`` (pixels), or ``pixel_scale`` (arcsec/px)
     with ``seeing`` (arcsec), say how large the PSF is (FITS headers may say it too); the image is
     then resampled to the model's training PSF (:mod:`napari_clumps.scale`).
     """
-    from .io import ImageReadError
     from .model import ModelError, get_detector
     from .scale import image_psf_fwhm
 
@@ -128,22 +131,86 @@ def iter_detections(
             f"it first (napari-clumps train --model {detector.source}) or pass a trained model file"
         )
     run = _BatchedRun(detector, batch_size, score_threshold, nms_iou, keep_off_host)
-    for index, (item, name) in enumerate(zip(items, names)):
-        if should_stop is not None and should_stop():
-            return
-        try:
-            image = as_galaxy_image(item, name)
-        except (ImageReadError, ValueError) as error:
-            run.fail(index, name, str(error))
-        else:
-            for _ in run.add(index, name, image, image_psf_fwhm(image, psf_fwhm, pixel_scale, seeing)):
-                if should_stop is not None and should_stop():
-                    return
-                run.run_batch()
-        yield from run.ready()
+    reader = _ImageReader(items, names, psf_fwhm, pixel_scale, seeing)
+    with contextlib.closing(_read_all(reader, num_workers)) as reads:
+        for index, (image, psf, error) in enumerate(reads):
+            if should_stop is not None and should_stop():
+                return
+            if error:
+                run.fail(index, names[index], error)
+            else:
+                for _ in run.add(index, names[index], image, psf):
+                    if should_stop is not None and should_stop():
+                        return
+                    run.run_batch()
+            yield from run.ready()
     run.run_batch()
     run.finish_all()
     yield from run.ready()
+
+
+class _ImageReader:
+    """Reads item ``i`` into ``(GalaxyImage, PSF FWHM, "")`` or ``(None, None, error)``; the map-
+    style data set of the reading workers (picklable: paths, names and numbers)."""
+
+    def __init__(self, items, names, psf_fwhm, pixel_scale, seeing):
+        self.items, self.names = items, names
+        self.psf = (psf_fwhm, pixel_scale, seeing)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        from .io import ImageReadError
+        from .scale import image_psf_fwhm
+
+        item, name = self.items[index], self.names[index]
+        try:
+            image = as_galaxy_image(item, name)
+            return image, image_psf_fwhm(image, *self.psf), ""
+        except (ImageReadError, ValueError) as error:  # ValueError: an array of the wrong shape
+            return None, None, str(error)
+        except Exception as error:  # noqa: BLE001 - one bad file never costs the others
+            where = str(item) if isinstance(item, (str, Path)) else name
+            reason = " ".join(str(error).split())
+            return None, None, f"{where}: {type(error).__name__}" + (f": {reason}" if reason else "")
+
+
+def _read_all(reader: _ImageReader, num_workers: int):
+    """Every item of ``reader`` in order: here, or (paths only) in ``num_workers`` processes."""
+    if num_workers <= 0 or not all(isinstance(item, (str, Path)) for item in reader.items):
+        for index in range(len(reader)):
+            yield reader[index]
+        return
+    from torch.utils.data import DataLoader
+
+    loader = iter(
+        DataLoader(
+            reader,
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=_as_is,
+            worker_init_fn=_reading_worker_init,
+            prefetch_factor=2,
+        )
+    )
+    try:
+        yield from loader
+    finally:
+        shutdown = getattr(loader, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _as_is(item):
+    return item
+
+
+def _reading_worker_init(_worker_id: int) -> None:
+    """Ctrl-C is for the main process, which stops cleanly; workers only read."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def expand_items(items, names=None) -> tuple[list, list[str]]:

@@ -150,11 +150,14 @@ def is_supported_path(path) -> bool:
     return str(path).lower().endswith(SUPPORTED_SUFFIXES)
 
 
-def find_images(paths) -> list[tuple[Path, str]]:
+def find_images(paths, strict: bool = False) -> list[tuple[Path, str]]:
     """The files given, and the supported images in the folders given (recursively, sorted).
 
     Returns ``(path, name)`` pairs; ``name`` is the path as given, or for a file found in a
     folder its path relative to that folder (the CSV ``image`` column, docs/contracts.md).
+    ``strict``: a path given that does not exist or is not a supported image raises
+    :class:`ImageReadError` (a command line checks its arguments before any work); otherwise
+    it is returned, to fail when it is read.
     """
     found = []
     for given in [paths] if isinstance(paths, (str, Path)) else paths:
@@ -162,8 +165,12 @@ def find_images(paths) -> list[tuple[Path, str]]:
         if given.is_dir():
             for path in sorted(p for p in given.rglob("*") if p.is_file() and is_supported_path(p)):
                 found.append((path, path.relative_to(given).as_posix()))
-        else:
-            found.append((given, str(given)))
+            continue
+        if strict and not given.exists():
+            raise ImageReadError(given, "no such file or folder")
+        if strict and not is_supported_path(given):
+            raise ImageReadError(given, f"unsupported file type; expected one of {' '.join(SUPPORTED_SUFFIXES)}")
+        found.append((given, str(given)))
     return found
 
 
