@@ -45,6 +45,16 @@ def cmd_detect(args) -> int:
     from .io import find_images
 
     # Everything that can be checked without torch fails here, before the model loads.
+    on_cluster = args.workers is not None or args.scheduler is not None
+    if on_cluster:
+        from .distributed import require_distributed
+
+        require_distributed()
+        if args.num_workers:
+            raise ValueError(
+                "--num-workers (reading processes of one run) does not go with --workers or --scheduler; "
+                "each worker reads its own images"
+            )
     found = find_images(args.paths, strict=True)
     if not found:
         raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
@@ -62,11 +72,12 @@ def cmd_detect(args) -> int:
     from .model import get_detector, select_device
     from .scale import unused_psf_note
 
-    device = select_device(args.device)
-    detector = get_detector(args.model, str(device))
+    # On a cluster each worker picks its device; here the model is only checked (on the CPU).
+    device = None if on_cluster else select_device(args.device)
+    detector = get_detector(args.model, "cpu" if on_cluster else str(device))
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
     _say(
-        f"model: {detector.source} ({detector.model_id}); device: {device}"
+        f"model: {detector.source} ({detector.model_id}); device: {'each worker' if on_cluster else device}"
         + (" (auto)" if args.device == "auto" else "")
         + f"; score threshold {threshold:g}"
         + (" (the model's)" if args.score_threshold is None else "")
@@ -77,23 +88,29 @@ def cmd_detect(args) -> int:
     others = writer.models - {detector.model_id}
     if others:
         _say(f"note: {args.out} holds rows of {', '.join(sorted(others))}; this run adds {detector.model_id}'s")
+    options = {
+        "batch_size": args.batch_size,
+        "score_threshold": threshold,
+        "nms_iou": args.nms_iou,
+        "keep_off_host": args.keep_off_host,
+        "psf_fwhm": args.psf_fwhm,
+        "pixel_scale": args.pixel_scale,
+        "seeing": args.seeing,
+    }
     started = time.perf_counter()
-    with writer, _stop_on_signals() as stop:
-        results = iter_detections(
-            [p for p, _ in todo],
-            detector,
-            names=[n for _, n in todo],
-            device=str(device),
-            batch_size=args.batch_size,
-            score_threshold=threshold,
-            nms_iou=args.nms_iou,
-            keep_off_host=args.keep_off_host,
-            psf_fwhm=args.psf_fwhm,
-            pixel_scale=args.pixel_scale,
-            seeing=args.seeing,
-            should_stop=stop.is_set,
-            num_workers=args.num_workers,
-        )
+    with writer, _stop_on_signals() as stop, contextlib.ExitStack() as cluster:
+        if on_cluster:
+            results = _cluster_results(cluster, args, todo, stop, options)
+        else:
+            results = iter_detections(
+                [p for p, _ in todo],
+                detector,
+                names=[n for _, n in todo],
+                device=str(device),
+                should_stop=stop.is_set,
+                num_workers=args.num_workers,
+                **options,
+            )
         try:
             for result in _progress(results, "detecting", len(todo)):
                 writer.append(result.images_row(), result.table)
@@ -124,6 +141,37 @@ def cmd_detect(args) -> int:
         )
         return 128 + stop.signal
     return 1 if failed else 0
+
+
+def _cluster_results(stack, args, todo, stop, options):
+    """The outcomes of a run on a Dask cluster (``--workers`` / ``--scheduler``); the cluster is
+    closed (or the client of an outside one) when ``stack`` closes."""
+    import time
+
+    from .distributed import dask_client, iter_detections_on_cluster, worker_device
+
+    where = f"a local cluster of {args.workers} worker processes" if args.scheduler is None else args.scheduler
+    _say(f"starting {where}" if args.scheduler is None else f"connecting to {where}")
+    started = time.perf_counter()
+    client = stack.enter_context(dask_client(workers=args.workers, scheduler=args.scheduler))
+    devices = client.run(worker_device, args.device)  # also: a worker without the device fails here
+    counts = {}
+    for name in devices.values():
+        counts[name] = counts.get(name, 0) + 1
+    _say(
+        f"{len(devices)} workers ({', '.join(f'{n} on {d}' for d, n in sorted(counts.items()))}) ready in "
+        f"{time.perf_counter() - started:.1f} s; "
+        f"{args.chunk_size} images per task, {math.ceil(len(todo) / args.chunk_size)} tasks"
+    )
+    # The model travels as its file (an absolute path) or name; each worker loads it once.
+    model = str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model
+    return stack.enter_context(
+        contextlib.closing(
+            iter_detections_on_cluster(
+                todo, model, client, device=args.device, chunk_size=args.chunk_size, should_stop=stop.is_set, **options
+            )
+        )
+    )
 
 
 class _Stop:
@@ -381,6 +429,7 @@ _FRACTION = _number(float, 0, 1, high_open=True)
 def build_parser() -> argparse.ArgumentParser:
     """The parser; every default comes from the core library (none is typed here twice)."""
     from . import __version__
+    from .distributed import DEFAULT_CHUNK_SIZE
     from .inference import DEFAULT_BATCH_SIZE, DEFAULT_NMS_IOU
     from .metrics import DEFAULT_IOU, MATCH_RULES
     from .model import DEFAULT_MODEL, DEVICES, PAPER_SCORE_THRESHOLD
@@ -440,7 +489,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes that read (decode) images while the network runs (default 0: read between batches); "
         "reading is a small part of a run, so it gains little (docs/benchmarks/batch_run.md)",
     )
-    detect.add_argument("--device", default="auto", choices=DEVICES)
+    detect.add_argument("--device", default="auto", choices=DEVICES, help="(on a cluster: each worker's)")
+    cluster = detect.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=_POSITIVE_INT,
+        default=None,
+        metavar="N",
+        help="run on a local Dask cluster of N worker processes (needs napari-clumps[dask])",
+    )
+    cluster.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); the workers must "
+        "read the images and the model at the same paths",
+    )
+    detect.add_argument(
+        "--chunk-size",
+        type=_POSITIVE_INT,
+        default=DEFAULT_CHUNK_SIZE,
+        help="images per task with --workers or --scheduler (default %(default)s)",
+    )
     detect.add_argument(
         "--keep-off-host",
         action="store_true",
