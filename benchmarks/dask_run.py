@@ -70,7 +70,7 @@ def main() -> None:
             seconds, text = run(["detect", str(tmp / "images"), "--out", str(out), *extra], **env)
             ready = re.search(r"ready in ([0-9.]+) s", text)
             table = rows(out)
-            same = "-" if first is None else ("yes" if table.equals(first) else "**NO**")
+            same = "-" if first is None else ("yes" if table.equals(first) else "no (see the note)")
             first = table if first is None else first
             lines.append(
                 f"| {label} | {seconds:.1f} | {args.n / seconds:.2f} | {ready.group(1) if ready else '-'} | "
