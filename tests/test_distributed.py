@@ -193,3 +193,21 @@ def test_a_worker_killed_mid_run_costs_no_rows(simulated_small, random_model, tm
     for name, result in got.items():
         assert not result.error, result.error
         pd.testing.assert_frame_equal(result.table, expected[name])
+
+
+@pytest.mark.slow
+def test_an_existing_scheduler_is_used_and_left_running(
+    simulated_small, random_model, tmp_path, worker_path, one_thread
+):
+    """``--scheduler ADDRESS``: a cluster started elsewhere (here: in this process) does the work
+    and is still there afterwards, for the next run."""
+    from distributed import Client, LocalCluster
+
+    one = one_process_rows(simulated_small, random_model, tmp_path)
+    out = tmp_path / "scheduled.csv"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        args = [*detect_args(simulated_small, random_model, out), "--scheduler", cluster.scheduler_address]
+        assert main(args) == 0
+        pd.testing.assert_frame_equal(sorted_rows(one), sorted_rows(out))
+        with Client(cluster.scheduler_address) as client:
+            assert len(client.scheduler_info()["workers"]) == 1  # not shut down by the run
