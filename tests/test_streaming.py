@@ -327,17 +327,22 @@ def test_debug_works_after_the_command(tmp_path):
             main(argv)
 
 
+def first_images(source, n: int, folder):
+    """A new ``folder`` with copies of the first ``n`` files of ``source``."""
+    import shutil
+
+    folder.mkdir()
+    for path in sorted(source.iterdir())[:n]:
+        shutil.copy(path, folder)
+    return folder
+
+
 def test_files_deleted_or_spoiled_during_a_run_are_reported_and_skipped(
     tmp_path, small_images, random_model, monkeypatch, capsys, one_thread
 ):
-    import shutil
-
     import napari_clumps.io
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted(small_images.iterdir())[:4]:
-        shutil.copy(path, folder)
+    folder = first_images(small_images, 4, tmp_path / "images")
     real_find_images = napari_clumps.io.find_images
 
     def find_then_spoil(*args, **kwargs):
@@ -369,12 +374,7 @@ def test_reading_in_worker_processes_gives_the_same_files(tmp_path, small_images
 def test_ctrl_c_keeps_the_finished_images_and_resume_completes_the_run(
     tmp_path, small_images, random_model, monkeypatch, capsys, one_thread
 ):
-    import shutil
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for path in sorted(small_images.iterdir())[:8]:
-        shutil.copy(path, folder)
+    folder = first_images(small_images, 8, tmp_path / "images")
     append = DetectionsWriter.append
 
     def append_then_interrupt(writer, row, table=None):
