@@ -49,6 +49,8 @@ DEV_SEEING_ARCSEC = 1.2
 N_ELLIPTICALS = 200
 SIM_SEED, SIM_N = 424242, 200
 LEARNING_KS = (5, 10, 18)
+#: Fine-tuning epochs of the learning curve (its --epochs default).
+LEARNING_EPOCHS = 10
 CENTRE = {"rule": "centre"}
 IOU = {"rule": "iou", "iou_threshold": 0.3}
 
@@ -251,6 +253,14 @@ LEARNING_RECIPE_NAMES = {
 }
 
 
+def learning_folds(n_images: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(pool, test) indices of the learning curve's two folds: a fixed split of the dev set into
+    halves, each once the pool to fine-tune from and once the test set."""
+    order = np.random.default_rng(0).permutation(n_images)
+    halves = [order[: n_images // 2], order[n_images // 2 :]]
+    return [(halves[0], halves[1]), (halves[1], halves[0])]
+
+
 def section_learning(detector, epochs: int, recipe: dict):
     import copy
 
@@ -259,11 +269,10 @@ def section_learning(detector, epochs: int, recipe: dict):
     from napari_clumps.training import LabelledImage, TrainingOptions, train
 
     paths, truth, _ = dev_set()
-    order = np.random.default_rng(0).permutation(len(paths))
-    halves = [order[: len(order) // 2], order[len(order) // 2 :]]
+    folds = learning_folds(len(paths))
     images = {p.name: read_image(p) for p in paths}
     rows = []
-    for fold, (pool, test) in enumerate(((halves[0], halves[1]), (halves[1], halves[0]))):
+    for fold, (pool, test) in enumerate(folds):
         test_names = [paths[i].name for i in test]
         for k in LEARNING_KS:
             train_names = [paths[i].name for i in pool[:k]]
@@ -289,7 +298,7 @@ def section_learning(detector, epochs: int, recipe: dict):
             rows.append({"fold": fold, "k": k, "seconds": round(seconds, 1), **result})
             print(f"fold {fold} k {k}: best F1 {result['best']['f1']:.3f}", file=sys.stderr)
     before = []
-    for fold, test in enumerate((halves[1], halves[0])):
+    for fold, (_, test) in enumerate(folds):
         names = [paths[i].name for i in test]
         found = detect_all(detector, [images[n] for n in names], names)
         before.append(
@@ -318,7 +327,7 @@ def main():
         default="dev,ellipticals,sim,scale",
         help="comma-separated: dev, ellipticals, sim, scale, learning, learning_all_layers",
     )
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of the learning curve")
+    parser.add_argument("--epochs", type=int, default=LEARNING_EPOCHS, help="fine-tuning epochs of the learning curve")
     parser.add_argument(
         "--psf-fwhm-px",
         type=float,

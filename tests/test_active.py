@@ -199,6 +199,9 @@ def test_review_queue_ranks_its_unreviewed_images_by_their_names(detect_spots, t
     ranked = rank_review_queue(session, stand_in_detector())
     assert ranked.image.tolist() == ["c.png", "a.png"]  # b.png is reviewed; c.png's box is unsure
     assert [session.index_of(name) for name in ranked.image] == [2, 0]
+    # a folder by itself names its images as the session does; b.png (its box at the threshold
+    # itself) would come first if nobody had reviewed it
+    assert rank_for_review(str(folder), stand_in_detector()).image.tolist() == ["b.png", "c.png", "a.png"]
 
 
 @pytest.mark.slow

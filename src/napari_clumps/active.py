@@ -160,6 +160,11 @@ def _flipped(image):
     )
 
 
+def _as_list(images) -> list:
+    """One image, file or folder, or a list of them (as :func:`napari_clumps.inference.detect` takes)."""
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
 def iter_priorities(
     images,
     detector=None,
@@ -174,7 +179,8 @@ def iter_priorities(
     """Yield per image, in order, a dict of its ``image`` name, :func:`compare_views` terms,
     ``priority``, ``reason`` and ``error`` (an image that cannot be read: priority NaN and why).
 
-    ``images`` and ``names`` as :func:`~napari_clumps.inference.iter_detections`; ``detector``
+    ``images``: one image, file or folder, or a list of them; ``names`` as
+    :func:`~napari_clumps.inference.iter_detections`; ``detector``
     anything :func:`~napari_clumps.model.get_detector` takes. Boxes off the host galaxy do not
     count unless ``keep_off_host`` (the review queue's detections leave them out too).
     ``detection_options`` go to :func:`~napari_clumps.inference.iter_detections` (``psf_fwhm``,
@@ -189,6 +195,7 @@ def iter_priorities(
 
     if strategy not in STRATEGIES or strategy == "random":
         raise ValueError(f"strategy {strategy!r}: iter_priorities takes one of {', '.join(STRATEGIES[:-1])}")
+    images = _as_list(images)
     n_views = 1 if strategy == "uncertainty" else 2  # the mirrored view only where it counts
     detector = get_detector(detector, device)
     threshold = detector.score_threshold
@@ -261,7 +268,7 @@ def rank_for_review(
     if strategy == "random":
         from .inference import expand_items
 
-        _, names = expand_items(images, names)
+        _, names = expand_items(_as_list(images), names)
         draws = np.random.default_rng(seed).random(len(names))
         rows = [
             {"image": name, "priority": float(draw), "reason": f"random order (seed {seed})", "error": ""}
