@@ -298,7 +298,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         lines = []
-        for threads in map(int, args.threads.split(",")):
+        for threads in map(int, filter(None, args.threads.split(","))):  # "" skips the throughput runs
             lines += throughput(args, work, threads) + [""]
         lines += startup(work)
         if args.rss:
