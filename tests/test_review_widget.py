@@ -331,3 +331,30 @@ def test_order_by_what_teaches_most_reorders_the_queue_and_says_why(make_napari_
     again = ReviewWidget(make_napari_viewer())
     again.open_queue(folder, csv)
     assert again.session.item.name == "sim_00000.jpg"  # the first unreviewed in the ranked order
+
+
+def test_a_stopped_ranking_leaves_the_order_as_it_was(make_napari_viewer, galaxies, qtbot, monkeypatch):
+    import threading
+
+    import napari_clumps.active as active
+
+    folder, _, csv = galaxies
+    release = threading.Event()
+
+    def slow_priorities(paths, model, names, device, should_stop):
+        for i, name in enumerate(names):
+            yield {"image": name, "priority": float(i), "reason": "some", "error": ""}
+            release.wait(10)  # the user presses Stop after the first image
+
+    monkeypatch.setattr(active, "iter_priorities", slow_priorities)
+    widget = ReviewWidget(make_napari_viewer())
+    session = widget.open_queue(folder, csv)
+    session.mark_no_clumps()  # something saved, so that the CSV exists
+    widget.order_by_priority()
+    qtbot.waitUntil(lambda: len(widget._priorities) == 1, timeout=10_000)
+    widget.stop()
+    release.set()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert not session.ranked and session.item.name == "sim_00000.jpg"
+    assert "review_rank" not in read_images_list(csv).columns
+    assert widget.order_button.enabled and not widget.stop_button.enabled

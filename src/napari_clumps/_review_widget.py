@@ -475,9 +475,11 @@ class ReviewWidget(QWidget):
             then()
 
     def stop(self):
-        """Stop the running fine-tuning (within one training step) or detection (after this image)."""
+        """Stop the running fine-tuning (within one training step), detection or ranking (after the
+        current images); a stopped ranking leaves the queue's order as it was."""
         if self.worker is None:
             return
+        self._after_worker = None  # no partial ranking applied, no detection after a stopped fine-tuning
         self._stop_training.set()
         if hasattr(self.worker, "quit"):  # a detection: a generator worker
             self.worker.quit()
