@@ -122,7 +122,7 @@ class ReviewWidget(QWidget):
         self._model_note = ""  # how it scored: shown under the queue's progress until the next one
         self._priorities = []  # the ranking's rows as they come (active learning)
         self.training_options = TrainingOptions()  # the library's fine-tuning defaults (docs/fine-tuning.md)
-        self._stop_training = threading.Event()
+        self._stop_requested = threading.Event()
         self._relay = _Relay()
         self._relay.progress.connect(self._on_training_progress)
         self.status = Label(value="choose a folder and a labels CSV, then Open queue")
@@ -441,11 +441,14 @@ class ReviewWidget(QWidget):
             self._update_status("no unreviewed image without hand-made boxes to detect in")
             return None
         self._update_status(f"loading the model to detect in {len(targets)} unreviewed image(s)...")
+        from .inference import iter_detections
+
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            _detect_in_thread,
+            _per_image_in_thread,
+            iter_detections,
             [item.path for item in targets],
             [item.name for item in targets],
-            None if self.model.value == DEFAULT_CHOICE else self.model.value,
+            self._model_choice(),
             _progress={"total": len(targets), "desc": "Detecting clumps"},
             _connect={"yielded": self._on_detected, "finished": self._worker_finished},
         )
@@ -467,6 +470,10 @@ class ReviewWidget(QWidget):
             self._refill(result.name)
             self._update_status()
 
+    def _model_choice(self):
+        """The chosen model as the core takes it: None for the packaged default, else a file."""
+        return None if self.model.value == DEFAULT_CHOICE else self.model.value
+
     def _worker_finished(self):
         self.worker = None
         self._set_enabled(self.session is not None)
@@ -480,7 +487,7 @@ class ReviewWidget(QWidget):
         if self.worker is None:
             return
         self._after_worker = None  # no partial ranking applied, no detection after a stopped fine-tuning
-        self._stop_training.set()
+        self._stop_requested.set()
         if hasattr(self.worker, "quit"):  # a detection: a generator worker
             self.worker.quit()
         self._update_status("stopping...")
@@ -496,15 +503,18 @@ class ReviewWidget(QWidget):
         if not waiting:
             self._update_status("every image is reviewed: nothing to order")
             return None
-        self._stop_training.clear()
+        self._stop_requested.clear()
         self._priorities = []
         self._update_status(f"loading the model to rank {len(waiting)} unreviewed image(s)...")
+        from .active import iter_priorities
+
         self.worker = create_worker(
-            _rank_in_thread,
+            _per_image_in_thread,
+            iter_priorities,
             [item.path for item in waiting],
             [item.name for item in waiting],
-            None if self.model.value == DEFAULT_CHOICE else self.model.value,
-            self._stop_training.is_set,
+            self._model_choice(),
+            should_stop=self._stop_requested.is_set,
             _progress={"total": len(waiting), "desc": "Ranking for review"},
             _connect={"yielded": self._on_ranked, "finished": self._worker_finished},
         )
@@ -553,7 +563,7 @@ class ReviewWidget(QWidget):
                 "images with clumps first (a for accept, 0 for none)"
             )
             return None
-        self._stop_training.clear()
+        self._stop_requested.clear()
         out = self.model_output_path()
         self._update_status(
             f"fine-tuning on {len(reviews)} reviewed image(s) ({n_boxes} boxes): reading them and loading the model..."
@@ -565,7 +575,7 @@ class ReviewWidget(QWidget):
             self.training_options,
             out,
             self._relay.progress.emit,
-            self._stop_training.is_set,
+            self._stop_requested.is_set,
             _connect={"returned": self._fine_tuned, "finished": self._worker_finished},
         )
         self._set_enabled(True)
@@ -612,20 +622,6 @@ class ReviewWidget(QWidget):
         self.status.value = "\n".join(line for line in lines if line)
 
 
-def _rank_in_thread(paths, names, model, should_stop):
-    """Worker body: yields :func:`napari_clumps.active.iter_priorities`'s row per image, or a message
-    for the failures a user can act on (a bad model file, no such device)."""
-    from .active import iter_priorities
-    from .model import ModelError, select_device
-
-    try:
-        yield from iter_priorities(
-            paths, model, names=names, device=str(select_device("auto")), should_stop=should_stop
-        )
-    except ModelError as error:
-        yield str(error)
-
-
 def _fine_tune_in_thread(reviews, base, options, out, report, should_stop):
     """Worker body: ``(kind, message, path)`` as the Fine-tune widget's (the same training)."""
     from .review import training_images
@@ -634,14 +630,14 @@ def _fine_tune_in_thread(reviews, base, options, out, report, should_stop):
     return _train_in_thread(items, base, options, out, report, should_stop)
 
 
-def _detect_in_thread(paths, names, model):
-    """Worker body: yields an :class:`~napari_clumps.inference.ImageDetections` per image, or a
-    message for the failures a user can act on (a bad model file, no such device)."""
-    from .inference import iter_detections
+def _per_image_in_thread(per_image, paths, names, model, **options):
+    """Worker body: yields what ``per_image`` (:func:`~napari_clumps.inference.iter_detections`,
+    :func:`~napari_clumps.active.iter_priorities`) yields per image, or a message for the
+    failures a user can act on (a bad model file, no such device)."""
     from .model import ModelError, select_device
 
     try:
-        yield from iter_detections(paths, model, names=names, device=str(select_device("auto")))
+        yield from per_image(paths, model, names=names, device=str(select_device("auto")), **options)
     except ModelError as error:
         yield str(error)
 
