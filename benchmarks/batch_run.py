@@ -1,17 +1,21 @@
 """What a batch run costs beyond the network: `napari-clumps detect` (streaming) vs the forward
 pass alone, the start-up, and peak memory against the number of images.
 
-usage: python benchmarks/batch_run.py [--n 100] [--threads 1,2] [--repeats 2] [--rss 1000,3000]
-                                      [--out docs/benchmarks/batch_run.md]
+usage: python benchmarks/batch_run.py [--n 100] [--images DIR] [--threads 1,2] [--repeats 2]
+                                      [--rss 1000,3000] [--startup] [--out docs/benchmarks/batch_run.md]
 
-1. Throughput on --n simulated 200 x 200 cutouts (n/2 galaxies, FITS + JPEG; `simulate` seed 7)
-   with the packaged default model, batch 4, CPU, in this process after a warm-up (imports and
-   first calls excluded), for each number of torch threads in --threads; the best of --repeats
-   runs of each:
+Each part replaces only its own section of --out (benchmarks/report.py); --threads '' and
+--rss '' skip those parts, --no-startup the start-up one.
+
+1. Throughput on --n simulated 200 x 200 cutouts (n/2 galaxies, FITS + JPEG; `simulate` seed 7),
+   or the first --n images of --images DIR (real cutouts), with the packaged default model,
+   batch 4, CPU, in this process after a warm-up (imports and first calls excluded), for each
+   number of torch threads in --threads; the best of --repeats runs of each:
    - forward only: the network on the cutouts' tensors, read and made beforehand, batches of 4;
    - iter_detections, tables kept in memory: reading, composite, network, NMS, host columns;
    - `detect` as the CLI runs it (main()), streaming rows to the CSV; the time inside
-     DetectionsWriter.append is measured separately; then with --num-workers 1.
+     DetectionsWriter.append is measured separately; then with --num-workers 1 and 2 (reading
+     and the host galaxy in worker processes, overlapped with the network).
 2. Start-up: wall time of `python -m napari_clumps detect` subprocesses (a bad path; one JPEG),
    and the import time of the heavy packages a run needs (`python -X importtime`).
 3. Peak RSS (ru_maxrss) of `python -m napari_clumps detect` over --rss counts of 64 x 64 PNGs
@@ -28,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,9 +59,16 @@ def throughput(args, work: Path, threads: int) -> list[str]:
     from napari_clumps.simulate import write_dataset
 
     torch.set_num_threads(threads)
-    folder = work / "cutouts"
-    if not folder.exists():
-        write_dataset(folder, n=args.n // 2, seed=7)
+    if args.images:
+        folder = work / "given"
+        if not folder.exists():  # the first --n of them, linked into a folder that detect reads whole
+            folder.mkdir()
+            for path, name in find_images([args.images])[: args.n]:
+                (folder / name.replace("/", "_")).symlink_to(Path(path).resolve())
+    else:
+        folder = work / "cutouts"
+        if not folder.exists():
+            write_dataset(folder, n=args.n // 2, seed=7)
     found = find_images([folder])
     paths, names = [p for p, _ in found], [n for _, n in found]
     detector = get_detector("default", "cpu")
@@ -113,7 +126,8 @@ def throughput(args, work: Path, threads: int) -> list[str]:
         "forward only (tensors in memory)": forward_only,
         "iter_detections, tables in memory": in_memory,
         "`detect`, streaming to the CSV": cli(),
-        "`detect --num-workers 1` (reading in a second process)": cli("--num-workers", "1"),
+        "`detect --num-workers 1` (reading and host in a second process)": cli("--num-workers", "1"),
+        "`detect --num-workers 2`": cli("--num-workers", "2"),
     }
     times, writer_times = {name: [] for name in runs}, []
     for _ in range(args.repeats):  # interleaved, so that a busy moment hits every row alike
@@ -131,8 +145,10 @@ def throughput(args, work: Path, threads: int) -> list[str]:
     n = len(paths)
     wall0 = min(t["wall"] for t in times["forward only (tensors in memory)"])
     cpu0 = min(t["cpu"] for t in times["forward only (tensors in memory)"])
+    shape = read_image(paths[0]).composite.shape
+    what = f"real ({args.images.name})" if args.images else "simulated"
     lines = [
-        f"### Throughput: {n} simulated 200 x 200 cutouts, packaged default model, batch 4, "
+        f"### Throughput: {n} {what} {shape[1]} x {shape[0]} cutouts, packaged default model, batch 4, "
         f"{threads} torch thread{'s' if threads > 1 else ''}, best of {args.repeats}",
         "",
         "Wall time, and CPU time of this process and its reading workers (user + system; less "
@@ -146,7 +162,12 @@ def throughput(args, work: Path, threads: int) -> list[str]:
         wall, cpu = min(t["wall"] for t in values), min(t["cpu"] for t in values)
         lines.append(
             f"| {name} | {wall:.1f} | {n / wall:.2f} | {1000 * wall / n:.0f} | {1000 * cpu / n:.0f} | "
-            + ("-" if wall == wall0 else f"+{1000 * (wall - wall0) / n:.0f} / +{1000 * (cpu - cpu0) / n:.0f}")
+            + (
+                "-"
+                if wall == wall0
+                else f"{1000 * (wall - wall0) / n:+.0f} / {1000 * (cpu - cpu0) / n:+.0f} "
+                f"({100 * (wall - wall0) / wall0:+.0f} % wall)"
+            )
             + " |"
         )
     lines += ["", "Parts of the pipeline, each measured alone on the same images:", ""]
@@ -290,31 +311,35 @@ def main():
     parser.add_argument("--threads", default="1,2", help="torch threads of the throughput runs, one table each")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rss", default="1000,3000", help="image counts for the memory runs ('' to skip)")
+    parser.add_argument("--images", type=Path, default=None, help="real cutouts instead of simulated ones")
+    parser.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up part")
     parser.add_argument("--out", default=ROOT / "docs/benchmarks/batch_run.md")
     args = parser.parse_args()
     import torch
 
-    started, load_before = time.perf_counter(), load()
+    def save(name: str, lines: list[str], started: float, load_before: str) -> None:
+        footer = (
+            f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (load average "
+            f"{load_before} before, {load()} after), torch {torch.__version__}, Python "
+            f"{platform.python_version()}; {time.perf_counter() - started:.0f} s. Made by `python "
+            f"benchmarks/batch_run.py {' '.join(sys.argv[1:])}`."
+        )
+        text = "\n".join([*lines, "", footer])
+        write_section(args.out, name, text, title="# Batch runs: streaming overhead, start-up, memory")
+        print(text, flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        lines = []
+        source = "real" if args.images else "simulated"
         for threads in map(int, filter(None, args.threads.split(","))):  # "" skips the throughput runs
-            lines += throughput(args, work, threads) + [""]
-        lines += startup(work)
+            started, before = time.perf_counter(), load()
+            save(f"throughput {source} {threads}", throughput(args, work, threads), started, before)
+        if args.startup:
+            started, before = time.perf_counter(), load()
+            save("start-up", startup(work), started, before)
         if args.rss:
-            lines += [""] + peak_rss(args, work)
-    header = [
-        "# Batch runs: streaming overhead, start-up, memory",
-        "",
-        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared: load average "
-        f"{load_before} before, {load()} after), torch {torch.__version__}, Python {platform.python_version()}; "
-        f"{time.perf_counter() - started:.0f} s in all. Made by `python benchmarks/batch_run.py "
-        f"--n {args.n} --threads {args.threads} --repeats {args.repeats} --rss {args.rss}`.",
-        "",
-    ]
-    text = "\n".join(header + lines) + "\n"
-    Path(args.out).write_text(text)
-    print(text)
+            started, before = time.perf_counter(), load()
+            save("memory", peak_rss(args, work), started, before)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -96,8 +98,7 @@ def main() -> None:
     )
     print(report)
     if args.out:
-        with open(args.out, "a") as file:
-            file.write("\n" + report)
+        write_section(args.out, "dask", report, title="# Batch runs: streaming overhead, start-up, memory")
 
 
 if __name__ == "__main__":

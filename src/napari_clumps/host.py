@@ -35,6 +35,11 @@ CENTRE_TOLERANCE = 0.1
 #: 7.5 % of the real dev clumps off their host, 0.3 keeps 99 %), low enough to cut off a
 #: comparable neighbour (a galaxy or bright star holding 30 % of the blend) that touches it.
 DEBLEND_CONTRAST = 0.3
+#: Multi-threshold levels of the deblending (photutils' default is 32). Fewer levels, fewer
+#: candidate children, and photutils runs one watershed per candidate that fails the contrast:
+#: 8 levels halve the cost on simulated cutouts full of clumps (216 -> 100 ms at 200 px) and
+#: leave the footprint identical on 40/40 of them and 183/187 real ones (Legacy Surveys + dev).
+DEBLEND_LEVELS = 8
 #: Larger images are binned for segmentation until their smaller side is at most this many
 #: pixels: deblending a 424 px cutout costs 85 ms, binned 2 x 2 26 ms, and the on-host verdicts
 #: of 99.3 % of real detections stay the same (docs/benchmarks/default_model.md).
@@ -122,7 +127,9 @@ def find_host(image) -> Host | None:
     island = segments.copy()
     island.keep_labels([label])
     try:
-        children = deblend_sources(smoothed, island, n_pixels=npixels, contrast=DEBLEND_CONTRAST, progress_bar=False)
+        children = deblend_sources(
+            smoothed, island, n_pixels=npixels, n_levels=DEBLEND_LEVELS, contrast=DEBLEND_CONTRAST, progress_bar=False
+        )
     except Exception:  # noqa: BLE001 - photutils raises several types on odd islands; keep the island
         children = island
     core = _central_label(children.data, children.labels, width, height) or children.labels[0]

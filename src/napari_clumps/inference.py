@@ -55,6 +55,10 @@ def tile_windows(height: int, width: int, tile: int, overlap: int) -> list[tuple
     return [(y, x, min(y + tile, height), min(x + tile, width)) for y in starts(height) for x in starts(width)]
 
 
+#: A :class:`_Read`'s host before anyone looked for it (None means "looked: no host").
+_NOT_SEARCHED = object()
+
+
 @dataclass
 class ImageDetections:
     """The outcome for one image: a detections table, or the error that stopped it."""
@@ -111,8 +115,8 @@ def iter_detections(
     network inputs at a time. ``model``: anything :func:`~napari_clumps.model.get_detector`
     takes. ``score_threshold`` defaults to the model's recommended one. ``should_stop()`` is
     polled between images and batches; once it says True nothing more is yielded.
-    ``num_workers`` > 0 reads files in that many worker processes (a torch ``DataLoader``)
-    while the network runs; 0 reads them here, between batches.
+    ``num_workers`` > 0 reads files, and finds their host galaxies, in that many worker
+    processes (a torch ``DataLoader``) while the network runs; 0 does both here, between batches.
 
     Every table has the host columns of :mod:`napari_clumps.host`; detections off the host galaxy
     are dropped unless ``keep_off_host``. ``psf_fwhm`` (pixels), or ``pixel_scale`` (arcsec/px)
@@ -131,15 +135,18 @@ def iter_detections(
             f"it first (napari-clumps train --model {detector.source}) or pass a trained model file"
         )
     run = _BatchedRun(detector, batch_size, score_threshold, nms_iou, keep_off_host)
-    reader = _ImageReader(items, names, psf_fwhm, pixel_scale, seeing)
-    with contextlib.closing(_read_all(reader, num_workers)) as reads:
-        for index, (image, psf, error) in enumerate(reads):
+    in_workers = num_workers > 0 and all(isinstance(item, (str, Path)) for item in items)
+    # Reading workers also find each host galaxy, off the network's critical path; here, it is
+    # found only for images with detections (no search for nothing).
+    reader = _ImageReader(items, names, psf_fwhm, pixel_scale, seeing, find_hosts=in_workers)
+    with contextlib.closing(_read_all(reader, num_workers if in_workers else 0, batch_size)) as reads:
+        for index, read in enumerate(reads):
             if should_stop is not None and should_stop():
                 return
-            if error:
-                run.fail(index, names[index], error)
+            if read.error:
+                run.fail(index, names[index], read.error)
             else:
-                for _ in run.add(index, names[index], image, psf):
+                for _ in run.add(index, names[index], read.image, read.psf_fwhm, read.host):
                     if should_stop is not None and should_stop():
                         return
                     run.run_batch()
@@ -149,36 +156,53 @@ def iter_detections(
     yield from run.ready()
 
 
-class _ImageReader:
-    """Reads item ``i`` into ``(GalaxyImage, PSF FWHM, "")`` or ``(None, None, error)``; the map-
-    style data set of the reading workers (picklable: paths, names and numbers)."""
+@dataclass
+class _Read:
+    """One item as read: the image and its PSF FWHM (and its host galaxy, when the reader looks
+    for it), or the error that stopped it."""
 
-    def __init__(self, items, names, psf_fwhm, pixel_scale, seeing):
+    image: object = None
+    psf_fwhm: float | None = None
+    host: object = _NOT_SEARCHED
+    error: str = ""
+
+
+class _ImageReader:
+    """Reads item ``i`` into a :class:`_Read`; the map-style data set of the reading workers
+    (picklable: paths, names and numbers)."""
+
+    def __init__(self, items, names, psf_fwhm, pixel_scale, seeing, find_hosts: bool = False):
         self.items, self.names = items, names
         self.psf = (psf_fwhm, pixel_scale, seeing)
+        self.find_hosts = find_hosts
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> _Read:
+        from .host import find_host
         from .io import ImageReadError
         from .scale import image_psf_fwhm
 
         item, name = self.items[index], self.names[index]
         try:
             image = as_galaxy_image(item, name)
-            return image, image_psf_fwhm(image, *self.psf), ""
+            read = _Read(image, image_psf_fwhm(image, *self.psf))
+            if self.find_hosts:
+                read.host = find_host(image)
+            return read
         except (ImageReadError, ValueError) as error:  # ValueError: an array of the wrong shape
-            return None, None, str(error)
+            return _Read(error=str(error))
         except Exception as error:  # noqa: BLE001 - one bad file never costs the others
             where = str(item) if isinstance(item, (str, Path)) else name
             reason = " ".join(str(error).split())
-            return None, None, f"{where}: {type(error).__name__}" + (f": {reason}" if reason else "")
+            return _Read(error=f"{where}: {type(error).__name__}" + (f": {reason}" if reason else ""))
 
 
-def _read_all(reader: _ImageReader, num_workers: int):
-    """Every item of ``reader`` in order: here, or (paths only) in ``num_workers`` processes."""
-    if num_workers <= 0 or not all(isinstance(item, (str, Path)) for item in reader.items):
+def _read_all(reader: _ImageReader, num_workers: int, batch_size: int = DEFAULT_BATCH_SIZE):
+    """Every item of ``reader`` in order: here, or in ``num_workers`` processes that keep a whole
+    batch read ahead, so that they go on working while the network runs on the last one."""
+    if num_workers <= 0:
         for index in range(len(reader)):
             yield reader[index]
         return
@@ -191,7 +215,7 @@ def _read_all(reader: _ImageReader, num_workers: int):
             num_workers=num_workers,
             collate_fn=_as_is,
             worker_init_fn=_reading_worker_init,
-            prefetch_factor=2,
+            prefetch_factor=max(2, -(-batch_size // num_workers)),
         )
     )
     try:
@@ -261,8 +285,9 @@ class _BatchedRun:
         self.finished = {}
         self.next_to_yield = 0
 
-    def add(self, index: int, name: str, image, psf_fwhm):
-        """Queue the tiles of an image; yields each time a batch is full (the caller runs it)."""
+    def add(self, index: int, name: str, image, psf_fwhm, host=_NOT_SEARCHED):
+        """Queue the tiles of an image; yields each time a batch is full (the caller runs it).
+        ``host``: the image's host galaxy (or None) when already found; else found at the end."""
         from .scale import resample, resample_factor
 
         config = self.detector.config
@@ -271,6 +296,7 @@ class _BatchedRun:
         windows = tile_windows(height, width, self.tile, self.overlap)
         self.pending[index] = {
             "image": image,
+            "host": host,
             "name": name,
             "parts": [],
             "n_tiles": len(windows),
@@ -288,7 +314,7 @@ class _BatchedRun:
         if not self.batch:
             return
         with torch.inference_mode(), self.autocast:
-            outputs = self.detector.network([t.to(self.device) for *_, t in self.batch])
+            outputs = self.detector.network([self._to_device(t) for *_, t in self.batch])
         for (index, y0, x0, _), out in zip(self.batch, outputs):
             state = self.pending[index]
             boxes = out["boxes"].float().cpu().numpy() + np.array([x0, y0, x0, y0], np.float32)
@@ -297,6 +323,13 @@ class _BatchedRun:
         self.batch.clear()
         for index in [i for i, state in self.pending.items() if len(state["parts"]) == state["n_tiles"]]:
             self._finish(index)
+
+    def _to_device(self, tile):
+        """A tile on the network's device; to a GPU from page-locked memory without waiting, so
+        that the copies of a batch overlap (the network's first kernel waits for them)."""
+        if self.device.type != "cuda":
+            return tile.to(self.device)
+        return tile.pin_memory().to(self.device, non_blocking=True)
 
     def finish_all(self) -> None:
         for index in sorted(self.pending):
@@ -323,7 +356,10 @@ class _BatchedRun:
         table = detections_frame(
             state["name"], boxes[order], labels[order], scores[order], wcs=image.wcs, model=self.detector.model_id
         )
-        table = add_host_columns(table, find_host(image) if len(table) else None)  # no search for nothing
+        host = state["host"]
+        if host is _NOT_SEARCHED:
+            host = find_host(image) if len(table) else None  # no search for nothing
+        table = add_host_columns(table, host)
         if not self.keep_off_host:
             table = on_host_rows(table).reset_index(drop=True)
         self.finished[index] = ImageDetections(state["name"], table, width=image.width, height=image.height)
