@@ -269,3 +269,44 @@ def test_info_shows_the_centre_from_the_catalogue(tmp_path, capsys, image_files)
     jpeg, grey = capsys.readouterr().out.strip().splitlines()
     assert "centre RA 150.25000 Dec -2.50000 deg, 0.262 arcsec/px" in jpeg and str(path) in jpeg
     assert "no celestial WCS" in grey  # grey.png: no row of the catalogue fits
+
+
+# ---------------------------------------------------------------------- the detection widget
+
+
+@pytest.mark.gui
+def test_the_detect_widget_gives_cutouts_the_catalogue_sky_and_remembers_the_file(
+    make_napari_viewer, image_files, tmp_path, qtbot, monkeypatch
+):
+    """A run with a catalogue chosen sends the model the image with the catalogue's WCS, and the
+    exported CSV has RA/Dec; the file is remembered. The model is replaced by one fixed box."""
+    from napari_clumps import _detect_widget
+    from napari_clumps._detect_widget import DetectionWidget
+    from napari_clumps.detections import detections_frame, read_detections
+    from napari_clumps.inference import ImageDetections
+
+    def one_box_each(images, names, *args, **kwargs):  # what iter_detections makes of a box at (15, 15)
+        yield "ready", "fake on cpu"
+        for name, image in zip(names, images):
+            table = detections_frame(image.path.name, [[10, 10, 20, 20]], ["clump"], 0.9, wcs=image.wcs)
+            yield "result", name, ImageDetections(image.path.name, table, width=image.width, height=image.height), ""
+
+    monkeypatch.setattr(_detect_widget, "_detect_in_thread", one_box_each)
+    catalog = write_csv(tmp_path / "cutouts.csv", f"image,ra,dec,pixscale\ncolour.jpg,{RA},{DEC},{SCALE}\n")
+    viewer = make_napari_viewer()
+    (jpeg,) = viewer.open(image_files["jpeg"], plugin="napari-clumps")
+    widget = DetectionWidget(viewer)
+    widget.catalog.value = catalog
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30_000)
+    found = read_detections(widget.export_csv(tmp_path / "boxes.csv"))
+    expected = pixel_to_radec(cutout_wcs(RA, DEC, SCALE, jpeg.data.shape[1], jpeg.data.shape[0]), 15, 15)
+    assert separation_px(found.ra, found.dec, *expected, SCALE).max() < 0.01
+    # a new session starts with the same catalogue; a bad one stops the run with its reason
+    viewer.close()
+    widget = DetectionWidget(make_napari_viewer())
+    assert widget.catalog.value == catalog
+    write_csv(catalog, "image,ra,dec\ncolour.jpg,1,2\n")
+    widget.viewer.open(image_files["jpeg"], plugin="napari-clumps")
+    widget.run_button.native.click()
+    assert widget.worker is None and widget.run_button.enabled
