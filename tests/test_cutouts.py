@@ -261,6 +261,19 @@ def test_detect_refuses_a_bad_catalogue_before_any_work(tmp_path, capsys, image_
     assert len(err) == 1 and err[0].startswith(f"error: argument --catalog: {bad}: no pixel scale column"), err
 
 
+def test_detect_refuses_two_rows_for_one_image_before_the_model_loads(tmp_path, capsys, image_files):
+    from napari_clumps.cli import main
+
+    both = write_csv(tmp_path / "cutouts.csv", "image,ra,dec,pixscale\ncolour,1,2,0.2\ncolour.png,3,4,0.2\n")
+    status = main(["detect", str(image_files["jpeg"]), "--catalog", str(both), "--model", "nowhere.safetensors"])
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: {both}: image '{image_files['jpeg']}' fits rows 1 ('colour') and 2 ('colour.png'); "
+        "give the names with their folders, as detect reports them"
+    )  # not the missing model's error: the catalogue is checked first
+
+
 def test_info_shows_the_centre_from_the_catalogue(tmp_path, capsys, image_files):
     from napari_clumps.cli import main
 
