@@ -273,6 +273,14 @@ class DetectionWidget(QWidget):
             tooltip=f'arcsec per pixel (with {DEFAULT_SEEING_ARCSEC:g}" seeing) when the PSF FWHM is not '
             "given; 0: from the FITS header, or no resampling",
         )
+        self.catalog = FileEdit(
+            label="cutout catalogue",
+            mode="r",
+            filter="*.csv *.ecsv *.fits *.fit *.txt",
+            value="",
+            tooltip="optional: a table of the images' centre RA/Dec and pixel scale, which gives JPEG/PNG "
+            "cutouts (no WCS of their own) RA/Dec; columns and matching in docs/user-guide.md (remembered)",
+        )
         self.new_label = ComboBox(
             label="box class",
             choices=list(LABELS),
@@ -308,6 +316,7 @@ class DetectionWidget(QWidget):
                 self.nms,
                 self.psf_fwhm,
                 self.pixel_scale,
+                self.catalog,
                 self.new_label,
                 Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                 self.csv_path,
@@ -323,7 +332,7 @@ class DetectionWidget(QWidget):
 
         if model_choice(remembered.model) in self.model.choices:
             self.model.value = model_choice(remembered.model)
-        restore_paths(detections_csv=self.csv_path)
+        restore_paths(detections_csv=self.csv_path, cutout_catalog=self.catalog)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.bands_button.changed.connect(lambda: show_raw_bands(self.viewer))
@@ -344,6 +353,7 @@ class DetectionWidget(QWidget):
         self.device.changed.connect(lambda device: remember(device=device))
         self.score.changed.connect(lambda value: remember(score_threshold=round(value, 4)))
         self.csv_path.changed.connect(lambda path: remember_paths(detections_csv=path))
+        self.catalog.changed.connect(self._remember_catalog)
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.model.reset_choices))
         self._refresh_choices()
@@ -399,8 +409,9 @@ class DetectionWidget(QWidget):
                 self.status.value = f"kept your edited boxes of {names}; nothing else to detect"
                 return
         try:
+            self._give_sky_positions(layers)
             images = [layer_to_galaxy_image(layer) for layer in layers]
-        except ValueError as error:
+        except ValueError as error:  # also a bad cutout catalogue (CutoutCatalogError)
             show_error(f"napari-clumps: {error}")
             return
         self._stop.clear()
@@ -424,6 +435,29 @@ class DetectionWidget(QWidget):
             _progress={"total": len(images), "desc": "Detecting clumps"},
             _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished},
         )
+
+    def chosen_catalog(self) -> Path | None:
+        """The cutout catalogue file chosen, or None (an empty field reads as the folder ".")."""
+        path = self.catalog.value
+        return None if path is None or str(path) in ("", ".") else Path(path)
+
+    def _remember_catalog(self, _path=None) -> None:
+        path = self.chosen_catalog()
+        remember(cutout_catalog=None if path is None else str(path.expanduser().resolve()))
+
+    def _give_sky_positions(self, layers) -> None:
+        """Image layers without a celestial WCS get the one their cutout catalogue row gives (in
+        their metadata, where the clumps layers and the CSV export take it from)."""
+        from .cutouts import read_cutout_catalog
+
+        path = self.chosen_catalog()
+        if path is None:
+            return
+        catalog = read_cutout_catalog(path)  # read at each run: the file may have changed
+        for layer in layers:
+            if layer.metadata.get("wcs") is None:
+                height, width = layer.data.shape[:2]
+                layer.metadata["wcs"] = catalog.wcs_for(image_name(layer), width, height)
 
     def _edited_boxes_of(self, image_layer) -> bool:
         """Whether the clumps layer over ``image_layer`` holds the user's edits."""

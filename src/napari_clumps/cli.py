@@ -62,6 +62,8 @@ def cmd_detect(args) -> int:
     for note in writer.notes:
         _say(f"note: {note}")
     todo = [(path, name) for path, name in found if name not in writer.done]
+    if args.catalog is not None:
+        _say(_catalog_note(args.catalog, [(path, name) for path, name in todo]))
     if writer.done:
         _say(f"resuming {args.out}: {len(found) - len(todo)} of {len(found)} images done, {len(todo)} to do")
     if not todo:
@@ -96,6 +98,7 @@ def cmd_detect(args) -> int:
         "psf_fwhm": args.psf_fwhm,
         "pixel_scale": args.pixel_scale,
         "seeing": args.seeing,
+        "catalog": args.catalog,
     }
     started = time.perf_counter()
     with writer, _stop_on_signals() as stop, contextlib.ExitStack() as cluster:
@@ -141,6 +144,21 @@ def cmd_detect(args) -> int:
         )
         return 128 + stop.signal
     return 1 if failed else 0
+
+
+def _catalog_note(catalog, images) -> str:
+    """What a cutout catalogue will do for these ``(path, name)`` images; a name that two rows fit
+    fails here, before the model loads. Only file names are looked at: whether a file has a WCS
+    of its own is known when it is read (FITS files usually do, and keep it)."""
+    from .io import is_fits_path
+
+    rasters = [name for path, name in images if not is_fits_path(path)]
+    matched = [name for name in rasters if catalog.match(name) is not None]
+    missing = [name for name in rasters if name not in set(matched)]
+    note = f"cutout catalogue {catalog.path}: sky positions for {len(matched)} of {len(rasters)} JPEG/PNG images"
+    if missing:
+        note += f" (not in it: {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ")"
+    return note + "; FITS files with a WCS keep their own"
 
 
 def _cluster_results(stack, args, todo, stop, options):
@@ -309,13 +327,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .cutouts import CutoutCatalogError, with_catalog_wcs
     from .io import ImageReadError, find_images, read_image
 
     failed = 0
-    for path, _ in find_images(args.paths):
+    for path, name in find_images(args.paths):
         try:
-            print(read_image(path).describe())
-        except ImageReadError as error:
+            image = read_image(path)
+            with_sky = with_catalog_wcs(image, name, args.catalog)
+            print(with_sky.describe() + (f" (from {args.catalog.path})" if with_sky is not image else ""))
+        except (ImageReadError, CutoutCatalogError) as error:
             print(f"error: {error}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
@@ -424,6 +445,26 @@ _POSITIVE = _number(float, 0, low_open=True)
 _SCORE = _number(float, 0, 1)
 _IOU = _number(float, 0, 1, low_open=True)
 _FRACTION = _number(float, 0, 1, high_open=True)
+
+
+def _cutout_catalog(text: str):
+    """An argparse type: a readable cutout catalogue (:mod:`napari_clumps.cutouts`), so that a bad
+    one is a usage error before any work."""
+    from .cutouts import CutoutCatalogError, read_cutout_catalog
+
+    try:
+        return read_cutout_catalog(text)
+    except CutoutCatalogError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+_cutout_catalog.__name__ = "cutout catalogue"  # argparse names the type in some messages
+
+#: Help of --catalog (detect and info).
+_CATALOG_HELP = (
+    "table (CSV, ECSV, FITS) of the images' centre RA/Dec and pixel scale (and orientation), which gives "
+    "JPEG/PNG cutouts sky coordinates; files with a WCS of their own keep it (docs/user-guide.md)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -538,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARCSEC",
         help=f"seeing FWHM in arcsec used with --pixel-scale (default {DEFAULT_SEEING_ARCSEC:g})",
     )
+    detect.add_argument("--catalog", type=_cutout_catalog, default=None, metavar="FILE", help=_CATALOG_HELP)
     detect.set_defaults(run=cmd_detect)
 
     train = commands.add_parser("train", parents=[common], help="train or fine-tune a detector on labelled images")
@@ -610,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", parents=[common], help="read images and print what was read")
     info.add_argument("paths", nargs="+", help="image files or folders")
+    info.add_argument("--catalog", type=_cutout_catalog, default=None, metavar="FILE", help=_CATALOG_HELP)
     info.set_defaults(run=cmd_info)
     demo = commands.add_parser("demo", parents=[common], help="run the main job on bundled data (offline)")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")

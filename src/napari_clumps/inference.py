@@ -105,6 +105,7 @@ def iter_detections(
     seeing: float | None = None,
     should_stop=None,
     num_workers: int = 0,
+    catalog=None,
 ):
     """Yield an :class:`ImageDetections` per image, in order.
 
@@ -122,11 +123,18 @@ def iter_detections(
     are dropped unless ``keep_off_host``. ``psf_fwhm`` (pixels), or ``pixel_scale`` (arcsec/px)
     with ``seeing`` (arcsec), say how large the PSF is (FITS headers may say it too); the image is
     then resampled to the model's training PSF (:mod:`napari_clumps.scale`).
+
+    ``catalog``: a cutout catalogue (a :class:`~napari_clumps.cutouts.CutoutCatalog` or its
+    file) that gives images without a celestial WCS of their own (JPEG, PNG) one, matched by
+    their names (:mod:`napari_clumps.cutouts`), so that their rows get RA/Dec too. An image no row
+    fits keeps empty RA/Dec; a name two rows fit is that image's error.
     """
+    from .cutouts import as_cutout_catalog
     from .model import ModelError, get_detector
     from .scale import image_psf_fwhm
 
     image_psf_fwhm(None, psf_fwhm, pixel_scale, seeing)  # bad values fail here, before any work
+    catalog = as_cutout_catalog(catalog)  # a bad file fails here too
     items, names = expand_items(items, names)
     detector = get_detector(model, device)
     if not detector.trained:
@@ -138,7 +146,7 @@ def iter_detections(
     in_workers = num_workers > 0 and all(isinstance(item, (str, Path)) for item in items)
     # Reading workers also find each host galaxy, off the network's critical path; here, it is
     # found only for images with detections (no search for nothing).
-    reader = _ImageReader(items, names, psf_fwhm, pixel_scale, seeing, find_hosts=in_workers)
+    reader = _ImageReader(items, names, psf_fwhm, pixel_scale, seeing, find_hosts=in_workers, catalog=catalog)
     with contextlib.closing(_read_all(reader, num_workers if in_workers else 0, batch_size)) as reads:
         for index, read in enumerate(reads):
             if should_stop is not None and should_stop():
@@ -169,29 +177,31 @@ class _Read:
 
 class _ImageReader:
     """Reads item ``i`` into a :class:`_Read`; the map-style data set of the reading workers
-    (picklable: paths, names and numbers)."""
+    (picklable: paths, names, numbers and the cutout catalogue's rows)."""
 
-    def __init__(self, items, names, psf_fwhm, pixel_scale, seeing, find_hosts: bool = False):
+    def __init__(self, items, names, psf_fwhm, pixel_scale, seeing, find_hosts: bool = False, catalog=None):
         self.items, self.names = items, names
         self.psf = (psf_fwhm, pixel_scale, seeing)
         self.find_hosts = find_hosts
+        self.catalog = catalog
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> _Read:
+        from .cutouts import with_catalog_wcs
         from .host import find_host
         from .io import ImageReadError
         from .scale import image_psf_fwhm
 
         item, name = self.items[index], self.names[index]
         try:
-            image = as_galaxy_image(item, name)
+            image = with_catalog_wcs(as_galaxy_image(item, name), name, self.catalog)
             read = _Read(image, image_psf_fwhm(image, *self.psf))
             if self.find_hosts:
                 read.host = find_host(image)
             return read
-        except (ImageReadError, ValueError) as error:  # ValueError: an array of the wrong shape
+        except (ImageReadError, ValueError) as error:  # ValueError: an array of the wrong shape, two catalogue rows
             return _Read(error=str(error))
         except Exception as error:  # noqa: BLE001 - one bad file never costs the others
             where = str(item) if isinstance(item, (str, Path)) else name

@@ -10,6 +10,7 @@ Other conventions met in practice:
 
 * **astropy / WCS pixel coordinates** put the centre of the first pixel at 0, so an
   astropy pixel ``p`` is the edge coordinate ``p + 0.5``;
+* **FITS pixel coordinates** (``CRPIX``) put it at 1, so a FITS pixel ``p`` is the edge ``p - 0.5``;
 * **napari data coordinates** put pixel centres at integers and order axes ``(row, col)``,
   so the edge point ``(x, y)`` is napari ``(y - 0.5, x - 0.5)``.
 
@@ -26,6 +27,8 @@ import numpy as np
 
 #: Offset between edge coordinates and centre-based coordinates (astropy, napari).
 _CENTRE_OFFSET = 0.5
+#: FITS numbers pixels from 1 (``CRPIX``); astropy's 0-based pixels are FITS pixels minus this.
+_FITS_ORIGIN = 1.0
 
 
 def edge_to_astropy(x, y):
@@ -36,6 +39,11 @@ def edge_to_astropy(x, y):
 def astropy_to_edge(x, y):
     """Astropy pixel coordinates to the edge convention."""
     return np.asarray(x, float) + _CENTRE_OFFSET, np.asarray(y, float) + _CENTRE_OFFSET
+
+
+def edge_to_fits(x, y):
+    """Edge-convention ``(x, y)`` to FITS pixel coordinates (first pixel centre at 1), as ``CRPIX`` holds."""
+    return np.asarray(x, float) + _FITS_ORIGIN - _CENTRE_OFFSET, np.asarray(y, float) + _FITS_ORIGIN - _CENTRE_OFFSET
 
 
 def pixel_to_radec(wcs, x, y):

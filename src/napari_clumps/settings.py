@@ -45,6 +45,8 @@ class Settings:
     model_files: list[str] = field(default_factory=list)
     #: The detection widget's detections CSV (export and load).
     detections_csv: str | None = None
+    #: The detection widget's cutout catalogue (sky positions of JPEG/PNG cutouts).
+    cutout_catalog: str | None = None
     #: The folder the fine-tuning widget last saved a model in.
     finetune_folder: str | None = None
     #: The review widget's images folder and labels CSV, as last opened.
@@ -53,7 +55,7 @@ class Settings:
 
 
 #: Fields holding a path (stored absolute).
-PATH_FIELDS = ("detections_csv", "finetune_folder", "review_images", "review_labels_csv")
+PATH_FIELDS = ("detections_csv", "cutout_catalog", "finetune_folder", "review_images", "review_labels_csv")
 
 
 def settings_path() -> Path:
