@@ -47,7 +47,7 @@ def cmd_detect(args) -> int:
     from .io import find_images
 
     # Everything that can be checked without torch fails here, before the model loads.
-    check_catalogue_path(args.out)
+    check_catalogue_path(check_writable(args.out))
     on_cluster = args.workers is not None or args.scheduler is not None
     if on_cluster:
         from .distributed import require_distributed
@@ -63,7 +63,7 @@ def cmd_detect(args) -> int:
         raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
     csv = working_csv_path(args.out)
     # A catalogue in another format is written from the streamed CSV at the end (None: the CSV is it).
-    catalogue = None if csv == args.out else check_writable(args.out)
+    catalogue = None if csv == args.out else args.out
     if args.regions is not None:
         check_regions_folder(args.regions)
     writer = DetectionsWriter(csv, resume=args.resume)

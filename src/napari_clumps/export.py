@@ -82,9 +82,12 @@ def file_sha256(path) -> str:
 def provenance(*, model_id=None, model_file=None, score_threshold=None, nms_iou=None, command=None) -> dict:
     """The provenance of a catalogue: what is given, the model file's SHA-256, the software
     version and the date (UTC). Keys in :data:`PROVENANCE_KEYS` order; unknown ones left out."""
+    import sys
     from datetime import UTC, datetime
 
-    from . import __version__
+    # the package's own version (this checkout's, whatever distribution is installed); the
+    # package is imported whenever one of its modules is
+    __version__ = sys.modules[__package__].__version__
 
     values = {
         "model_id": model_id,
