@@ -338,3 +338,22 @@ def test_box_class_changes_the_selected_boxes(hubble_detected, tmp_path):
     np.testing.assert_allclose(layer.edge_color[target][:3], [1.0, 159 / 255, 28 / 255], atol=0.01)  # orange
     table = read_detections(widget.export_csv(tmp_path / "classes.csv"))
     assert table.label.tolist() == after and layer.metadata["edited"]
+
+
+def test_export_writes_the_format_of_the_extension_and_ds9_regions(hubble_detected, tmp_path):
+    import astropy.units as u
+    from astropy.table import Table
+    from regions import Regions
+
+    viewer, widget, messages = hubble_detected
+    shown = len(viewer.layers["hubble clumps"].data)
+    widget.export_regions.value = True
+    path = widget.export_csv(tmp_path / "boxes.ecsv")
+    read = Table.read(path, format="ascii.ecsv")
+    assert len(read) == shown > 0 and read["x_min"].unit == u.pix
+    assert read.meta["score_threshold"] == pytest.approx(widget.score.value) and read.meta["model_sha256"]
+    shapes = Regions.read(tmp_path / "boxes.regions" / "hubble.reg", format="ds9")
+    assert len(shapes) == shown  # the PNG has no WCS: boxes in image coordinates
+    np.testing.assert_allclose(sorted(s.center.x + 0.5 for s in shapes), sorted(read["x_center"]), atol=1e-3)
+    assert widget.export_csv(tmp_path / "boxes.xlsx") is None
+    assert any("unknown catalogue format .xlsx" in m for m in messages)

@@ -38,6 +38,7 @@ from ._layers import (
     note_user_edit,
 )
 from .detections import LABELS
+from .export import CATALOGUE_SUFFIXES
 from .inference import DEFAULT_NMS_IOU
 from .model import DEFAULT_MODEL, DEVICES, PAPER_SCORE_THRESHOLD
 from .scale import DEFAULT_SEEING_ARCSEC
@@ -49,6 +50,10 @@ DEFAULT_CHOICE = "default (packaged model)"
 
 #: Model menus to refresh when a model file is added (the widgets' ``reset_choices``).
 _listeners: list = []
+
+
+#: The save dialog's filter: every catalogue format (the format is the file name's extension).
+CATALOGUE_FILTER = "Detections (" + " ".join(f"*{suffix}" for suffix in CATALOGUE_SUFFIXES) + ")"
 
 
 def register_model_file(path) -> None:
@@ -292,13 +297,23 @@ class DetectionWidget(QWidget):
         )
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="stop after the current batch")
         self.csv_path = FileEdit(
-            label="CSV", mode="w", filter="*.csv", value="detections.csv", tooltip="detections CSV to write or read"
+            label="file",
+            mode="w",
+            filter=CATALOGUE_FILTER,
+            value="detections.csv",
+            tooltip="detections file to write or read, format by extension: .csv (the contract), "
+            ".ecsv, .fits, .parquet (with units and provenance)",
+        )
+        self.export_regions = CheckBox(
+            text="also DS9 regions",
+            value=False,
+            tooltip="with the export, one DS9 region file per image in the folder <file name>.regions beside it",
         )
         self.export_button = PushButton(
-            text="Export boxes to CSV", tooltip="every clumps layer, as edited, with its images list (contracts.md)"
+            text="Export boxes", tooltip="every clumps layer, as edited, with its images list (contracts.md)"
         )
         self.import_button = PushButton(
-            text="Load boxes from CSV", tooltip="boxes of a detections or labels CSV onto the open images"
+            text="Load boxes", tooltip="boxes of a detections or labels file onto the open images"
         )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
@@ -320,6 +335,7 @@ class DetectionWidget(QWidget):
                 self.new_label,
                 Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                 self.csv_path,
+                self.export_regions,
                 Container(widgets=[self.export_button, self.import_button], layout="horizontal", labels=False),
                 self.progress.bar,
                 self.status,
@@ -552,15 +568,23 @@ class DetectionWidget(QWidget):
     # ------------------------------------------------------------------ CSV
 
     def export_csv(self, path) -> Path | None:
-        """Write the boxes of every clump layer (as edited) to the detections CSV + images list (docs/contracts.md)."""
+        """Write the boxes of every clump layer (as edited) to a detections file + images list
+        (docs/contracts.md), in the format of its extension; with "also DS9 regions", a region
+        file per image in ``<file name>.regions/``."""
         import pandas as pd
-        from napari.utils.notifications import show_info, show_warning
+        from napari.utils.notifications import show_error, show_info, show_warning
 
-        from .detections import images_row, write_detections
+        from .detections import images_row
+        from .export import CatalogueFormatError, check_catalogue_path, region_path, write_catalogue, write_regions
 
         layers = self.boxes_layers()
         if not layers:
             show_warning("napari-clumps: no clump layers to export; run Detect or load a CSV first")
+            return None
+        try:
+            path = check_catalogue_path(path)
+        except CatalogueFormatError as error:
+            show_error(f"napari-clumps: {error}")
             return None
         tables = [boxes_table(layer) for layer in layers]
         images = pd.DataFrame(
@@ -569,10 +593,34 @@ class DetectionWidget(QWidget):
                 for layer, t in zip(layers, tables)
             ]
         )
-        path = write_detections(pd.concat(tables, ignore_index=True), Path(path), images)
-        show_info(f"napari-clumps: wrote {sum(map(len, tables))} boxes to {path}")
+        table = pd.concat(tables, ignore_index=True)
+        write_catalogue(table, path, self._export_provenance(table), images)
+        written = f"{sum(map(len, tables))} boxes to {path}"
+        if self.export_regions.value:
+            folder = regions_folder(path)
+            for layer, layer_table in zip(layers, tables):
+                write_regions(layer_table, region_path(folder, layer.metadata["image_name"]), layer.metadata.get("wcs"))
+            written += f" and {len(layers)} DS9 region files to {folder}"
+        show_info(f"napari-clumps: wrote {written}")
         self.status.value = f"exported to {path}"
         return path
+
+    def _export_provenance(self, table) -> dict:
+        """What an exported catalogue says of its making: the models of its rows, the chosen
+        model's file when the rows are its, and the widget's threshold and NMS IoU."""
+        from .export import provenance
+        from .model import packaged_model_path, read_provenance
+
+        models = sorted(set(table["model"].dropna()) - {""})
+        chosen = packaged_model_path() if self.model.value == DEFAULT_CHOICE else Path(self.model.value)
+        chosen_id = read_provenance(chosen).get("model_id") if chosen.is_file() else None
+        return provenance(
+            model_id=", ".join(models) or None,
+            model_file=chosen if chosen_id in models else None,
+            score_threshold=self.score.value,
+            nms_iou=self.nms.value,
+            command="napari-clumps detection widget: Export boxes",
+        )
 
     def import_csv(self, path) -> list:
         """Add the boxes of a detections CSV onto the open image layers they name."""
@@ -610,6 +658,12 @@ class _RunTally:
             return None  # one image: its own line says it all
         failed = f", {self.failed} failed" if self.failed else ""
         return f"done: {self.done} of {self.total} images{failed}, {self.shown} clumps shown; {self.device_text}"
+
+
+def regions_folder(path) -> Path:
+    """Where an export's DS9 region files go: ``run.ecsv`` -> ``run.regions/``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.regions")
 
 
 def avoid_triton_llvm_clash() -> None:

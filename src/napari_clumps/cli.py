@@ -38,13 +38,16 @@ def _say(message: str) -> None:
 
 
 def cmd_detect(args) -> int:
-    """Detections streamed to the CSV image by image; ``--resume`` continues a stopped run."""
+    """Detections streamed to the CSV image by image (and DS9 regions with ``--regions``); another
+    format of ``--out`` is written from the CSV when the run ends; ``--resume`` continues a stopped run."""
     import time
 
-    from .detections import DetectionsWriter
+    from .detections import DetectionsWriter, check_writable
+    from .export import check_catalogue_path, check_regions_folder, region_path, working_csv_path, write_regions
     from .io import find_images
 
     # Everything that can be checked without torch fails here, before the model loads.
+    check_catalogue_path(check_writable(args.out))
     on_cluster = args.workers is not None or args.scheduler is not None
     if on_cluster:
         from .distributed import require_distributed
@@ -58,15 +61,20 @@ def cmd_detect(args) -> int:
     found = find_images(args.paths, strict=True)
     if not found:
         raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
-    writer = DetectionsWriter(args.out, resume=args.resume)
+    csv = working_csv_path(args.out)
+    # A catalogue in another format is written from the streamed CSV at the end (None: the CSV is it).
+    catalogue = None if csv == args.out else args.out
+    if args.regions is not None:
+        check_regions_folder(args.regions)
+    writer = DetectionsWriter(csv, resume=args.resume)
     for note in writer.notes:
         _say(f"note: {note}")
     todo = [(path, name) for path, name in found if name not in writer.done]
     if args.catalog is not None:
         _say(_catalog_note(args.catalog, [(path, name) for path, name in todo]))
     if writer.done:
-        _say(f"resuming {args.out}: {len(found) - len(todo)} of {len(found)} images done, {len(todo)} to do")
-    if not todo:
+        _say(f"resuming {csv}: {len(found) - len(todo)} of {len(found)} images done, {len(todo)} to do")
+    if not todo and (catalogue is None or _newer_than(catalogue, csv)):
         print(f"nothing to do: all {len(found)} images are in {args.out} ({writer.done_rows} clumps)")
         return 0
 
@@ -89,7 +97,7 @@ def cmd_detect(args) -> int:
         _say(f"note: {detector.model_id}: {note}; they are used as they are")
     others = writer.models - {detector.model_id}
     if others:
-        _say(f"note: {args.out} holds rows of {', '.join(sorted(others))}; this run adds {detector.model_id}'s")
+        _say(f"note: {csv} holds rows of {', '.join(sorted(others))}; this run adds {detector.model_id}'s")
     options = {
         "batch_size": args.batch_size,
         "score_threshold": threshold,
@@ -100,9 +108,13 @@ def cmd_detect(args) -> int:
         "seeing": args.seeing,
         "catalog": args.catalog,
     }
+    if catalogue is not None:
+        catalogue.unlink(missing_ok=True)  # it exists only as a whole run's result, never stale
     started = time.perf_counter()
     with writer, _stop_on_signals() as stop, contextlib.ExitStack() as cluster:
-        if on_cluster:
+        if not todo:  # all done before; only the catalogue is missing
+            results = []
+        elif on_cluster:
             results = _cluster_results(cluster, args, todo, stop, options)
         else:
             results = iter_detections(
@@ -116,18 +128,26 @@ def cmd_detect(args) -> int:
             )
         try:
             for result in _progress(results, "detecting", len(todo)):
+                if args.regions is not None and not result.error:
+                    # before the images list names the image, so that a listed image has its file
+                    write_regions(result.table, region_path(args.regions, result.name), result.wcs)
                 writer.append(result.images_row(), result.table)
                 if result.error:
                     _say(f"error: {result.error}")
         except BaseException:
-            _say(f"{writer.n_images} finished images are in {args.out}; --resume continues the run")
+            _say(f"{writer.n_images} finished images are in {csv}; --resume continues the run")
             raise
+    if catalogue is not None:
+        _write_catalogue_from_csv(csv, catalogue, detector, threshold, args)
     seconds = time.perf_counter() - started
     done, failed = writer.n_images, writer.n_failed
     earlier = len(writer.done)
+    outputs = f"{args.out}" if catalogue is None else f"{catalogue} (streamed to {csv})"
+    if args.regions is not None:
+        outputs += f", DS9 regions in {args.regions}"
     print(
         f"{writer.n_rows} clumps in {done - failed} images ({failed} failed) in {seconds:.1f} s "
-        f"({done / max(seconds, 1e-9):.2f} images/s) -> {args.out} (images: {writer.images_path})"
+        f"({done / max(seconds, 1e-9):.2f} images/s) -> {outputs} (images: {writer.images_path})"
         + (
             f"; with the earlier run: {earlier + done - failed} images, {writer.done_rows + writer.n_rows} clumps"
             if earlier
@@ -159,6 +179,29 @@ def _catalog_note(catalog, images) -> str:
     if missing:
         note += f" (not in it: {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ")"
     return note + "; FITS files with a WCS keep their own"
+
+
+def _newer_than(path: Path, other: Path) -> bool:
+    return path.exists() and path.stat().st_mtime_ns >= other.stat().st_mtime_ns
+
+
+def _write_catalogue_from_csv(csv: Path, catalogue: Path, detector, threshold: float, args) -> None:
+    """The requested format, written atomically from the whole streamed CSV, with the run's provenance."""
+    from .detections import read_detections
+    from .export import provenance, write_catalogue
+
+    model_file = detector.source if detector.source and Path(detector.source).is_file() else None
+    write_catalogue(
+        read_detections(csv),
+        catalogue,
+        provenance(
+            model_id=detector.model_id,
+            model_file=model_file,
+            score_threshold=threshold,
+            nms_iou=args.nms_iou,
+            command=getattr(args, "command_line", None),
+        ),
+    )
 
 
 def _cluster_results(stack, args, todo, stop, options):
@@ -502,7 +545,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("detections.csv"),
-        help="CSV to write, with its images list beside it; rows are added as images finish (default detections.csv)",
+        help="catalogue to write, in the format of its extension: .csv (the contract; rows are added as images "
+        "finish), .ecsv, .fits or .parquet (with units and provenance; rows stream to the .csv beside it and "
+        "the file is written from it when the run ends); its images list is <name>.images.csv "
+        "(default detections.csv)",
+    )
+    detect.add_argument(
+        "--regions",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a DS9 region file per image, DIR/<image name>.reg (sub-folders mirrored; sky "
+        "coordinates where the image has a celestial WCS), as images finish",
     )
     detect.add_argument(
         "--resume",
@@ -667,8 +721,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import shlex
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the provenance of catalogues
+    args.command_line = shlex.join(["napari-clumps", *map(str, sys.argv[1:] if argv is None else argv)])
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -27,6 +27,16 @@ COLUMNS = ["image", "label", "score", *BOX_COLUMNS, "x_center", "y_center", "ra"
 #: detection's elliptical distance from the host galaxy's centre in units of the host's
 #: semi-major axis, and whether it lies on the host (empty when no host was found).
 HOST_COLUMNS = ["host_distance", "on_host"]
+#: Units of the columns that have one, as astropy unit strings ("" is dimensionless: scores, and
+#: host distances in units of the host's semi-major axis). The CSV has no place for them; the
+#: ECSV, FITS and Parquet catalogues (:mod:`napari_clumps.export`) carry them on their columns.
+COLUMN_UNITS = {
+    "score": "",
+    **dict.fromkeys([*BOX_COLUMNS, "x_center", "y_center"], "pix"),
+    "ra": "deg",
+    "dec": "deg",
+    "host_distance": "",
+}
 #: Class names by detector class index (0 is background).
 CLASS_NAMES = ("background", "clump", "odd_clump")
 LABELS = CLASS_NAMES[1:]
@@ -120,9 +130,13 @@ def detections_frame(image: str, boxes, labels, scores, wcs=None, model="", **ex
 
 
 def images_list_path(path) -> Path:
-    """``detections.csv`` -> ``detections.images.csv``."""
+    """``detections.csv`` -> ``detections.images.csv``; a catalogue in another format
+    (``detections.ecsv``, ``.fits``, ``.parquet``) shares the images list of its CSV."""
+    from .export import CATALOGUE_SUFFIXES
+
     path = Path(path)
-    stem = path.name[:-4] if path.name.lower().endswith(".csv") else path.name
+    suffix = path.suffix.lower()
+    stem = path.name[: -len(suffix)] if suffix in CATALOGUE_SUFFIXES else path.name
     return path.with_name(f"{stem}.images.csv")
 
 
@@ -136,6 +150,12 @@ def _written_images(images):
     return images.astype({"n_detections": "Int64", "width": "Int64", "height": "Int64"})
 
 
+def written_table(table):
+    """The table as every file holds it: the contract's columns first, numbers rounded to the
+    written precision."""
+    return table[COLUMNS + [c for c in table.columns if c not in COLUMNS]].round(_DECIMALS)
+
+
 def write_detections(table, path, images=None) -> Path:
     """Write the table (and the images list, if given) atomically; returns ``path``.
 
@@ -143,13 +163,21 @@ def write_detections(table, path, images=None) -> Path:
     from .atomic import atomic_path
 
     path = Path(path)
-    table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]].round(_DECIMALS)
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
+        written_table(table).to_csv(tmp, index=False)
     if images is not None:
-        with atomic_path(images_list_path(path)) as tmp:
-            _written_images(images).to_csv(tmp, index=False)
+        write_images_list(images, path)
     return path
+
+
+def write_images_list(images, path) -> Path:
+    """Write the images list of the detections file ``path`` atomically; returns its path."""
+    from .atomic import atomic_path
+
+    companion = images_list_path(path)
+    with atomic_path(companion) as tmp:
+        _written_images(images).to_csv(tmp, index=False)
+    return companion
 
 
 class OutputPathError(ValueError):
@@ -487,16 +515,25 @@ def _drop_records(path, offsets) -> None:
 
 
 def read_detections(path):
-    """Read a detections / labels CSV, checking the contract. Raises :class:`DetectionsFileError`."""
+    """Read a detections / labels file, checking the contract: a CSV, or an ECSV, FITS or
+    Parquet catalogue (:mod:`napari_clumps.export`), read into the same table as its CSV. Raises
+    :class:`DetectionsFileError`."""
     import pandas as pd
 
+    from .export import CATALOGUE_SUFFIXES, read_catalogue
+
     path = Path(path)
+    suffix = path.suffix.lower()
     try:
-        table = pd.read_csv(path, dtype={"image": str, "label": str, "model": str}, keep_default_na=True)
+        if suffix in CATALOGUE_SUFFIXES and suffix != ".csv":
+            table = read_catalogue(path)
+        else:
+            table = pd.read_csv(path, dtype={"image": str, "label": str, "model": str}, keep_default_na=True)
     except FileNotFoundError:
         raise DetectionsFileError(f"{path}: no such file") from None
     except Exception as error:
-        raise DetectionsFileError(f"{path}: not a readable CSV ({type(error).__name__})") from error
+        kind = suffix.lstrip(".").upper() if suffix in CATALOGUE_SUFFIXES else "CSV"
+        raise DetectionsFileError(f"{path}: not a readable {kind} ({type(error).__name__})") from error
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DetectionsFileError(f"{path}: missing columns {', '.join(missing)}")

@@ -68,6 +68,7 @@ class ImageDetections:
     error: str = ""
     width: int = 0
     height: int = 0
+    wcs: object = None  # the image's celestial astropy WCS, None without one (DS9 regions in sky coordinates)
 
     def images_row(self) -> dict:
         """This outcome as a row of the images list (:func:`napari_clumps.detections.images_row`)."""
@@ -372,7 +373,9 @@ class _BatchedRun:
         table = add_host_columns(table, host)
         if not self.keep_off_host:
             table = on_host_rows(table).reset_index(drop=True)
-        self.finished[index] = ImageDetections(state["name"], table, width=image.width, height=image.height)
+        self.finished[index] = ImageDetections(
+            state["name"], table, width=image.width, height=image.height, wcs=image.wcs
+        )
 
 
 def detect(images, model=None, **options):
