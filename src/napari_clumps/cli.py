@@ -41,8 +41,9 @@ def cmd_detect(args) -> int:
     """Detections streamed to the CSV image by image; ``--resume`` continues a stopped run."""
     import time
 
-    from .detections import DetectionsWriter
+    from .detections import DetectionsWriter, detections_columns
     from .io import find_images
+    from .photometry import first_image_band_labels
 
     # Everything that can be checked without torch fails here, before the model loads.
     on_cluster = args.workers is not None or args.scheduler is not None
@@ -58,7 +59,11 @@ def cmd_detect(args) -> int:
     found = find_images(args.paths, strict=True)
     if not found:
         raise ValueError(f"{' '.join(map(str, args.paths))}: no FITS, JPEG or PNG images found")
-    writer = DetectionsWriter(args.out, resume=args.resume)
+    # The photometry columns are those of the first image's bands (a resumed file keeps its own).
+    columns = None
+    if not (args.resume and Path(args.out).exists()):
+        columns = detections_columns(first_image_band_labels([path for path, _ in found]))
+    writer = DetectionsWriter(args.out, columns, resume=args.resume)
     for note in writer.notes:
         _say(f"note: {note}")
     todo = [(path, name) for path, name in found if name not in writer.done]
@@ -131,6 +136,11 @@ def cmd_detect(args) -> int:
             else ""
         )
     )
+    if writer.n_other_bands:
+        _say(
+            f"note: {writer.n_other_bands} images have other bands than the file's photometry columns "
+            f"({args.out}: those of the first image); their photometry cells are empty"
+        )
     if failed:
         print(f"{failed} of {done} images failed; see the error lines above and the images list", file=sys.stderr)
     if stop.signal is not None:
