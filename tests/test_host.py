@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from napari_clumps.composite import lupton_composite
-from napari_clumps.detections import HOST_COLUMNS, detections_frame
+from napari_clumps.detections import COLUMNS, HOST_COLUMNS, detections_frame
 from napari_clumps.host import add_host_columns, find_host, on_host_rows
 from napari_clumps.simulate import BANDS, simulate_galaxy
 
@@ -100,7 +100,7 @@ def test_detect_drops_off_host_boxes_unless_asked(tmp_path, galaxy_with_pasted_c
     assert not everything[in_corner].on_host.any()
     assert not ((default.x_center < corner) & (default.y_center < corner)).any()
     assert default.on_host.all() and len(default) == int((~in_corner & everything.on_host).sum())
-    assert list(default.columns[-2:]) == HOST_COLUMNS
+    assert list(default.columns[len(COLUMNS) : len(COLUMNS) + 2]) == HOST_COLUMNS
 
 
 @pytest.mark.parametrize("flag", [[], ["--keep-off-host"]])
@@ -112,6 +112,7 @@ def test_cli_writes_host_columns(tmp_path, simulated, flag):
     out = tmp_path / "found.csv"
     assert main(["detect", str(folder / "sim_00000.jpg"), "--out", str(out), "--score-threshold", "0.3", *flag]) == 0
     table = read_detections(out)
-    assert list(table.columns[-2:]) == HOST_COLUMNS
+    assert list(table.columns[len(COLUMNS) : len(COLUMNS) + 2]) == HOST_COLUMNS
+    assert table.photometry_on.eq("display_channels").all() and "flux_fraction_red" in table
     if not flag:
         assert pd.Series(table.on_host).fillna(True).astype(bool).all()

@@ -42,9 +42,10 @@ def cmd_detect(args) -> int:
     format of ``--out`` is written from the CSV when the run ends; ``--resume`` continues a stopped run."""
     import time
 
-    from .detections import DetectionsWriter, check_writable
+    from .detections import DetectionsWriter, check_writable, detections_columns
     from .export import check_catalogue_path, check_regions_folder, region_path, working_csv_path, write_regions
     from .io import find_images
+    from .photometry import first_image_band_labels
 
     # Everything that can be checked without torch fails here, before the model loads.
     check_catalogue_path(check_writable(args.out))
@@ -66,7 +67,11 @@ def cmd_detect(args) -> int:
     catalogue = None if csv == args.out else args.out
     if args.regions is not None:
         check_regions_folder(args.regions)
-    writer = DetectionsWriter(csv, resume=args.resume)
+    # The photometry columns are those of the first image's bands (a resumed file keeps its own).
+    columns = None
+    if not (args.resume and Path(csv).exists()):
+        columns = detections_columns(first_image_band_labels([path for path, _ in found]))
+    writer = DetectionsWriter(csv, columns, resume=args.resume)
     for note in writer.notes:
         _say(f"note: {note}")
     todo = [(path, name) for path, name in found if name not in writer.done]
@@ -154,6 +159,11 @@ def cmd_detect(args) -> int:
             else ""
         )
     )
+    if writer.n_other_bands:
+        _say(
+            f"note: {writer.n_other_bands} images have other bands than the file's photometry columns "
+            f"({args.out}: those of the first image); their photometry cells are empty"
+        )
     if failed:
         print(f"{failed} of {done} images failed; see the error lines above and the images list", file=sys.stderr)
     if stop.signal is not None:

@@ -37,6 +37,19 @@ COLUMN_UNITS = {
     "dec": "deg",
     "host_distance": "",
 }
+#: After the host columns, the detector adds the photometry columns of the image's bands
+#: (:func:`napari_clumps.photometry.photometry_columns`; their units: ``photometry.column_unit``).
+
+
+def column_unit(name: str) -> str | None:
+    """The astropy unit string of a detections column ("" dimensionless), or None if it has none."""
+    if name in COLUMN_UNITS:
+        return COLUMN_UNITS[name]
+    from .photometry import astropy_unit
+
+    return astropy_unit(name)
+
+
 #: Class names by detector class index (0 is background).
 CLASS_NAMES = ("background", "clump", "odd_clump")
 LABELS = CLASS_NAMES[1:]
@@ -63,6 +76,14 @@ REVIEW_STATUSES = (UNREVIEWED, REVIEWED)
 #: Extra images-list columns of a review queue ordered by active learning (:mod:`napari_clumps.active`):
 #: the image's place in the order (1 = review first; empty for images outside the ranking) and why.
 REVIEW_RANK_COLUMN, REVIEW_REASON_COLUMN = "review_rank", "review_reason"
+
+
+def detections_columns(band_labels=()) -> list[str]:
+    """Every column the detector writes for images of bands ``band_labels``
+    (:func:`napari_clumps.photometry.band_labels`), in order."""
+    from .photometry import photometry_columns
+
+    return COLUMNS + HOST_COLUMNS + photometry_columns(band_labels)
 
 
 def box_array(table) -> np.ndarray:
@@ -220,6 +241,12 @@ class DetectionsWriter:
     between the two writes) are removed, and so is a torn last line. :attr:`notes` says what was
     found and repaired. Files that do not fit together raise :class:`DetectionsFileError`.
 
+    ``columns``: the file's header (default: the contract's and the host columns); a run's
+    photometry bands are fixed here (:func:`detections_columns`). Per-band photometry columns of
+    other bands (a JPEG in a run of FITS files) are left out of the file, and the images counted
+    in :attr:`n_other_bands`; any other column not in the header is an error. Resuming without
+    ``columns`` takes the existing file's header, whatever its bands.
+
     One writer per output: rows computed elsewhere (other processes, a cluster) are appended
     through the process that holds it, an image at a time. The constructor checks that the
     files can be written (:class:`OutputPathError`) and, when resuming, reads them; nothing is
@@ -229,6 +256,16 @@ class DetectionsWriter:
     def __init__(self, path, columns=None, *, resume: bool = False, fsync_seconds: float = 10.0):
         self.path = check_writable(path)
         self.images_path = check_writable(images_list_path(path))
+        if columns is None and resume and self.path.exists():
+            from .photometry import header_band_labels
+
+            found = _header(self.path)
+            columns = detections_columns(header_band_labels(found))
+            if found != columns:
+                raise DetectionsFileError(
+                    f"{self.path}: cannot resume: its columns are {','.join(found)!r}, expected "
+                    f"{','.join(COLUMNS + HOST_COLUMNS)!r} and the photometry columns of its bands"
+                )
         self.columns = list(columns) if columns is not None else COLUMNS + HOST_COLUMNS
         if self.columns[: len(COLUMNS)] != COLUMNS:
             raise ValueError(f"the columns must start with {', '.join(COLUMNS)}")
@@ -238,6 +275,7 @@ class DetectionsWriter:
         self.models: set[str] = set()  # model ids of those rows
         self.notes: list[str] = []
         self.n_images = self.n_rows = self.n_failed = 0  # appended by this writer
+        self.n_other_bands = 0  # images appended whose photometry bands are not the file's
         self._files = None
         self._last_sync = 0.0
         self._resuming = resume and (self.path.exists() or self.images_path.exists())
@@ -274,7 +312,12 @@ class DetectionsWriter:
             raise RuntimeError("DetectionsWriter.append before open()")
         detections, images = self._files
         if table is not None and len(table):
+            from .photometry import is_band_column
+
             extra = [c for c in table.columns if c not in self.columns]
+            other_bands = [c for c in extra if is_band_column(c)]
+            self.n_other_bands += bool(other_bands)
+            extra = [c for c in extra if c not in other_bands]
             if extra:
                 raise ValueError(f"{self.path}: columns {', '.join(extra)} are not in the file's header")
             _write_all(detections, _rows_text(table, self.columns))
@@ -371,6 +414,11 @@ class DetectionsWriter:
             self.notes.append(f"{len(failed_offsets)} images that failed before are tried again")
         self.done = dict.fromkeys(listed, "ok")
         self.done_rows = sum(counts.values())
+
+
+def _header(path) -> list[str]:
+    """The header of a CSV file (its first record), or [] for an empty file."""
+    return next((row for _, row in _csv_records(path, _whole_lines_end(path), header=False)), [])
 
 
 def _csv_line(values) -> bytes:

@@ -2,7 +2,7 @@
 
 The CSV (:mod:`napari_clumps.detections`) is the contract. The other formats hold the same
 table, rows and columns, with what a CSV has no place for: the unit of every column that has
-one (:data:`~napari_clumps.detections.COLUMN_UNITS`) and the provenance of the run
+one (:func:`~napari_clumps.detections.column_unit`) and the provenance of the run
 (:func:`provenance`, keys :data:`PROVENANCE_KEYS`):
 
 * ``.ecsv``: astropy's ECSV; the provenance is the table's ``meta``;
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .detections import COLUMN_UNITS, OutputPathError
+from .detections import OutputPathError, column_unit
 
 #: Catalogue formats by file-name suffix; ``.csv`` is the contract.
 CATALOGUE_SUFFIXES = (".csv", ".ecsv", ".fits", ".parquet")
@@ -135,12 +135,13 @@ def _typed(table):
     """The table as written (:func:`~napari_clumps.detections.written_table`) with one type per
     column: text, float, and ``on_host`` as a nullable boolean (empty: no host found)."""
     from .detections import written_table
+    from .photometry import is_band_column
 
     typed = written_table(table).reset_index(drop=True)
     for column in typed.columns:
         if column in _TEXT_COLUMNS:
             typed[column] = typed[column].fillna("").astype(str)
-        elif column in COLUMN_UNITS:
+        elif column_unit(column) is not None or is_band_column(column):  # numbers, with or without a unit
             typed[column] = typed[column].astype(float)
         elif column == "on_host":
             typed[column] = typed[column].astype("boolean")
@@ -154,8 +155,9 @@ def _astropy_table(typed):
     from astropy.table import Table
 
     result = Table.from_pandas(typed)
-    for column, unit in COLUMN_UNITS.items():
-        if column in result.colnames:
+    for column in result.colnames:
+        unit = column_unit(column)
+        if unit is not None:
             result[column].unit = u.Unit(unit)
     return result
 
@@ -195,8 +197,9 @@ def _write_parquet(typed, path, meta: dict) -> None:
     import pyarrow.parquet as pq
 
     arrow = pa.Table.from_pandas(typed, preserve_index=False)
+    units = {field.name: column_unit(field.name) for field in arrow.schema}
     fields = [
-        field.with_metadata({b"unit": COLUMN_UNITS[field.name].encode()}) if field.name in COLUMN_UNITS else field
+        field if units[field.name] is None else field.with_metadata({b"unit": units[field.name].encode()})
         for field in arrow.schema
     ]
     metadata = {**(arrow.schema.metadata or {}), PARQUET_METADATA_KEY: json.dumps(meta).encode()}

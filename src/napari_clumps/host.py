@@ -96,7 +96,6 @@ def find_host(image) -> Host | None:
     """The galaxy at the centre of ``image`` (a :class:`~napari_clumps.io.GalaxyImage` or an
     ``(H, W[, 3])`` array), or None when no source lies near the centre."""
     from astropy.convolution import convolve
-    from astropy.stats import sigma_clipped_stats
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources, make_2dgaussian_kernel
     from photutils.utils import NoDetectionsWarning
 
@@ -104,12 +103,7 @@ def find_host(image) -> Host | None:
     factor = -(-min(full.shape) // SEGMENTATION_MAX_SIDE)
     data = _binned(full, factor)
     height, width = data.shape
-    # The sky from the image's border: a galaxy may fill most of a cutout, never its edges.
-    edge = max(2, int(BORDER_FRACTION * min(height, width)))
-    border = np.concatenate(
-        [data[:edge].ravel(), data[-edge:].ravel(), data[:, :edge].ravel(), data[:, -edge:].ravel()]
-    )
-    _, sky, noise = sigma_clipped_stats(border, sigma=3.0, maxiters=5)
+    sky, noise = border_sky(data)
     # A JPEG's sky is often clipped flat: no threshold below one 8-bit step.
     noise = max(float(noise) if np.isfinite(noise) else 0.0, 1.0 / 255)
     fwhm = SMOOTHING_FWHM / factor  # the same smoothing in the full image's pixels
@@ -152,6 +146,32 @@ def find_host(image) -> Host | None:
             mode="edge",
         )
     return _ellipse(source, mask, factor)
+
+
+def border_sky(data, exclude=None):
+    """Sky level and noise per pixel (sigma-clipped median and standard deviation) of an image's
+    border, :data:`BORDER_FRACTION` of its smaller side wide: a galaxy may fill most of a cutout,
+    never its edges. ``data``: ``(H, W)`` (two numbers) or ``(n, H, W)`` (two arrays of n).
+    ``exclude``: a boolean ``(H, W)`` mask of pixels to leave out (a host's footprint), unless it
+    would leave fewer than a tenth of the border."""
+    from astropy.stats import sigma_clipped_stats
+
+    data = np.asarray(data)
+    planes = data.reshape(-1, *data.shape[-2:])
+    height, width = data.shape[-2:]
+    edge = max(2, int(BORDER_FRACTION * min(height, width)))
+    strips = [np.s_[:edge, :], np.s_[-edge:, :], np.s_[:, :edge], np.s_[:, -edge:]]  # corners twice
+    keep = [np.ones((height, width), bool)[strip] for strip in strips]
+    if exclude is not None:
+        outside = [~np.asarray(exclude)[strip] for strip in strips]
+        if sum(k.sum() for k in outside) >= 0.1 * sum(k.size for k in keep):
+            keep = outside
+    border = np.concatenate([planes[(slice(None), *strip)][:, k] for strip, k in zip(strips, keep)], axis=1)
+    if data.ndim == 2:
+        _, sky, noise = sigma_clipped_stats(border[0], sigma=3.0, maxiters=5)
+        return sky, noise
+    _, sky, noise = sigma_clipped_stats(border, sigma=3.0, maxiters=5, axis=1)
+    return np.asarray(sky, float), np.asarray(noise, float)
 
 
 def _binned(data: np.ndarray, factor: int) -> np.ndarray:

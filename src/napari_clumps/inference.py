@@ -120,8 +120,9 @@ def iter_detections(
     ``num_workers`` > 0 reads files, and finds their host galaxies, in that many worker
     processes (a torch ``DataLoader``) while the network runs; 0 does both here, between batches.
 
-    Every table has the host columns of :mod:`napari_clumps.host`; detections off the host galaxy
-    are dropped unless ``keep_off_host``. ``psf_fwhm`` (pixels), or ``pixel_scale`` (arcsec/px)
+    Every table has the host columns of :mod:`napari_clumps.host`, then the photometry columns of
+    the image's bands (:mod:`napari_clumps.photometry`); detections off the host galaxy are
+    dropped unless ``keep_off_host``. ``psf_fwhm`` (pixels), or ``pixel_scale`` (arcsec/px)
     with ``seeing`` (arcsec), say how large the PSF is (FITS headers may say it too); the image is
     then resampled to the model's training PSF (:mod:`napari_clumps.scale`).
 
@@ -358,6 +359,7 @@ class _BatchedRun:
     def _finish(self, index: int) -> None:
         from .detections import detections_frame
         from .host import add_host_columns, find_host, on_host_rows
+        from .photometry import add_photometry_columns
 
         state = self.pending.pop(index)
         image, parts = state["image"], state["parts"]
@@ -373,6 +375,7 @@ class _BatchedRun:
         table = add_host_columns(table, host)
         if not self.keep_off_host:
             table = on_host_rows(table).reset_index(drop=True)
+        table = add_photometry_columns(table, image, host)
         self.finished[index] = ImageDetections(
             state["name"], table, width=image.width, height=image.height, wcs=image.wcs
         )
@@ -384,7 +387,9 @@ def detect(images, model=None, **options):
     ``images``: a path, a folder, a :class:`~napari_clumps.io.GalaxyImage` or an array, or a list
     of them. ``model``: a :class:`~napari_clumps.model.Detector`, a model file or a packaged model
     name (default: the packaged default model). Options as :func:`iter_detections`. Unreadable
-    images raise; use :func:`iter_detections` to skip them instead.
+    images raise; use :func:`iter_detections` to skip them instead. Images with different bands
+    (FITS g, r, i and JPEG red, green, blue) give the union of their photometry columns, empty
+    where an image has no such band.
     """
     import pandas as pd
 

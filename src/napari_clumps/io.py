@@ -131,9 +131,9 @@ class GalaxyImage:
             from .pixels import pixel_to_radec
 
             ra, dec = pixel_to_radec(self.wcs, self.width / 2, self.height / 2)
-            from astropy.wcs.utils import proj_plane_pixel_scales
+            from .scale import wcs_pixel_scale_arcsec
 
-            scale = float(np.mean(proj_plane_pixel_scales(self.wcs))) * 3600
+            scale = wcs_pixel_scale_arcsec(self.wcs)
             text += f", centre RA {ra[0]:.5f} Dec {dec[0]:+.5f} deg, {scale:.3f} arcsec/px"
         else:
             text += ", no celestial WCS"

@@ -37,6 +37,15 @@ def _positive(value, name: str) -> float | None:
     return value
 
 
+def wcs_pixel_scale_arcsec(wcs) -> float:
+    """The mean pixel scale (arcsec per pixel) of a celestial WCS; NaN when ``wcs`` is None."""
+    if wcs is None:
+        return np.nan
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    return float(np.mean(proj_plane_pixel_scales(wcs))) * 3600
+
+
 def header_psf_fwhm(header, wcs=None) -> float | None:
     """PSF FWHM in pixels from a FITS header (and its WCS for a seeing in arcsec), else None."""
     if header is None:
@@ -50,9 +59,7 @@ def header_psf_fwhm(header, wcs=None) -> float | None:
     for key in SEEING_ARCSEC_KEYWORDS:
         value = header.get(key)
         if isinstance(value, (int, float)) and value > 0:
-            from astropy.wcs.utils import proj_plane_pixel_scales
-
-            scale_arcsec = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600
+            scale_arcsec = wcs_pixel_scale_arcsec(wcs)
             return float(value) / scale_arcsec if scale_arcsec > 0 else None
     return None
 
