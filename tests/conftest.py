@@ -224,3 +224,83 @@ def galaxy_with_pasted_clump():
     canvas[60:260, 60:260] = rgb
     canvas[4 : 4 + patch.shape[0], 4 : 4 + patch.shape[1]] = patch
     return canvas, 4 + 2 * half
+
+
+# ----------------------------------------------------------------------------- SAMP
+
+
+def _samp_to_this_folder(monkeypatch, folder: Path) -> Path:
+    """Point SAMP's hub lookup at a lockfile in ``folder`` (``$SAMP_HUB``) and the home folder
+    there too, so that a test never sees, or disturbs, a hub the user is running."""
+    lockfile = folder / "samp-hub-lockfile"
+    monkeypatch.setenv("SAMP_HUB", "std-lockurl:" + lockfile.as_uri())
+    monkeypatch.setenv("HOME", str(folder))
+    return lockfile
+
+
+@pytest.fixture
+def no_samp_hub(tmp_path, monkeypatch):
+    """No SAMP hub running (as far as napari-clumps can see)."""
+    _samp_to_this_folder(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def samp_hub(tmp_path, monkeypatch):
+    """A SAMP hub of our own, on localhost only (no web profile), stopped after the test."""
+    from napari_clumps.samp import _astropy_samp
+
+    hub = _astropy_samp().SAMPHubServer(
+        web_profile=False, lockfile=str(_samp_to_this_folder(monkeypatch, tmp_path)), pool_size=1
+    )
+    hub.start(wait=False)
+    yield hub
+    hub.stop()
+
+
+class FakeSampTool:
+    """A stand-in for TOPCAT or DS9 on a test hub: subscribed to ``mtypes``, it keeps every
+    ``(mtype, params)`` it receives, in order, and answers calls with success."""
+
+    def __init__(self, hub, name: str, mtypes):
+        from napari_clumps.samp import _astropy_samp
+
+        self.received: list[tuple[str, dict]] = []
+        self.client = _astropy_samp().SAMPIntegratedClient(name=name)
+        self.client.connect(hub=hub, pool_size=1)
+        for mtype in mtypes:
+            self.client.bind_receive_notification(mtype, self._notified)
+            self.client.bind_receive_call(mtype, self._called)
+
+    def _notified(self, private_key, sender_id, mtype, params, extra):
+        self.received.append((mtype, params))
+
+    def _called(self, private_key, sender_id, msg_id, mtype, params, extra):
+        self.received.append((mtype, params))
+        self.client.reply(msg_id, {"samp.status": "samp.ok", "samp.result": {}})
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[tuple[str, dict]]:
+        """The first ``n`` messages, once they have come (notifications arrive asynchronously)."""
+        import time
+
+        end = time.monotonic() + timeout
+        while len(self.received) < n and time.monotonic() < end:
+            time.sleep(0.02)
+        assert len(self.received) >= n, f"received {self.received}, expected {n} messages"
+        return self.received[:n]
+
+    def close(self):
+        self.client.disconnect()
+
+
+@pytest.fixture
+def samp_tools(samp_hub):
+    """Make fake SAMP tools on the test hub: ``samp_tools(name, mtypes)``; closed after the test."""
+    tools = []
+
+    def make(name, mtypes):
+        tools.append(FakeSampTool(samp_hub, name, mtypes))
+        return tools[-1]
+
+    yield make
+    for tool in tools:
+        tool.close()

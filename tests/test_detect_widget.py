@@ -357,3 +357,62 @@ def test_export_writes_the_format_of_the_extension_and_ds9_regions(hubble_detect
     np.testing.assert_allclose(sorted(s.center.x + 0.5 for s in shapes), sorted(read["x_center"]), atol=1e-3)
     assert widget.export_csv(tmp_path / "boxes.xlsx") is None
     assert any("unknown catalogue format .xlsx" in m for m in messages)
+
+
+@pytest.fixture
+def fits_with_boxes(make_napari_viewer, image_files):
+    """A viewer with the FITS test image opened through the plugin, a clumps layer of three boxes
+    over it (selected, as after a run), the detection widget, and the notifications shown."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_clumps.detections import detections_frame
+
+    viewer = make_napari_viewer()
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    [image] = viewer.open(image_files["single"], plugin="napari-clumps")
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    boxes = [[10, 20, 14, 26], [30.5, 1, 33, 4.5], [60, 40, 70, 52]]
+    table = detections_frame("single.fits", boxes, ["clump", "odd_clump", "clump"], [0.9, 0.5, 0.8])
+    widget._put_boxes_layer(table, image)
+    return viewer, widget, messages
+
+
+def test_send_buttons_reach_topcat_and_ds9(fits_with_boxes, samp_tools, qtbot):
+    from astropy.table import Table
+
+    viewer, widget, messages = fits_with_boxes
+    topcat = samp_tools("TOPCAT", ["table.load.votable"])
+    ds9 = samp_tools("SAOImageDS9", ["image.load.fits", "ds9.set"])
+
+    widget.topcat_button.native.click()
+    qtbot.waitUntil(lambda: len(topcat.received) == 1 and widget.topcat_button.enabled, timeout=10_000)
+    sent = Table.read(topcat.received[0][1]["url"].removeprefix("file://"), format="votable")
+    assert len(sent) == 3 and set(sent["image"]) == {"single.fits"}
+    qtbot.waitUntil(lambda: any("sent 3 clumps of 1 image(s) to TOPCAT" in m for m in messages), timeout=5_000)
+
+    widget.ds9_button.native.click()  # the clumps layer is selected: its image goes
+    qtbot.waitUntil(lambda: len(ds9.received) == 2 and widget.ds9_button.enabled, timeout=10_000)
+    assert [mtype for mtype, _ in ds9.received] == ["image.load.fits", "ds9.set"]
+    regions = ds9.received[1][1]["cmd"].split(" ", 2)[2]
+    assert open(regions).read().count("box(") == 3
+    qtbot.waitUntil(lambda: any("sent single.fits with 3 boxes to SAOImageDS9" in m for m in messages), timeout=5_000)
+
+
+def test_send_without_a_hub_says_so_and_the_buttons_come_back(fits_with_boxes, no_samp_hub, qtbot):
+    from napari_clumps.samp import HUB_NOT_RUNNING
+
+    viewer, widget, messages = fits_with_boxes
+    widget.ds9_button.native.click()
+    qtbot.waitUntil(lambda: any(HUB_NOT_RUNNING in m for m in messages), timeout=5_000)
+    qtbot.waitUntil(lambda: widget.ds9_button.enabled and widget.topcat_button.enabled, timeout=5_000)
+    assert widget.status.value == HUB_NOT_RUNNING
+
+
+def test_fits_opened_in_napari_reads_ra_dec_under_the_cursor(fits_with_boxes):
+    viewer, widget, messages = fits_with_boxes
+    image = viewer.layers["single.fits"]
+    viewer.cursor.position = tuple(image.data_to_world((10.0, 20.0)))
+    for layer in (image, viewer.layers["single.fits clumps"]):
+        assert layer.get_status(viewer.cursor.position, world=True)["coordinates"].startswith("RA 150.")

@@ -37,6 +37,7 @@ from ._layers import (
     layer_to_galaxy_image,
     note_user_edit,
 )
+from ._sky_readout import show_sky_position
 from .detections import LABELS
 from .export import CATALOGUE_SUFFIXES
 from .inference import DEFAULT_NMS_IOU
@@ -203,7 +204,9 @@ class DetectionWidget(QWidget):
         super().__init__()
         avoid_triton_llvm_clash()
         self.viewer = napari_viewer
+        show_sky_position(self.viewer)  # RA/Dec under the cursor
         self.worker = None
+        self.send_worker = None
         self._stop = threading.Event()
         self._offered = weakref.WeakSet()  # image layers preselected once (see preselect)
         self._run = _RunTally(0)
@@ -315,6 +318,16 @@ class DetectionWidget(QWidget):
         self.import_button = PushButton(
             text="Load boxes", tooltip="boxes of a detections or labels file onto the open images"
         )
+        self.topcat_button = PushButton(
+            text="Send to TOPCAT",
+            tooltip="every clumps layer, as edited, as one table to TOPCAT (or Aladin) over SAMP; "
+            "start TOPCAT first (it runs the SAMP hub)",
+        )
+        self.ds9_button = PushButton(
+            text="Send to DS9",
+            tooltip="the FITS image selected in the layer list, and its boxes as regions, to DS9 over "
+            "SAMP (sky coordinates when it has a WCS); start DS9 first",
+        )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.progress = WorkProgress(self.status, "detection")
@@ -337,6 +350,7 @@ class DetectionWidget(QWidget):
                 self.csv_path,
                 self.export_regions,
                 Container(widgets=[self.export_button, self.import_button], layout="horizontal", labels=False),
+                Container(widgets=[self.topcat_button, self.ds9_button], layout="horizontal", labels=False),
                 self.progress.bar,
                 self.status,
             ]
@@ -359,6 +373,8 @@ class DetectionWidget(QWidget):
         self.model.changed.connect(self._use_model_threshold)
         self.export_button.changed.connect(lambda: self.export_csv(self.csv_path.value))
         self.import_button.changed.connect(lambda: self.import_csv(self.csv_path.value))
+        self.topcat_button.changed.connect(self.send_to_topcat)
+        self.ds9_button.changed.connect(self.send_to_ds9)
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
         self._use_model_threshold(self.model.value)
@@ -644,6 +660,97 @@ class DetectionWidget(QWidget):
         if missing:
             show_warning(f"napari-clumps: {path}: no open image for {len(missing)} image(s), e.g. {missing[0]}")
         return added
+
+    # ------------------------------------------------------------------ SAMP (TOPCAT, DS9)
+
+    def send_to_topcat(self) -> None:
+        """Send the boxes of every clumps layer (as edited, as exported) as one table over SAMP."""
+        import pandas as pd
+        from napari.utils.notifications import show_warning
+
+        from .samp import send_table
+
+        layers = self.boxes_layers()
+        if not layers:
+            show_warning("napari-clumps: no clump layers to send; run Detect or load a CSV first")
+            return
+        table = pd.concat([boxes_table(layer) for layer in layers], ignore_index=True)
+        what = f"{len(table)} clumps of {len(layers)} image(s)"
+        self._send(what, send_table, table, f"napari-clumps: {what}")
+
+    def send_to_ds9(self) -> None:
+        """Send the chosen image (a FITS file) and its boxes, as regions, over SAMP."""
+        from napari.utils.notifications import show_warning
+
+        from .detections import detections_frame
+        from .samp import send_image_with_regions
+
+        image_layer = self.image_to_send()
+        if image_layer is None:
+            show_warning("napari-clumps: select the image to send to DS9 in the layer list")
+            return
+        if not image_layer.metadata.get("path"):
+            show_warning(f"napari-clumps: {image_layer.name} was not opened from a file; DS9 opens FITS files")
+            return
+        boxes_name = clumps_layer_name(image_layer.name)
+        if boxes_name in self.viewer.layers:
+            table = boxes_table(self.viewer.layers[boxes_name])
+        else:
+            table = detections_frame(image_name(image_layer), [], [], [])
+        what = f"{image_layer.name} with {len(table)} boxes"
+        wcs = image_layer.metadata.get("wcs")
+        self._send(what, send_image_with_regions, image_layer.metadata["path"], table, wcs, image_layer.name)
+
+    def image_to_send(self):
+        """The image layer selected in the layer list, or the one under the selected clumps layer,
+        or the only image open; None when that leaves a choice."""
+        images = [layer for _, layer in image_layer_choices(self.viewer)]
+        active = self.viewer.layers.selection.active
+        if active in images:
+            return active
+        if active is not None and is_boxes_layer(active):
+            under = [layer for layer in images if image_name(layer) == active.metadata.get("image_name")]
+            if len(under) == 1:
+                return under[0]
+        return images[0] if len(images) == 1 else None
+
+    def _send(self, what: str, send, *args) -> None:
+        """Run ``send(*args)`` off the GUI thread (connecting to a hub can take seconds); say how it went."""
+        from napari.qt.threading import create_worker
+
+        self.topcat_button.enabled = self.ds9_button.enabled = False
+        self.status.value = f"sending {what} over SAMP..."
+        self.send_worker = create_worker(
+            _send_in_thread,
+            send,
+            *args,
+            _connect={"returned": lambda outcome: self._sent(what, outcome), "finished": self._send_finished},
+        )
+
+    def _sent(self, what: str, outcome) -> None:
+        from napari.utils.notifications import show_info, show_warning
+
+        kind, detail = outcome
+        if kind == "error":
+            show_warning(f"napari-clumps: {detail}")
+            self.status.value = detail
+        else:
+            show_info(f"napari-clumps: sent {what} to {', '.join(detail)}")
+            self.status.value = f"sent {what} to {', '.join(detail)}"
+
+    def _send_finished(self) -> None:
+        self.topcat_button.enabled = self.ds9_button.enabled = True
+
+
+def _send_in_thread(send, *args) -> tuple:
+    """Worker body: ``("sent", tool names)``, or ``("error", one line)`` for what a user can act
+    on (no hub, no tool that takes it); anything else propagates and napari reports it."""
+    from .samp import SampError
+
+    try:
+        return "sent", send(*args)
+    except SampError as error:
+        return "error", str(error)
 
 
 class _RunTally:

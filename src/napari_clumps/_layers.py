@@ -160,7 +160,15 @@ def layer_to_galaxy_image(layer):
 
 
 def detections_layer(
-    table, *, image_name: str, transform: dict, wcs=None, height=None, name: str | None = None, new_label: str = "clump"
+    table,
+    *,
+    image_name: str,
+    transform: dict,
+    wcs=None,
+    height=None,
+    width=None,
+    name: str | None = None,
+    new_label: str = "clump",
 ) -> tuple:
     """A Shapes layer data tuple of a detections table, with the image's display ``transform``."""
     from .host import on_host_flags
@@ -184,6 +192,7 @@ def detections_layer(
         "image_name": image_name,
         "wcs": wcs,
         "height": height,
+        "width": width,
         "below_threshold": None,
         "score_threshold": 0.0,
         "keep_off_host": False,
@@ -200,7 +209,8 @@ def detections_layer_over(table, image_layer, new_label: str = "clump") -> tuple
         name=clumps_layer_name(image_layer.name),
         transform={"scale": image_layer.scale, "translate": image_layer.translate},
         wcs=image_layer.metadata.get("wcs"),
-        height=int(np.asarray(image_layer.data).shape[0]),
+        height=int(np.shape(image_layer.data)[0]),
+        width=int(np.shape(image_layer.data)[1]),
         new_label=new_label,
     )
 

@@ -41,6 +41,10 @@ def read_galaxy_images(path) -> list[tuple]:
         )
     for error in errors:  # napari turns warnings into notifications
         warnings.warn(f"napari-clumps could not read {error}", stacklevel=2)
+    if any(kwargs["metadata"].get("wcs") is not None for _, kwargs, _ in layers):
+        from ._sky_readout import show_sky_position_in_current_viewer
+
+        show_sky_position_in_current_viewer()  # RA/Dec under the cursor
     return layers
 
 

@@ -37,6 +37,7 @@ from ._layers import (
     label_colours,
     mark_drawn_by_hand,
 )
+from ._sky_readout import show_sky_position
 from ._train_widget import _Relay, _train_in_thread
 from .detections import HAND_MODEL, REVIEWED
 from .settings import unused_file_name
@@ -70,6 +71,7 @@ class ReviewWidget(QWidget):
         super().__init__()
         avoid_triton_llvm_clash()
         self.viewer = napari_viewer
+        show_sky_position(self.viewer)  # RA/Dec under the cursor
         self.session = None
         self._loaded: dict[str, list] = {}  # CSV name -> [image layers..., boxes layer], most recent last
         self._updating_layer = False  # True while the widget itself rewrites a boxes layer

@@ -8,10 +8,12 @@ from .samples import SAMPLE_INDEX, SAMPLE_SEED
 def simulated_galaxy(seed: int = SAMPLE_SEED, index: int = SAMPLE_INDEX, truth: bool = True) -> list[tuple]:
     """napari sample: simulated galaxy composite, raw g/r/i bands and (optionally) the truth boxes."""
     from ._layers import boxes_layer, image_layers
+    from ._sky_readout import show_sky_position_in_current_viewer
     from .samples import simulated_galaxy_image
 
     image, boxes, labels = simulated_galaxy_image(seed, index)
     layers = image_layers(image)
+    show_sky_position_in_current_viewer()  # the simulated galaxy has a WCS: RA/Dec under the cursor
     if truth:
         layers.append(boxes_layer(boxes, labels, 1.0, name=f"{layers[0][1]['name']} truth", image_kwargs=layers[0][1]))
     return layers

@@ -66,6 +66,11 @@ def radec_to_pixel(wcs, ra, dec):
     return astropy_to_edge(*wcs.world_to_pixel(sky))
 
 
+def napari_to_edge(row, col):
+    """A napari data point ``(row, col)`` (pixel centres at integers) to edge-convention ``(x, y)``."""
+    return np.asarray(col, float) + _CENTRE_OFFSET, np.asarray(row, float) + _CENTRE_OFFSET
+
+
 def boxes_to_napari_rectangles(boxes) -> list[np.ndarray]:
     """``(N, 4)`` edge boxes to napari rectangles: ``(4, 2)`` ``(row, col)`` vertex arrays."""
     rectangles = []
