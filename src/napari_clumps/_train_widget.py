@@ -105,12 +105,13 @@ class FineTuneWidget(QWidget):
             mode="w",
             filter="*.safetensors",
             value=unused_file_name(folder, DEFAULT_OUTPUT_NAME) if folder else DEFAULT_OUTPUT_NAME,
-            tooltip="model file, written after every epoch that improves (atomically); its folder is "
-            "remembered, and the new model stays in the model menus",
+            tooltip="model file, written when the training ends (the best epoch so far is kept in "
+            "<name>.partial.safetensors meanwhile); its folder is remembered, and the new model stays in the "
+            "model menus",
         )
         self.train_button = PushButton(text="Train", tooltip="fine-tune on the reviewed images in the background")
         self.cancel_button = PushButton(
-            text="Cancel", enabled=False, tooltip="stop within one step; the file keeps the last good model"
+            text="Cancel", enabled=False, tooltip="stop within one step; the model file stays as it was"
         )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
@@ -368,9 +369,8 @@ def _train_in_thread(items, base, options, out, report, should_stop):
             should_stop=should_stop,
             data_description=f"{len(items)} images corrected in napari",
         )
-    except TrainingCancelled as stop:
-        kept = f"{out} keeps the last good model" if out.exists() else "no model file was written"
-        return "cancelled", f"{stop}; {kept}", None
+    except TrainingCancelled as stop:  # its message says that ``out`` is unchanged, and where the best epoch is
+        return "cancelled", str(stop), None
     except (ModelError, TrainingError, ValueError) as error:
         return "error", str(error), None
     return "ok", f"saved {out} ({trained.provenance['epochs_run']} epochs; {validation_summary(trained)})", str(out)
