@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QWidget
 
 from ._detect_widget import (
     DEFAULT_CHOICE,
+    ModelChoiceGuard,
     WorkProgress,
     _forget,
     _listeners,
@@ -142,6 +143,7 @@ class FineTuneWidget(QWidget):
         self.output.changed.connect(lambda path: remember_paths(finetune_folder=Path(path).parent))
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
+        self._base_guard = ModelChoiceGuard(self.base)
         _listeners.append(self.base.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.base.reset_choices))
         self._refresh_choices()
@@ -301,6 +303,9 @@ class FineTuneWidget(QWidget):
             show_info(f"napari-clumps: {message}")
         elif kind == "error":
             show_error(f"napari-clumps: training failed: {message}")
+            if path is not None:  # the base model file did not load: back to the one before it
+                self._base_guard.refuse(path)
+                message = f"{message}; the base model is back to {self.base.current_choice}"
         self.status.value = message
 
     def _crashed(self, error):
@@ -352,13 +357,17 @@ class FineTuneWidget(QWidget):
 
 
 def _train_in_thread(items, base, options, out, report, should_stop):
-    """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error."""
+    """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error; ``path``:
+    the model file written (ok), or the base model file that did not load (error), else None."""
     from .model import DEFAULT_MODEL, ModelError, get_detector
     from .training import TrainingCancelled, TrainingError, fine_tune, validation_summary
 
     try:
         name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
-        detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
+        try:
+            detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
+        except ModelError as error:  # a file's own fault goes back with it (not a hub's, nor the default's)
+            return "error", str(error), base if name is not None and not base.startswith("new:") else None
         report(f"{detector.model_id} loaded; the first training step comes next...")
         trained = fine_tune(
             detector,
