@@ -148,3 +148,15 @@ def test_fine_tune_widget_refuses_a_broken_base_and_leaves_the_output(
     assert widget.status.value.endswith(f"the base model is back to {widget.base.current_choice}")
     assert out.read_bytes() == before and not widget.cancel_button.enabled
     assert widget.base.value != DEFAULT_CHOICE
+
+
+def test_fine_tune_widget_shows_a_trainer_note(make_napari_viewer, messages):
+    """What the trainer had to do (out of GPU memory: fewer images at a time) is a notification
+    and the status line, not an epoch of the plot."""
+    from napari_clumps.training import TrainingProgress
+
+    widget = FineTuneWidget(make_napari_viewer())
+    note = "out of memory on cuda with 4 images at a time: going on with 2 at a time"
+    widget._on_progress(TrainingProgress("note", 1, 3, 0, 5, float("nan"), 1.0, note=note))
+    assert widget.status.value == note and f"napari-clumps: {note}" in messages
+    assert widget._history_f1 == [] and widget._history_steps == []

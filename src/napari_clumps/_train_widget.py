@@ -265,6 +265,12 @@ class FineTuneWidget(QWidget):
         if isinstance(progress, str):  # what the worker is doing before the first step
             self.status.value = progress
             return
+        if progress.kind == "note":  # the trainer had to change course (e.g. out of GPU memory)
+            from napari.utils.notifications import show_info
+
+            show_info(f"napari-clumps: {progress.note}")
+            self.status.value = progress.note
+            return
         if progress.part != self._part:  # the next training of a cross-validation: a new bar and plot
             self._part = progress.part
             self._history_steps, self._history_f1 = [], []
