@@ -171,14 +171,14 @@ def test_out_of_memory_goes_on_with_fewer_images_at_a_time(previous_model):
             losses.append(progress.loss)
 
     options = TrainingOptions(epochs=1, batch_size=4, trainable_blocks=None, val_fraction=0)
-    trained = train(detector, _items(8), options, out=previous_model, callback=callback)
+    trained = train(detector, _items(4), options, out=previous_model, callback=callback)
     assert notes == [
         "out of memory on cpu with 4 images at a time: going on with 2 at a time (their gradients add up to the "
         "batch of 4's, so the training is the same)",
         "out of memory on cpu with 2 images at a time: going on with 1 at a time (their gradients add up to the "
         "batch of 4's, so the training is the same)",
     ]
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))  # the same two steps of 4 images
+    assert len(losses) == 1 and all(torch.isfinite(torch.tensor(losses)))  # still one step of 4 images
     assert all(torch.isfinite(p).all() for p in trained.network.parameters())
     assert load_model(previous_model).provenance["epochs_run"] == 1
 
