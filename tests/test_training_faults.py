@@ -126,7 +126,7 @@ def test_a_nan_loss_in_the_first_epoch_writes_nothing(tmp_path):
         train(detector, _items(4), OPTIONS, out=out)
     assert str(info.value) == (
         f"the loss became nan in epoch 1; lower the learning rate; nothing was written to {out}; no epoch of "
-        "this run finished, so there is no partial model"
+        "this run finished, so it saved no partial model"
     )
     assert info.value.checkpoint is None
     assert list(tmp_path.iterdir()) == []
@@ -191,7 +191,7 @@ def test_out_of_memory_with_one_image_at_a_time_stops_with_a_clear_message(previ
         train(detector, _items(4), OPTIONS, out=out)
     message = str(info.value)
     assert message.startswith("out of memory on cpu even with batch size 1 in epoch 1; train fewer encoder blocks")
-    assert message.endswith(f"{out} is unchanged; no epoch of this run finished, so there is no partial model")
+    assert message.endswith(f"{out} is unchanged; no epoch of this run finished, so it saved no partial model")
     assert _digest(out) == before
 
 

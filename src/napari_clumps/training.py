@@ -66,7 +66,7 @@ def _stopped(error, *, part: str = "", out=None, checkpoint=None, saved: dict | 
             notes.append(f"the best epoch so far (epoch {saved['epoch']}{score}) is in {checkpoint}")
             kept = checkpoint
         else:
-            notes.append("no epoch of this run finished, so there is no partial model")
+            notes.append("no epoch of this run finished, so it saved no partial model")
     new = type(error)("; ".join(notes))
     new.checkpoint = kept
     return new
