@@ -19,10 +19,16 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def model_file(tmp_path):
-    """A file in the place of a model: the widgets only list it (its threshold falls back to the paper's)."""
+    """A model file's header without weights: the widgets only list it (the header is what they
+    check when it is chosen; its threshold falls back to the paper's)."""
+    from safetensors.numpy import save_file
+
+    from napari_clumps.model import MODEL_FORMAT, MODEL_FORMAT_VERSION, config_for
+
     path = tmp_path / "models" / "tuned.safetensors"
     path.parent.mkdir()
-    path.write_bytes(b"not loaded in these tests")
+    metadata = {"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION)}
+    save_file({}, str(path), metadata={**metadata, "config": config_for("resnet10t").to_json(), "provenance": "{}"})
     return path
 
 

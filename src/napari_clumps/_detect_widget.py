@@ -43,7 +43,7 @@ from .export import CATALOGUE_SUFFIXES
 from .inference import DEFAULT_NMS_IOU
 from .model import DEFAULT_MODEL, DEVICES, PAPER_SCORE_THRESHOLD
 from .scale import DEFAULT_SEEING_ARCSEC
-from .settings import load_settings, remember_model_file, update_settings
+from .settings import forget_model_file, load_settings, remember_model_file, update_settings
 
 #: Lowest score the widget keeps, so that the slider can go down without re-running the model.
 SCORE_FLOOR = 0.05
@@ -61,11 +61,73 @@ def register_model_file(path) -> None:
     """Make a model file selectable in every model menu, now and after a restart (the settings
     file remembers it: :func:`napari_clumps.settings.remember_model_file`)."""
     _saving(remember_model_file, path)
+    _refresh_model_menus()
+
+
+def unregister_model_file(path) -> None:
+    """Take a (broken) model file out of every model menu and the remembered model files."""
+    _saving(forget_model_file, path)
+    _refresh_model_menus()
+
+
+def _refresh_model_menus() -> None:
     for listener in list(_listeners):
         try:
             listener()
         except RuntimeError:  # its widget was closed and deleted
             _listeners.remove(listener)
+
+
+def model_choice_problem(choice) -> str | None:
+    """Why a model menu choice cannot be used, or None. Only a look at the file's header and
+    metadata (:func:`napari_clumps.model.check_model_file`: milliseconds, no torch), since it runs
+    on the GUI thread when a model is chosen; what only the weights tell (NaN values, tensors of
+    another architecture) fails when the model loads, in the worker (:meth:`ModelChoiceGuard.refuse`).
+    The packaged default and new architectures (``new:NAME``) are not files: None."""
+    from .model import ModelError, check_model_file
+
+    if not choice or choice == DEFAULT_CHOICE or str(choice).startswith("new:"):
+        return None
+    try:
+        check_model_file(choice)
+    except ModelError as error:
+        return str(error)
+    return None
+
+
+class ModelChoiceGuard:
+    """Keeps a model menu on models that can be used: a file that fails
+    :func:`model_choice_problem` when chosen is refused at once (an error notification), taken out
+    of the remembered model files, and the menu goes back to the choice before it; a model that
+    fails to load at run time is refused the same way (:meth:`refuse`)."""
+
+    def __init__(self, combo: ComboBox):
+        self.combo = combo
+        self.accepted = [combo.value]  # choices that passed, the latest last
+        # after the menu's other handlers (lowest priority): the last value they see is the one kept
+        combo.changed.connect(self._changed, priority=-1000)
+
+    def _changed(self, value) -> None:
+        problem = model_choice_problem(value)
+        if problem is None:
+            self.accepted = [v for v in self.accepted if v != value] + [value]
+        else:
+            self.refuse(value, problem)
+
+    def refuse(self, value, problem: str | None = None) -> None:
+        """Go back from ``value`` to the latest accepted choice still offered (else the packaged
+        default) and forget the file; ``problem``: shown as an error notification."""
+        from napari.utils.notifications import show_error
+
+        if problem is not None:
+            show_error(f"napari-clumps: {problem}")
+        if not value or value == DEFAULT_CHOICE or str(value).startswith("new:"):
+            return
+        self.accepted = [v for v in self.accepted if v != value]
+        offered = [v for v in self.combo.choices if v != value]
+        if self.combo.value == value:
+            self.combo.value = next((v for v in reversed(self.accepted) if v in offered), DEFAULT_CHOICE)
+        unregister_model_file(value)
 
 
 def remember(**changes) -> None:
@@ -386,6 +448,7 @@ class DetectionWidget(QWidget):
         self.score.changed.connect(lambda value: remember(score_threshold=round(value, 4)))
         self.csv_path.changed.connect(lambda path: remember_paths(detections_csv=path))
         self.catalog.changed.connect(self._remember_catalog)
+        self._model_guard = ModelChoiceGuard(self.model)
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.model.reset_choices))
         self._refresh_choices()
@@ -403,7 +466,16 @@ class DetectionWidget(QWidget):
         preselect(self.images, [layer for _, layer in image_layer_choices(self.viewer)], self._offered)
 
     def _add_model_file(self, path):
+        """A model file chosen with the file dialog: into the menus and selected, unless its header
+        says it is broken (then the selected model stays, and the file is not remembered)."""
+        from napari.utils.notifications import show_error
+
         if path and Path(path).is_file():
+            problem = model_choice_problem(path)
+            if problem is not None:
+                show_error(f"napari-clumps: {problem}")
+                self.status.value = f"{problem}; the model is still {self.model.current_choice}"
+                return
             register_model_file(path)
             self.model.value = str(Path(path).resolve())
 
@@ -523,6 +595,11 @@ class DetectionWidget(QWidget):
         kind, *payload = item
         if kind == "error":
             self._failed(payload[0])
+        elif kind == "model failed":  # the chosen file did not load: back to the model before it
+            message, model = payload
+            self._failed(message)
+            self._model_guard.refuse(model)
+            self.status.value = f"failed: {message}; the model is back to {self.model.current_choice}"
         elif kind == "ready":
             self._run.device_text = payload[0]
             self.progress.count(0, self._run.total, f"{payload[0]}: detecting in {self._run.total} image(s)...")
@@ -796,9 +873,9 @@ def avoid_triton_llvm_clash() -> None:
 
 def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fwhm=None, pixel_scale=None):
     """Worker body: yields ``("ready", device text)`` once the model is loaded, then ``("result",
-    layer name, ImageDetections, device text)`` per image, or ``("error", message)`` for the
-    failures a user can act on (bad model file, no GPU, out of memory); anything else propagates
-    and napari reports it with its traceback."""
+    layer name, ImageDetections, device text)`` per image, or ``("model failed", message, model)``
+    when the model does not load, or ``("error", message)`` for the other failures a user can act
+    on (no GPU, out of memory); anything else propagates and napari reports it with its traceback."""
     import torch
 
     from .inference import iter_detections
@@ -807,7 +884,11 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
 
     try:
         torch_device = select_device(device)
-        detector = get_detector(model, str(torch_device))
+        try:
+            detector = get_detector(model, str(torch_device))
+        except ModelError as error:  # the chosen model file's own fault (a device's is not)
+            yield "model failed", str(error), model
+            return
         device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
         yield "ready", device_text
         note = unused_psf_note(detector.config, psf_fwhm, pixel_scale)

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QWidget
 
 from ._detect_widget import (
     DEFAULT_CHOICE,
+    ModelChoiceGuard,
     WorkProgress,
     _forget,
     _listeners,
@@ -105,12 +106,13 @@ class FineTuneWidget(QWidget):
             mode="w",
             filter="*.safetensors",
             value=unused_file_name(folder, DEFAULT_OUTPUT_NAME) if folder else DEFAULT_OUTPUT_NAME,
-            tooltip="model file, written after every epoch that improves (atomically); its folder is "
-            "remembered, and the new model stays in the model menus",
+            tooltip="model file, written when the training ends (the best epoch so far is kept in "
+            "<name>.partial.safetensors meanwhile); its folder is remembered, and the new model stays in the "
+            "model menus",
         )
         self.train_button = PushButton(text="Train", tooltip="fine-tune on the reviewed images in the background")
         self.cancel_button = PushButton(
-            text="Cancel", enabled=False, tooltip="stop within one step; the file keeps the last good model"
+            text="Cancel", enabled=False, tooltip="stop within one step; the model file stays as it was"
         )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
@@ -141,6 +143,7 @@ class FineTuneWidget(QWidget):
         self.output.changed.connect(lambda path: remember_paths(finetune_folder=Path(path).parent))
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
+        self._base_guard = ModelChoiceGuard(self.base)
         _listeners.append(self.base.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.base.reset_choices))
         self._refresh_choices()
@@ -262,6 +265,12 @@ class FineTuneWidget(QWidget):
         if isinstance(progress, str):  # what the worker is doing before the first step
             self.status.value = progress
             return
+        if progress.kind == "note":  # the trainer had to change course (e.g. out of GPU memory)
+            from napari.utils.notifications import show_info
+
+            show_info(f"napari-clumps: {progress.note}")
+            self.status.value = progress.note
+            return
         if progress.part != self._part:  # the next training of a cross-validation: a new bar and plot
             self._part = progress.part
             self._history_steps, self._history_f1 = [], []
@@ -300,6 +309,9 @@ class FineTuneWidget(QWidget):
             show_info(f"napari-clumps: {message}")
         elif kind == "error":
             show_error(f"napari-clumps: training failed: {message}")
+            if path is not None:  # the base model file did not load: back to the one before it
+                self._base_guard.refuse(path)
+                message = f"{message}; the base model is back to {self.base.current_choice}"
         self.status.value = message
 
     def _crashed(self, error):
@@ -351,13 +363,17 @@ class FineTuneWidget(QWidget):
 
 
 def _train_in_thread(items, base, options, out, report, should_stop):
-    """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error."""
+    """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error; ``path``:
+    the model file written (ok), or the base model file that did not load (error), else None."""
     from .model import DEFAULT_MODEL, ModelError, get_detector
     from .training import TrainingCancelled, TrainingError, fine_tune, validation_summary
 
     try:
         name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
-        detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
+        try:
+            detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
+        except ModelError as error:  # a file's own fault goes back with it (not a hub's, nor the default's)
+            return "error", str(error), base if name is not None and not base.startswith("new:") else None
         report(f"{detector.model_id} loaded; the first training step comes next...")
         trained = fine_tune(
             detector,
@@ -368,9 +384,8 @@ def _train_in_thread(items, base, options, out, report, should_stop):
             should_stop=should_stop,
             data_description=f"{len(items)} images corrected in napari",
         )
-    except TrainingCancelled as stop:
-        kept = f"{out} keeps the last good model" if out.exists() else "no model file was written"
-        return "cancelled", f"{stop}; {kept}", None
+    except TrainingCancelled as stop:  # its message says that ``out`` is unchanged, and where the best epoch is
+        return "cancelled", str(stop), None
     except (ModelError, TrainingError, ValueError) as error:
         return "error", str(error), None
     return "ok", f"saved {out} ({trained.provenance['epochs_run']} epochs; {validation_summary(trained)})", str(out)

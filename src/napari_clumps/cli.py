@@ -249,8 +249,11 @@ class _Stop:
     """The first SIGINT or SIGTERM asks a run to stop after the batch in progress (what is
     finished is written); a second SIGINT interrupts at once."""
 
-    def __init__(self):
-        self.signal = None
+    #: What the first signal makes the run do, after the signal's name.
+    DETECT = "stopping after the current batch (finished images are kept; Ctrl-C again to stop at once)"
+
+    def __init__(self, doing: str = DETECT):
+        self.signal, self.doing = None, doing
 
     def is_set(self) -> bool:
         return self.signal is not None
@@ -263,17 +266,14 @@ class _Stop:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
-        sys.stderr.write(
-            f"\n{self.name}: stopping after the current batch (finished images are kept; Ctrl-C again to "
-            "stop at once)\n"
-        )
+        sys.stderr.write(f"\n{self.name}: {self.doing}\n")
 
 
 @contextlib.contextmanager
-def _stop_on_signals():
+def _stop_on_signals(doing: str = _Stop.DETECT):
     import threading
 
-    stop = _Stop()
+    stop = _Stop(doing)
     if threading.current_thread() is not threading.main_thread():  # only the main thread may
         yield stop
         return
@@ -286,8 +286,10 @@ def _stop_on_signals():
 
 
 def cmd_train(args) -> int:
+    """``--out`` is written once, when the training has finished; SIGTERM or Ctrl-C stops at the
+    next step, leaves ``--out`` as it was and says where the best epoch so far is (status 143/130)."""
     from .model import get_detector, select_device
-    from .training import TrainingOptions, fine_tune, load_labelled_images, validation_summary
+    from .training import TrainingCancelled, TrainingOptions, fine_tune, load_labelled_images, validation_summary
 
     items, notes = load_labelled_images(args.images, args.labels)
     for note in notes:
@@ -314,7 +316,9 @@ def cmd_train(args) -> int:
     bar = tqdm(total=None, desc="training", unit="step", disable=None, file=sys.stderr)
 
     def report(progress):
-        if progress.kind == "step":
+        if progress.kind == "note":
+            _say(f"note: {progress.note}")
+        elif progress.kind == "step":
             if bar.total != progress.steps * progress.epochs:
                 bar.reset(total=progress.steps * progress.epochs)
             bar.update(1)
@@ -333,7 +337,24 @@ def cmd_train(args) -> int:
             _say(f"{part}epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.4f}{extra}")
 
     data = f"{len(items)} images ({n_boxes} boxes) from {', '.join(map(str, args.images))}; labels {args.labels}"
-    trained = fine_tune(detector, items, options, out=args.out, callback=report, data_description=data)
+    with _stop_on_signals(
+        "stopping at the next training step (the model file is written only when the training ends; Ctrl-C "
+        "again to stop at once)"
+    ) as stop:
+        try:
+            trained = fine_tune(
+                detector,
+                items,
+                options,
+                out=args.out,
+                callback=report,
+                should_stop=stop.is_set,
+                data_description=data,
+            )
+        except TrainingCancelled as error:
+            bar.close()
+            print(f"stopped by {stop.name}: {error}", file=sys.stderr)
+            return 128 + stop.signal
     bar.close()
     print(f"model written to {args.out} ({trained.provenance['epochs_run']} epochs; {validation_summary(trained)})")
     return 0

@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: The paper's post-processing: class-agnostic NMS at IoU 0.2 (and a score threshold of 0.3,
 #: used for models without a calibrated threshold of their own).
@@ -321,12 +324,10 @@ class _BatchedRun:
 
     def run_batch(self) -> None:
         """The network on the queued tiles; images whose tiles are all done get their tables."""
-        import torch
 
         if not self.batch:
             return
-        with torch.inference_mode(), self.autocast:
-            outputs = self.detector.network([self._to_device(t) for *_, t in self.batch])
+        outputs = self._network_on([t for *_, t in self.batch])
         for (index, y0, x0, _), out in zip(self.batch, outputs):
             state = self.pending[index]
             boxes = out["boxes"].float().cpu().numpy() + np.array([x0, y0, x0, y0], np.float32)
@@ -335,6 +336,30 @@ class _BatchedRun:
         self.batch.clear()
         for index in [i for i, state in self.pending.items() if len(state["parts"]) == state["n_tiles"]]:
             self._finish(index)
+
+    def _network_on(self, tiles) -> list:
+        """The network's outputs for ``tiles``. Out of GPU memory, for each half of them in turn,
+        and this run's batches are that much smaller from then on; one tile still too many is
+        ``torch.OutOfMemoryError`` with a message that says what to do."""
+        import torch
+
+        try:
+            with torch.inference_mode(), self.autocast:
+                return self.detector.network([self._to_device(t) for t in tiles])
+        except torch.OutOfMemoryError:
+            pass  # handled out here: the exception's traceback holds the failed pass's tensors
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(tiles) <= 1:
+            raise torch.OutOfMemoryError(
+                f"out of memory on {self.device} even with one {self.tile} px tile at a time; free GPU memory "
+                "(close what else uses it) or use the CPU (--device cpu)"
+            )
+        half = (len(tiles) + 1) // 2
+        if half < self.batch_size:
+            log.warning("out of memory on %s with %d tiles at a time: going on with %d", self.device, len(tiles), half)
+            self.batch_size = half
+        return self._network_on(tiles[:half]) + self._network_on(tiles[half:])
 
     def _to_device(self, tile):
         """A tile on the network's device; to a GPU from page-locked memory without waiting, so

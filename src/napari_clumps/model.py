@@ -16,6 +16,7 @@ Classes are background / clump / odd clump (:data:`napari_clumps.detections.CLAS
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -84,13 +85,33 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DetectorConfig:
+        """The configuration of a model file's ``config``; ValueError naming what does not fit.
+
+        A setting this version does not know is refused, not dropped: the model it describes
+        would not be the one built here (a newer napari-clumps wrote it)."""
+        defaults = cls()
         known = {f.name for f in fields(cls)}
-        values = {
-            k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
-            for k, v in values.items()
-            if k in known
-        }
-        return cls(**values)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"its config has settings this version does not know ({', '.join(unknown)}); written by a "
+                f"newer napari-clumps? upgrade"
+            )
+        converted = {}
+        for key, value in values.items():
+            default = getattr(defaults, key)
+            if isinstance(default, tuple):
+                if not isinstance(value, list | tuple):
+                    raise ValueError(f"its config setting {key} is {value!r}, not a list")
+                value = tuple(tuple(x) if isinstance(x, list) else x for x in value)
+            elif isinstance(default, float):
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                if not ok:
+                    raise ValueError(f"its config setting {key} is {value!r}, not a number")
+            elif not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+                raise ValueError(f"its config setting {key} is {value!r}, not a {type(default).__name__}")
+            converted[key] = value
+        return cls(**converted)
 
 
 def _zoobot(arch: str, in_chans: int = 3, **changes) -> DetectorConfig:
@@ -370,8 +391,11 @@ def get_detector(model=None, device="auto", *, backbone_weights=None) -> Detecto
     torch_device = select_device(device)
     key = (str(path.resolve()), path.stat().st_mtime_ns, str(torch_device))
     if key not in _LOADED:
+        # loaded before the cache changes: a file that fails leaves nothing half-loaded behind,
+        # and the model loaded before it stays cached
+        detector = load_model(path, device=torch_device)
         _LOADED.clear()  # keep one model in memory
-        _LOADED[key] = load_model(path, device=torch_device)
+        _LOADED[key] = detector
     return _LOADED[key]
 
 
@@ -399,42 +423,256 @@ def save_model(detector: Detector, path, half: bool = False) -> Path:
     return Path(path)
 
 
-def load_model(path, device="cpu") -> Detector:
-    """Load a model file written by :func:`save_model`, or a paper checkpoint (``.pt``/``.pth``)."""
+#: A safetensors header larger than this is not one (ours are a few hundred kB).
+_MAX_HEADER_BYTES = 100_000_000
+#: How the first bytes of files that are not safetensors begin, to say what they are instead.
+_PICKLE_MAGIC, _ZIP_MAGIC = b"\x80", b"PK\x03\x04"
+
+
+def _one_line(error: Exception) -> str:
+    """An exception as ``Type: first line`` (torch's messages run over many lines)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def check_model_file(path) -> dict:
+    """Cheap checks of a model file that read only its header; raises :class:`ModelError`.
+
+    For a safetensors file: the header, the ``format`` and ``format_version`` (newer than this
+    code reads is refused), the ``config`` (JSON whose settings this version knows) and
+    ``provenance``, and that the file is as long as its header says (not truncated); returns the
+    metadata. For a paper checkpoint (``.pt``/``.pth``): that it is a PyTorch file whose pickle
+    names no function outside torch's tensor rebuilding (read with :mod:`pickletools`, which
+    runs nothing); returns ``{}``. No torch import and no weights read: milliseconds, so that
+    the widgets can check a file when it is chosen. What only the weights tell (NaN values,
+    tensors that do not fit the architecture) is checked by :func:`load_model`.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     if path.suffix in (".pt", ".pth"):
+        _check_checkpoint_pickle(path)
+        return {}
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+            length = int.from_bytes(start, "little") if len(start) == 8 else -1
+            header = handle.read(length) if 0 < length <= min(size - 8, _MAX_HEADER_BYTES) else b""
+    except OSError as error:
+        raise ModelError(f"{path}: cannot be read ({error.strerror})") from error
+    if not header:
+        raise ModelError(f"{path}: not a napari-clumps model file ({_what_it_is(start)})")
+    try:
+        entries = json.loads(header)
+        if not isinstance(entries, dict):
+            raise ValueError("not a JSON object")
+        metadata = entries.pop("__metadata__", None) or {}
+        end = max((int(entry["data_offsets"][1]) for entry in entries.values()), default=0)
+    except (ValueError, TypeError, KeyError, IndexError) as error:
+        raise ModelError(f"{path}: not a napari-clumps model file (a damaged safetensors header: {error})") from error
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not a napari-clumps model file (no {MODEL_FORMAT} metadata)")
+    if size < 8 + length + end:
+        raise ModelError(f"{path}: truncated: {size} bytes of the {8 + length + end} its header says")
+    if size > 8 + length + end:
+        raise ModelError(f"{path}: damaged: {size} bytes, its header says {8 + length + end}")
+    version = metadata.get("format_version", "")
+    if not version.isdigit() or int(version) < 1:
+        raise ModelError(f"{path}: malformed metadata: format_version {version!r} is not a version number")
+    if int(version) > MODEL_FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: written by a newer napari-clumps (format {version}; this version reads up to "
+            f"{MODEL_FORMAT_VERSION}): upgrade napari-clumps"
+        )
+    _config_of(path, metadata)
+    try:
+        json.loads(metadata.get("provenance", "{}"))
+    except ValueError as error:
+        raise ModelError(f"{path}: malformed metadata: its provenance is not JSON ({error})") from error
+    return metadata
+
+
+def _what_it_is(start: bytes) -> str:
+    if start.startswith(_ZIP_MAGIC) or start.startswith(_PICKLE_MAGIC):
+        return "it is a PyTorch pickle, which a .safetensors file never is; it is not opened"
+    return "no safetensors header"
+
+
+def _config_of(path, metadata: dict) -> DetectorConfig:
+    try:
+        values = json.loads(metadata.get("config", ""))
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as error:
+        raise ModelError(f"{path}: malformed metadata: its config is not a JSON object ({error})") from error
+    try:
+        config = DetectorConfig.from_dict(values)
+    except (ValueError, TypeError) as error:
+        raise ModelError(f"{path}: malformed metadata: {error}") from error
+    if config.kind not in ("timm", "torchvision-resnet50-fpn"):
+        raise ModelError(
+            f"{path}: unknown detector kind {config.kind!r} (backbone {config.backbone}); written by a newer "
+            f"napari-clumps? upgrade"
+        )
+    return config
+
+
+#: Globals a paper checkpoint's pickle may name: those ``torch.load(weights_only=True)`` allows
+#: (tensor rebuilding, storages, dtypes, an OrderedDict; torch 2.x). Anything else (``os.system``,
+#: ``builtins.exec``...) is how a pickle runs code.
+_CHECKPOINT_GLOBALS = re.compile(
+    r"collections\.(OrderedDict|Counter)|builtins\.(set|bytearray|complex)|_codecs\.encode"
+    r"|torch\.(Size|Tensor|device|nn\.parameter\.Parameter|serialization\._get_layout)"
+    r"|torch\.storage\.(Typed|Untyped)Storage|torch\._tensor\._rebuild_from_type_v2|torch\._utils\._rebuild_\w+"
+    r"|torch\.(cuda\.)?(sparse\.)?\w+(Storage|Tensor)"
+    r"|torch\.(u?int\d+|float\w*|bfloat16|b?complex\d+|bool|bits\w+|q\w+|per_\w+)"
+)
+
+
+def _check_checkpoint_pickle(path: Path) -> None:
+    """Refuse a ``.pt`` whose pickle names a function that is not torch's (without running it)."""
+    import pickletools
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+        if start.startswith(_ZIP_MAGIC):  # torch's format since 1.6
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+                if not names:
+                    raise ModelError(f"{path}: not a PyTorch checkpoint (a zip archive without data.pkl)")
+                pickles = [archive.read(names[0])]
+        elif start.startswith(_PICKLE_MAGIC):  # the legacy format
+            pickles = None
+        else:
+            raise ModelError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    except (OSError, zipfile.BadZipFile) as error:  # a truncated zip has lost its directory
+        raise ModelError(f"{path}: not a PyTorch checkpoint, or damaged ({_one_line(error)})") from error
+    try:
+        if pickles is not None:
+            found = _pickle_globals(pickles[0], pickletools)
+        else:  # the legacy format: five pickles (magic, protocol, system, the object, keys), then data
+            found = []
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                for _ in range(5):
+                    found += _pickle_globals(handle, pickletools)
+                    if handle.tell() >= size:  # a single pickle (not torch's layout): all read
+                        break
+    except ValueError as error:
+        raise ModelError(f"{path}: not a PyTorch checkpoint, or damaged ({_one_line(error)})") from error
+    bad = [name for name in found if not _CHECKPOINT_GLOBALS.fullmatch(name)]
+    if bad:
+        raise ModelError(
+            f"{path}: refused: its pickle calls {bad[0]}, which could run code when loaded; only state_dicts "
+            f"are accepted (nothing was run)"
+        )
+
+
+def _pickle_globals(data, pickletools) -> list[str]:
+    """``module.name`` of each global a pickle (bytes or an open file) names; nothing is run."""
+    found, strings, memo = [], [], {}
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name == "GLOBAL":
+            found.append(arg.replace(" ", "."))
+        elif opcode.name == "STACK_GLOBAL":  # module and name are the last two strings pushed
+            found.append(".".join(strings[-2:]) if len(strings) >= 2 else "an unknown global")
+        elif isinstance(arg, str) and "UNICODE" in opcode.name:
+            strings.append(arg)
+        elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE") and strings:
+            memo[arg if opcode.name != "MEMOIZE" else len(memo)] = strings[-1]
+        elif opcode.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+            strings.append(memo[arg])
+    return found
+
+
+def _check_finite(path, state: dict) -> None:
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); the model "
+            f"is broken (saved from a training that diverged?)"
+        )
+
+
+def _load_weights(path, network, state: dict, what: str) -> None:
+    """``state`` into ``network``, or a one-line ModelError saying how they differ."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(keys)} {kind} (e.g. {keys[0]})"
+            for kind, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+            if keys
+        ]
+        raise ModelError(f"{path}: weights do not fit {what}: {', '.join(parts)} tensors")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"{path}: weights do not fit {what} ({_one_line(error)})") from error
+
+
+def load_model(path, device="cpu") -> Detector:
+    """Load a model file written by :func:`save_model`, or a paper checkpoint (``.pt``/``.pth``).
+
+    Every fault is a one-line :class:`ModelError` naming the file: not a model file (or a pickle
+    under a ``.safetensors`` name), truncated, a newer format version, malformed metadata, NaN or
+    infinite weights, weights of another architecture (and :func:`load_paper_checkpoint`'s).
+    """
+    path = Path(path)
+    if path.suffix in (".pt", ".pth"):
         return load_paper_checkpoint(path, device)
+    metadata = check_model_file(path)
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:
-        raise ModelError(f"{path}: not a napari-clumps model file ({type(error).__name__})") from error
-    if metadata.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{path}: not a napari-clumps model file (no {MODEL_FORMAT} metadata)")
-    config = DetectorConfig.from_dict(json.loads(metadata["config"]))
-    network = build_detector(config, backbone_weights=None)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ModelError(f"{path}: weights do not match its {config.backbone} architecture") from error
+        raise ModelError(f"{path}: not a napari-clumps model file, or damaged ({_one_line(error)})") from error
+    _check_finite(path, state)
+    config = _config_of(path, metadata)
+    network = _build_for(path, config)
+    _load_weights(path, network, state, f"its {config.backbone} architecture")
     return Detector(network.to(device).eval(), config, json.loads(metadata.get("provenance", "{}")), str(path))
+
+
+def _build_for(path, config: DetectorConfig):
+    """The network of a model file's config; what cannot be built is the file's ModelError."""
+    if config.kind == "timm":
+        import timm
+
+        if not timm.is_model(config.timm_arch):
+            raise ModelError(
+                f"{path}: unknown encoder architecture {config.timm_arch!r} (backbone {config.backbone}); "
+                f"written with a newer timm? upgrade timm"
+            )
+    try:
+        return build_detector(config, backbone_weights=None)
+    except ModelError as error:
+        raise ModelError(f"{path}: {error}") from error
+    except Exception as error:
+        raise ModelError(f"{path}: its config does not build a detector ({_one_line(error)})") from error
 
 
 def load_paper_checkpoint(path, device="cpu") -> Detector:
     """A checkpoint of the paper's code: a (DataParallel) ``state_dict`` of fasterrcnn_resnet50_fpn.
 
-    Loaded with ``torch.load(weights_only=True)``, so a file that would run code is refused.
+    Its pickle is first read without running it (:func:`check_model_file`), then loaded with
+    ``torch.load(weights_only=True)``: a file that would run code is refused either way.
     """
     import pickle
 
     import torch
 
     path = Path(path)
+    check_model_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -443,18 +681,16 @@ def load_paper_checkpoint(path, device="cpu") -> Detector:
             f"loaded); only state_dicts are accepted"
         ) from error
     except Exception as error:
-        raise ModelError(f"{path}: not a PyTorch checkpoint ({type(error).__name__})") from error
+        raise ModelError(f"{path}: not a PyTorch checkpoint, or damaged ({_one_line(error)})") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state:
-        raise ModelError(f"{path}: not a state_dict")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state_dict (a dict of tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    _check_finite(path, state)
     config = _paper()
     network = build_detector(config)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ModelError(f"{path}: not a 3-class fasterrcnn_resnet50_fpn state_dict") from error
+    _load_weights(path, network, state, "the paper's 3-class fasterrcnn_resnet50_fpn")
     provenance = {"model_id": f"paper:{path.stem}", "source": "Popp et al. 2024 checkpoint", "file": str(path)}
     return Detector(network.to(device).eval(), config, provenance, str(path))
 

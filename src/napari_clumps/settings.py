@@ -126,6 +126,12 @@ def remember_model_file(path) -> Settings:
     return update_settings(model_files=files)
 
 
+def forget_model_file(path) -> Settings:
+    """Take a model file off the remembered model files (it turned out broken), and save."""
+    path = _absolute_path(path)
+    return update_settings(model_files=[p for p in load_settings().model_files if p != path])
+
+
 def unused_file_name(folder, name: str) -> Path:
     """``folder/name``, or ``folder/stem-2.suffix`` ... if that file exists: a remembered folder
     must not lead a new model over an older one that a model menu still offers."""

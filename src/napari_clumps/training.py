@@ -32,11 +32,44 @@ MIN_BOX_SIDE = 1.0
 
 
 class TrainingError(ValueError):
-    """Training data or options that cannot work; the message says which and why."""
+    """Training data or options that cannot work, or a training that failed (the loss became NaN,
+    out of memory even one image at a time); the message says which and why, and for a failed
+    training that the model file asked for is unchanged and where the best epoch so far is."""
+
+    #: The partial model file holding the best epoch so far (None: no epoch finished).
+    checkpoint = None
 
 
 class TrainingCancelled(Exception):
-    """Raised inside :func:`train` when ``should_stop()`` turns true."""
+    """Raised inside :func:`train` when ``should_stop()`` turns true; says what was kept."""
+
+    checkpoint = None
+
+
+def partial_path(out) -> Path:
+    """Where :func:`train` keeps the best epoch so far while it trains for ``out``:
+    ``<stem>.partial.safetensors`` beside it (``out`` itself is written once, at the end)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.partial{out.suffix or '.safetensors'}")
+
+
+def _stopped(error, *, part: str = "", out=None, checkpoint=None, saved: dict | None = None):
+    """``error`` again (its type), its message followed by what happened to the files."""
+    notes = [f"{error} ({part})" if part else str(error)]
+    if out is not None:
+        notes.append(f"{out} is unchanged" if Path(out).exists() else f"nothing was written to {out}")
+    kept = getattr(error, "checkpoint", None)
+    if checkpoint is not None:
+        if saved is not None:
+            f1 = saved.get("val_f1")
+            score = "" if f1 is None else f", validation F1 {f1:.3f}"
+            notes.append(f"the best epoch so far (epoch {saved['epoch']}{score}) is in {checkpoint}")
+            kept = checkpoint
+        else:
+            notes.append("no epoch of this run finished, so it saved no partial model")
+    new = type(error)("; ".join(notes))
+    new.checkpoint = kept
+    return new
 
 
 @dataclass
@@ -236,6 +269,9 @@ class TrainingProgress:
     #: Which training of :func:`fine_tune` this is ("cross-validation fold 2 of 3", "final model");
     #: empty for a single training.
     part: str = ""
+    #: For ``kind`` "note": what the trainer had to do, for the user (e.g. fewer images at a time
+    #: after running out of GPU memory).
+    note: str = ""
 
 
 def set_trainable_blocks(network, trainable_blocks: int | None) -> None:
@@ -331,13 +367,18 @@ def train(
     callback=None,
     should_stop=None,
     data_description: str = "",
+    checkpoint=None,
 ):
     """Fine-tune a copy of ``detector`` on ``items``; returns the trained
     :class:`~napari_clumps.model.Detector` (the detector given is left as it was).
 
-    ``out``: a model file written (atomically) after each epoch that improves validation F1, or
-    each epoch without validation. On cancel (``should_stop()`` true, polled every step) the
-    function raises :class:`TrainingCancelled` and ``out`` keeps the last good model.
+    ``out``: the model file to write, once, atomically, when the training has finished; until
+    then it stays as it was, byte for byte (it may be the user's previous model). Each epoch that
+    improves validation F1 (each epoch without validation) is written to ``checkpoint``, by default
+    :func:`partial_path` of ``out``, which is removed once ``out`` is written. On cancel
+    (``should_stop()`` true, polled every step: :class:`TrainingCancelled`) and on a failed
+    training (a NaN loss, out of memory even one image at a time: :class:`TrainingError`) the
+    message says that ``out`` is unchanged and where the best epoch so far is.
     """
     import torch
 
@@ -360,7 +401,7 @@ def train(
     # what is being trained is no longer an untrained architecture: validation may run it
     provenance = {k: v for k, v in detector.provenance.items() if k != "untrained"}
 
-    def progress(kind, epoch, step, loss, record=None):
+    def progress(kind, epoch, step, loss, record=None, note=""):
         if callback is not None:
             record = record or {}
             callback(
@@ -376,51 +417,76 @@ def train(
                     record.get("val_completeness"),
                     record.get("val_purity"),
                     history=history,
+                    note=note,
                 )
             )
 
-    for epoch in range(1, options.epochs + 1):
-        network.train()
-        losses = []
-        for step, (images, targets) in enumerate(loader, start=1):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
-            losses.append(optimisation.step(images, targets, epoch))
-            progress("step", epoch, step, losses[-1])
-        network.eval()
-        trained = Detector(network, detector.config, provenance, detector.source)
-        record = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        if val_items:
-            metrics = evaluate_items(trained, val_items, options.val_score_threshold, device=str(device))
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-        history.append(record)
-        if best.update(record, network) and out is not None:
-            save_model(
-                _with_provenance(
-                    trained,
-                    detector,
-                    options,
-                    history,
-                    len(train_items),
-                    len(val_items),
-                    data_description,
-                    best.threshold,
-                ),
-                out,
-            )
-        progress("epoch", epoch, len(loader), record["loss"], record)
-        if options.patience and best.stale >= options.patience:
-            log.info("early stop after epoch %d: no better validation F1 for %d epochs", epoch, best.stale)
-            break
+    if checkpoint is None and out is not None:
+        checkpoint = partial_path(out)
+    saved = None  # the record of the epoch in ``checkpoint``, once one is written
+    epoch = 0
+
+    def say(note: str) -> None:
+        log.warning("%s", note)
+        progress("note", epoch, 0, math.nan, note=note)
+
+    try:
+        for epoch in range(1, options.epochs + 1):
+            network.train()
+            losses = []
+            for step, (images, targets) in enumerate(loader, start=1):
+                if should_stop is not None and should_stop():
+                    raise TrainingCancelled(f"cancelled in epoch {epoch}, step {step}")
+                losses.append(optimisation.step(images, targets, epoch, say))
+                progress("step", epoch, step, losses[-1])
+            network.eval()
+            trained = Detector(network, detector.config, provenance, detector.source)
+            record = {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            if val_items:
+                metrics = evaluate_items(trained, val_items, options.val_score_threshold, device=str(device))
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+            history.append(record)
+            if best.update(record, network) and checkpoint is not None:
+                save_model(
+                    _with_provenance(
+                        trained,
+                        detector,
+                        options,
+                        history,
+                        len(train_items),
+                        len(val_items),
+                        data_description,
+                        best.threshold,
+                    ),
+                    checkpoint,
+                )
+                saved = record
+            progress("epoch", epoch, len(loader), record["loss"], record)
+            if options.patience and best.stale >= options.patience:
+                log.info("early stop after epoch %d: no better validation F1 for %d epochs", epoch, best.stale)
+                break
+    except torch.OutOfMemoryError as error:  # in validation: inference already went one image at a time
+        raise _stopped(
+            TrainingError(f"out of memory on {device} in epoch {epoch}: {str(error).splitlines()[0]}"),
+            out=out,
+            checkpoint=checkpoint,
+            saved=saved,
+        ) from error
+    except (TrainingCancelled, TrainingError) as error:
+        raise _stopped(error, out=out, checkpoint=checkpoint, saved=saved) from error
     best.restore(network)
     final = Detector(network.eval(), detector.config, provenance, detector.source)
-    return _with_provenance(
+    result = _with_provenance(
         final, detector, options, history, len(train_items), len(val_items), data_description, best.threshold
     )
+    if out is not None:
+        save_model(result, out)  # atomic: the previous file until the new one is complete
+        Path(checkpoint).unlink(missing_ok=True)  # its epoch is in ``out`` now
+    return result
 
 
 #: Fewer images than this are validated by k-fold cross-validation in :func:`fine_tune` rather than
@@ -478,27 +544,36 @@ def fine_tune(
 
     order = np.random.default_rng(options.seed).permutation(n)
     held_out_tables = []
-    for fold, held_out in enumerate(np.array_split(order, folds), start=1):
-        held = set(held_out.tolist())
-        fold_model = train(
+    part = ""
+    try:
+        for fold, held_out in enumerate(np.array_split(order, folds), start=1):
+            held = set(held_out.tolist())
+            part = f"cross-validation fold {fold} of {folds}"
+            fold_model = train(
+                detector,
+                [items[i] for i in range(n) if i not in held],
+                single,
+                callback=reporting(part),
+                should_stop=should_stop,
+            )
+            held_out_tables.append(_found_table(fold_model, [items[i] for i in held_out], _SCORE_FLOOR, device))
+        cross_validated = _best_scores(items, pd.concat(held_out_tables))
+        # an untrained architecture (training from scratch) has no score to compare with
+        base = evaluate_items(detector, items, detector.score_threshold, device=device) if detector.trained else None
+        part = f"final model on all {n} images"
+        # ``out`` is written below with the cross-validation's provenance: the final training
+        # keeps its best epoch so far in the partial file only
+        final = train(
             detector,
-            [items[i] for i in range(n) if i not in held],
+            items,
             single,
-            callback=reporting(f"cross-validation fold {fold} of {folds}"),
+            callback=reporting(part),
             should_stop=should_stop,
+            data_description=data_description,
+            checkpoint=None if out is None else partial_path(out),
         )
-        held_out_tables.append(_found_table(fold_model, [items[i] for i in held_out], _SCORE_FLOOR, device))
-    cross_validated = _best_scores(items, pd.concat(held_out_tables))
-    # an untrained architecture (training from scratch) has no score to compare with
-    base = evaluate_items(detector, items, detector.score_threshold, device=device) if detector.trained else None
-    final = train(
-        detector,
-        items,
-        single,
-        callback=reporting(f"final model on all {n} images"),
-        should_stop=should_stop,
-        data_description=data_description,
-    )
+    except (TrainingCancelled, TrainingError) as error:
+        raise _stopped(error, part=part, out=out) from error
     provenance = dict(final.provenance)
     provenance.update(
         {
@@ -517,6 +592,7 @@ def fine_tune(
     tuned = Detector(final.network, final.config, provenance, final.source)
     if out is not None:
         save_model(tuned, out)
+        partial_path(out).unlink(missing_ok=True)
     return tuned
 
 
@@ -556,7 +632,12 @@ def _loader(items, in_chans: int, options: TrainingOptions):
 
 class _Optimisation:
     """AdamW over the trainable parameters, a one-cycle schedule, gradient clipping, and mixed
-    precision on CUDA: one :meth:`step` per batch."""
+    precision on CUDA: one :meth:`step` per batch.
+
+    Out of GPU memory, a batch is run in halves (then quarters...) whose gradients add up to the
+    batch's: the steps, the schedule and the effective batch size stay as they were, and the
+    loader is not rebuilt. One image at a time still out of memory is a :class:`TrainingError`.
+    """
 
     def __init__(self, network, options: TrainingOptions, device, total_steps: int):
         import torch
@@ -572,25 +653,65 @@ class _Optimisation:
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimiser, factor=1.0, total_iters=0)
         self.use_amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        #: Images through the network at a time (the whole batch until memory runs out).
+        self.chunk = options.batch_size
 
-    def step(self, images, targets, epoch: int) -> float:
-        """One optimisation step on a batch; returns its loss."""
+    def step(self, images, targets, epoch: int, say=None) -> float:
+        """One optimisation step on a batch; returns its loss. ``say(text)`` tells the user of a
+        retry with fewer images at a time."""
+        import torch
+
+        while True:
+            try:
+                return self._step(images, targets, epoch)
+            except torch.OutOfMemoryError:
+                pass  # handled out here: the exception's traceback holds the failed pass's tensors
+            self._free_memory()
+            chunk = min(self.chunk, len(images))
+            if chunk <= 1:
+                raise TrainingError(
+                    f"out of memory on {self.device} even with batch size 1 in epoch {epoch}; train fewer encoder "
+                    "blocks (--trainable-blocks 0), use smaller images, close what else uses the GPU, or train on "
+                    "the CPU (--device cpu)"
+                )
+            self.chunk = chunk // 2
+            if say is not None:
+                say(
+                    f"out of memory on {self.device} with {chunk} images at a time: going on with {self.chunk} at a "
+                    f"time (their gradients add up to the batch of {len(images)}'s, so the training is the same)"
+                )
+
+    def _free_memory(self) -> None:
+        import torch
+
+        self.optimiser.zero_grad(set_to_none=True)
+        # the scaler may have unscaled this step's gradients already; the step starts again
+        self.scaler = torch.amp.GradScaler("cuda", init_scale=self.scaler.get_scale(), enabled=self.use_amp)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _step(self, images, targets, epoch: int) -> float:
         import torch
 
         images = [im.to(self.device) for im in images]
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-            loss = sum(self.network(images, targets).values())
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the loss became {loss.item()} in epoch {epoch}; lower the learning rate")
         self.optimiser.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        n, total = len(images), 0.0
+        for first in range(0, n, max(self.chunk, 1)):
+            part = slice(first, first + max(self.chunk, 1))
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+                loss = sum(self.network(images[part], targets[part]).values())
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} in epoch {epoch}; lower the learning rate")
+            weight = len(images[part]) / n  # 1.0 for the whole batch at once: the plain step
+            self.scaler.scale(loss * weight).backward()
+            total += loss.item() * weight
         self.scaler.unscale_(self.optimiser)
         torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.scaler.step(self.optimiser)
         self.scaler.update()
         self.scheduler.step()
-        return loss.item()
+        return total
 
 
 class _BestEpoch:
