@@ -8,6 +8,9 @@ other failure. Qt glue only: the work itself is the core's.
 from __future__ import annotations
 
 import logging
+from collections import deque
+
+from qtpy.QtCore import QTimer
 
 log = logging.getLogger("napari_clumps")
 
@@ -35,6 +38,54 @@ def stop_when_closed(widget, stop) -> None:
     ``stop`` must touch only Python state (an Event, the worker): the widget is being deleted.
     """
     widget.destroyed.connect(lambda *_: stop())
+
+
+class Inbox:
+    """What a worker's signals ask of a widget, done in order, one item per pass of the event
+    loop, never one inside another.
+
+    Why not in the slots themselves: napari's activity-dock progress bar calls
+    ``QApplication.processEvents()`` at every update, so a slot that updates one is re-entered
+    by the worker's next signals half-way (seen: a late step's status line written over "saved",
+    the progress bar shown again after the run had ended). And a batch of results arrives as a
+    burst of signals that Qt delivers back to back: one item per pass lets the viewer repaint and
+    take input between two. The timer is the widget's child: once the widget is deleted (its
+    viewer closed) nothing queued runs, and nothing more is queued.
+    """
+
+    def __init__(self, widget):
+        self._items = deque()
+        self._running = False
+        self._timer = QTimer(widget)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._run_next)
+
+    def put(self, handler, *args) -> None:
+        """Call ``handler(*args)`` after what was put before (a slot for a worker's signal)."""
+        if qt_deleted(self._timer):
+            return
+        self._items.append((handler, args))
+        self._timer.start()
+
+    def later(self, handler):
+        """A slot that puts its call to ``handler`` here: ``worker.finished.connect(inbox.later(f))``."""
+        return lambda *args: self.put(handler, *args)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def _run_next(self) -> None:
+        if self._running or not self._items:  # fired inside a handler's processEvents: the handler goes first
+            return
+        handler, args = self._items.popleft()
+        self._running = True
+        try:
+            handler(*args)
+        finally:  # also after a bug in one handler: the next ones (the run's end among them) still run
+            self._running = False
+            if self._items and not qt_deleted(self._timer):
+                self._timer.start()
 
 
 def busy_message(what: str, stop_button: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import deque
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -23,10 +22,10 @@ from magicgui.widgets import (
     PushButton,
     Select,
 )
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ._background import busy_message, crash_line, qt_deleted, stop_when_closed
+from ._background import Inbox, busy_message, crash_line, qt_deleted, stop_when_closed
 from ._commands import show_raw_bands
 from ._layers import (
     apply_score_threshold,
@@ -214,10 +213,7 @@ class DetectionWidget(QWidget):
         self._offered = weakref.WeakSet()  # image layers preselected once (see preselect)
         self._watched = weakref.WeakSet()  # clumps layers whose edits are noted (note_user_edit)
         self._run = _RunTally(0)
-        # What the worker sent, shown one item per pass of the event loop (see _show_next), and
-        # whether it has finished (the run ends once everything it sent is shown).
-        self._incoming = deque()
-        self._worker_done = False
+        self._inbox = Inbox(self)  # what the worker sends, shown in order, one item per event-loop pass
         remembered = load_settings()
         self.images = Select(
             label="images",
@@ -396,10 +392,6 @@ class DetectionWidget(QWidget):
         self.catalog.changed.connect(self._remember_catalog)
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.model.reset_choices))
-        self._next_item = QTimer(self)  # a child: deleted with the widget, so it never fires after
-        self._next_item.setSingleShot(True)
-        self._next_item.setInterval(0)
-        self._next_item.timeout.connect(self._show_next)
         stop_when_closed(self, self._stop_for_close)
         self._refresh_choices()
 
@@ -465,8 +457,6 @@ class DetectionWidget(QWidget):
             show_error(f"napari-clumps: {error}")
             return
         self._stop.clear()
-        self._incoming.clear()
-        self._worker_done = False
         by_name = {layer.name: layer for layer in layers}
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self._run = _RunTally(len(images))
@@ -485,7 +475,10 @@ class DetectionWidget(QWidget):
             self.psf_fwhm.value or None,
             self.pixel_scale.value or None,
             _progress={"total": len(images), "desc": "Detecting clumps"},
-            _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished},
+            _connect={
+                "yielded": lambda item: self._inbox.put(self._show_item, item, by_name),
+                "finished": self._inbox.later(self._end_run),  # after what the worker sent before
+            },
         )
 
     def chosen_catalog(self) -> Path | None:
@@ -556,28 +549,8 @@ class DetectionWidget(QWidget):
         """The widget is being deleted (its viewer closed): the worker stops at its next check and
         nothing it sent is shown. Python state only: the Qt side is going."""
         self._stop.set()
-        self._incoming.clear()
         if self.worker is not None:
             self.worker.quit()
-
-    def _on_yielded(self, item, layers_by_name):
-        """Queue what the worker sent. Its signals are handled back to back when several wait
-        (a batch of images ends at once), so each item is shown in its own pass of the event loop
-        (:meth:`_show_next`): the viewer repaints and takes input between two images."""
-        if qt_deleted(self):
-            return
-        self._incoming.append((item, layers_by_name))
-        self._next_item.start()
-
-    def _show_next(self):
-        if self._incoming:
-            item, layers_by_name = self._incoming.popleft()
-            try:
-                self._show_item(item, layers_by_name)
-            finally:  # also after a bug in showing one image: the run goes on and ends
-                self._next_item.start()
-        elif self._worker_done:
-            self._end_run()
 
     def _show_item(self, item, layers_by_name):
         kind, *payload = item
@@ -630,14 +603,8 @@ class DetectionWidget(QWidget):
         show_error(f"napari-clumps: detection failed: {message}")
         self.status.value = f"failed: {message}"
 
-    def _finished(self):
-        if qt_deleted(self):
-            return
-        self._worker_done = True
-        self._next_item.start()  # the run ends once what the worker sent before is shown
-
     def _end_run(self):
-        self.worker, self._worker_done = None, False
+        self.worker = None
         self.progress.done("cancelled" if self._stop.is_set() else self._run.summary())
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
