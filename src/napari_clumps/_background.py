@@ -7,8 +7,13 @@ other failure. Qt glue only: the work itself is the core's.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import os
+import threading
 from collections import deque
+from contextlib import contextmanager
 
 from qtpy.QtCore import QTimer
 
@@ -86,6 +91,56 @@ class Inbox:
             self._running = False
             if self._items and not qt_deleted(self._timer):
                 self._timer.start()
+
+
+_cores_lock = threading.Lock()
+_cores_users = 0
+_cores_before = 0
+
+
+@contextmanager
+def one_core_for_the_gui():
+    """Run PyTorch on all cores but one while a widget's worker runs (restored when the last
+    such worker ends; the setting is the process's, so concurrent workers share one count).
+
+    On 2 cores, PyTorch's two threads and Mesa's drawing threads starve the GUI thread: with one
+    core left to it, the longest stalls were shorter and the runs themselves faster as well
+    (docs/benchmarks/gui_responsiveness.md). On many cores the cost is one core of PyTorch's.
+    """
+    import torch
+
+    global _cores_users, _cores_before
+    with _cores_lock:
+        if _cores_users == 0:
+            _cores_before = torch.get_num_threads()
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, min(_cores_before, cores - 1)))
+        _cores_users += 1
+    try:
+        yield
+    finally:
+        with _cores_lock:
+            _cores_users -= 1
+            if _cores_users == 0:
+                torch.set_num_threads(_cores_before)
+
+
+def on_all_cores_but_one(body):
+    """``body`` (a worker's function or generator function) run within :func:`one_core_for_the_gui`."""
+    if inspect.isgeneratorfunction(body):
+
+        @functools.wraps(body)
+        def run(*args, **kwargs):
+            with one_core_for_the_gui():
+                return (yield from body(*args, **kwargs))
+    else:
+
+        @functools.wraps(body)
+        def run(*args, **kwargs):
+            with one_core_for_the_gui():
+                return body(*args, **kwargs)
+
+    return run
 
 
 def busy_message(what: str, stop_button: str) -> str:

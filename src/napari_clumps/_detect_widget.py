@@ -25,7 +25,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ._background import Inbox, busy_message, crash_line, qt_deleted, stop_when_closed
+from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, qt_deleted, stop_when_closed
 from ._commands import show_raw_bands
 from ._layers import (
     apply_score_threshold,
@@ -465,7 +465,7 @@ class DetectionWidget(QWidget):
             "the first run in a session also starts PyTorch, which takes a while..."
         )
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            _detect_in_thread,
+            on_all_cores_but_one(_detect_in_thread),
             images,
             [layer.name for layer in layers],
             self.selected_model(),

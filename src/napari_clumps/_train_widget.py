@@ -15,7 +15,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
-from ._background import Inbox, busy_message, crash_line, qt_deleted, stop_when_closed
+from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, qt_deleted, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
     WorkProgress,
@@ -261,7 +261,7 @@ class FineTuneWidget(QWidget):
             "(the first run in a session also starts PyTorch)..."
         )
         self.worker = create_worker(
-            _train_in_thread,
+            on_all_cores_but_one(_train_in_thread),
             items,
             self.base.value,
             options,
