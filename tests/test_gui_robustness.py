@@ -294,6 +294,20 @@ def boxed_images(three_images, tmp_path):
     return viewer, widget, messages
 
 
+def test_an_image_is_chosen_for_training_when_detect_refills_its_empty_layer(three_images):
+    """Detect again refills a clumps layer in place (no new layer to hear of): the fine-tuning
+    widget still chooses its image once it has boxes."""
+    from napari_clumps._train_widget import FineTuneWidget
+
+    viewer, detect_widget, messages = three_images
+    layer = detect_widget._put_boxes_layer(detections_frame("a", [], [], []), viewer.layers["a"])
+    widget = FineTuneWidget(viewer)
+    assert widget.images.value == []
+    table = detections_frame("a", [[10, 10, 20, 20]], ["clump"], 0.9)
+    assert detect_widget._put_boxes_layer(table, viewer.layers["a"]) is layer
+    assert widget.images.value == [viewer.layers["a"]]
+
+
 def test_train_pressed_twice_trains_once(boxed_images, gated_training, qtbot):
     viewer, widget, messages = boxed_images
     widget.start()
