@@ -50,8 +50,8 @@ def hubble_detected(hubble_in_viewer, qtbot):
 
 
 def _wait_until_done(widget, qtbot):
-    """The widget re-enables Detect when its worker has finished (however it finished)."""
-    qtbot.waitUntil(lambda: widget.run_button.enabled and widget.worker is not None, timeout=120_000)
+    """The widget re-enables Detect and lets go of its worker when the run has ended (however it ended)."""
+    qtbot.waitUntil(lambda: widget.run_button.enabled and widget.worker is None, timeout=120_000)
 
 
 def _run_and_wait(widget, qtbot):

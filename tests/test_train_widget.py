@@ -21,7 +21,7 @@ def _open_with_truth_boxes(viewer, folder, truth, names, tmp_path):
 
 
 def _wait(widget, qtbot):
-    qtbot.waitUntil(lambda: widget.worker is not None and widget.train_button.enabled, timeout=300_000)
+    qtbot.waitUntil(lambda: widget.worker is None and widget.train_button.enabled, timeout=300_000)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
+from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, qt_deleted, stop_when_closed
 from ._commands import show_raw_bands
 from ._layers import (
     apply_score_threshold,
@@ -36,6 +37,7 @@ from ._layers import (
     label_colours,
     layer_to_galaxy_image,
     note_user_edit,
+    refill_boxes_layer,
 )
 from ._sky_readout import show_sky_position
 from .detections import LABELS
@@ -271,7 +273,9 @@ class DetectionWidget(QWidget):
         self.send_worker = None
         self._stop = threading.Event()
         self._offered = weakref.WeakSet()  # image layers preselected once (see preselect)
+        self._watched = weakref.WeakSet()  # clumps layers whose edits are noted (note_user_edit)
         self._run = _RunTally(0)
+        self._inbox = Inbox(self)  # what the worker sends, shown in order, one item per event-loop pass
         remembered = load_settings()
         self.images = Select(
             label="images",
@@ -451,6 +455,7 @@ class DetectionWidget(QWidget):
         self._model_guard = ModelChoiceGuard(self.model)
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.model.reset_choices))
+        stop_when_closed(self, self._stop_for_close)
         self._refresh_choices()
 
     # ------------------------------------------------------------------ choices
@@ -463,6 +468,8 @@ class DetectionWidget(QWidget):
 
     def _refresh_choices(self, event=None):
         """New image layers are chosen as they come (most runs are on every open image)."""
+        if qt_deleted(self):  # the viewer empties its layer list as it closes, after the docks are gone
+            return
         preselect(self.images, [layer for _, layer in image_layer_choices(self.viewer)], self._offered)
 
     def _add_model_file(self, path):
@@ -497,6 +504,9 @@ class DetectionWidget(QWidget):
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error, show_warning
 
+        if self.worker is not None:  # one run at a time: two would interleave their layers and status
+            self.status.value = busy_message("a detection", "Cancel")
+            return
         layers = list(self.images.value)
         if not layers:
             show_warning("napari-clumps: choose an image layer to detect clumps in")
@@ -527,7 +537,7 @@ class DetectionWidget(QWidget):
             "the first run in a session also starts PyTorch, which takes a while..."
         )
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            _detect_in_thread,
+            on_all_cores_but_one(_detect_in_thread),
             images,
             [layer.name for layer in layers],
             self.selected_model(),
@@ -537,7 +547,10 @@ class DetectionWidget(QWidget):
             self.psf_fwhm.value or None,
             self.pixel_scale.value or None,
             _progress={"total": len(images), "desc": "Detecting clumps"},
-            _connect={"yielded": lambda item: self._on_yielded(item, by_name), "finished": self._finished},
+            _connect={
+                "yielded": lambda item: self._inbox.put(self._show_item, item, by_name),
+                "finished": self._inbox.later(self._end_run),  # after what the worker sent before
+            },
         )
 
     def chosen_catalog(self) -> Path | None:
@@ -569,20 +582,33 @@ class DetectionWidget(QWidget):
         return name in self.viewer.layers and bool(self.viewer.layers[name].metadata.get("edited"))
 
     def _put_boxes_layer(self, table, image_layer, filtered: bool = False):
-        """The clumps layer of ``table`` over ``image_layer``, replacing any of the same name, and
+        """The clumps layer of ``table`` over ``image_layer``, in place of any of the same name, and
         watched for the user's edits (:func:`~napari_clumps._layers.note_user_edit`); ``filtered``:
         with the score and host filter applied before it reaches the viewer, so that what listens
-        to new layers (the fine-tuning widget's choice of images) sees the boxes shown."""
+        to new layers (the fine-tuning widget's choice of images) sees the boxes shown.
+
+        A clumps layer of the same image already there is refilled, not replaced: napari frees a
+        removed layer with a full ``gc.collect()``, which takes most of a second once PyTorch is
+        loaded, in the GUI thread, for every image of a run (docs/benchmarks/gui_responsiveness.md).
+        """
         from napari.layers import Shapes
 
         data, kwargs, _ = detections_layer_over(table, image_layer, self.new_label.value)
-        layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
+        old = self.viewer.layers[kwargs["name"]] if kwargs["name"] in self.viewer.layers else None
+        if old is not None and is_boxes_layer(old) and _same_place(old, kwargs):
+            refill_boxes_layer(old, data, kwargs)
+            layer = old
+        else:
+            layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
+            if old is not None:
+                self.viewer.layers.remove(old)
         if filtered:
             apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
-        if layer.name in self.viewer.layers:
-            self.viewer.layers.remove(layer.name)
-        self.viewer.add_layer(layer)
-        layer.events.data.connect(lambda event: note_user_edit(layer, event))
+        if layer is not old:
+            self.viewer.add_layer(layer)
+        if layer not in self._watched:
+            self._watched.add(layer)
+            layer.events.data.connect(lambda event: note_user_edit(layer, event))
         return layer
 
     def cancel(self):
@@ -591,7 +617,14 @@ class DetectionWidget(QWidget):
             self.worker.quit()
             self.status.value = "cancelling..."
 
-    def _on_yielded(self, item, layers_by_name):
+    def _stop_for_close(self):
+        """The widget is being deleted (its viewer closed): the worker stops at its next check and
+        nothing it sent is shown. Python state only: the Qt side is going."""
+        self._stop.set()
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _show_item(self, item, layers_by_name):
         kind, *payload = item
         if kind == "error":
             self._failed(payload[0])
@@ -600,6 +633,12 @@ class DetectionWidget(QWidget):
             self._failed(message)
             self._model_guard.refuse(model)
             self.status.value = f"failed: {message}; the model is back to {self.model.current_choice}"
+        elif kind == "crash":
+            from napari.utils.notifications import show_error
+
+            self._run.stopped = True
+            self.status.value = f"detection stopped: {crash_line(payload[0])}"
+            show_error(f"napari-clumps: {self.status.value}")
         elif kind == "ready":
             self._run.device_text = payload[0]
             self.progress.count(0, self._run.total, f"{payload[0]}: detecting in {self._run.total} image(s)...")
@@ -611,13 +650,22 @@ class DetectionWidget(QWidget):
             self._show_result(layers_by_name[name], result, device_text)
 
     def _show_result(self, image_layer, result, device_text):
+        from napari.utils.notifications import show_error, show_warning
+
         counter = f"image {self._run.done} of {self._run.total}: "
         if result.error:
-            from napari.utils.notifications import show_error
-
             show_error(f"napari-clumps: {result.error}")
             self._run.failed += 1
             self.status.value = f"{counter}{result.error}"
+            return
+        if image_layer not in self.viewer.layers:  # removed while the run went on: no boxes over nothing
+            self._run.dropped += 1
+            self.status.value = f"{counter}{image_layer.name} was removed from the viewer; its boxes are dropped"
+            return
+        if self._edited_boxes_of(image_layer):  # edited while the run went on: a correction is never overwritten
+            self._run.kept += 1
+            self.status.value = f"{counter}kept your edited boxes of {image_layer.name}"
+            show_warning(f"napari-clumps: kept your edited boxes of {image_layer.name}: edited while Detect ran")
             return
         layer = self._put_boxes_layer(result.table, image_layer, filtered=True)
         self._run.shown += len(layer.data)
@@ -632,7 +680,8 @@ class DetectionWidget(QWidget):
         show_error(f"napari-clumps: detection failed: {message}")
         self.status.value = f"failed: {message}"
 
-    def _finished(self):
+    def _end_run(self):
+        self.worker = None
         self.progress.done("cancelled" if self._stop.is_set() else self._run.summary())
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
@@ -795,6 +844,9 @@ class DetectionWidget(QWidget):
         """Run ``send(*args)`` off the GUI thread (connecting to a hub can take seconds); say how it went."""
         from napari.qt.threading import create_worker
 
+        if self.send_worker is not None:
+            self.status.value = busy_message("a send over SAMP", "nothing (it gives up within seconds)")
+            return
         self.topcat_button.enabled = self.ds9_button.enabled = False
         self.status.value = f"sending {what} over SAMP..."
         self.send_worker = create_worker(
@@ -807,6 +859,8 @@ class DetectionWidget(QWidget):
     def _sent(self, what: str, outcome) -> None:
         from napari.utils.notifications import show_info, show_warning
 
+        if qt_deleted(self):
+            return
         kind, detail = outcome
         if kind == "error":
             show_warning(f"napari-clumps: {detail}")
@@ -816,6 +870,9 @@ class DetectionWidget(QWidget):
             self.status.value = f"sent {what} to {', '.join(detail)}"
 
     def _send_finished(self) -> None:
+        if qt_deleted(self):
+            return
+        self.send_worker = None
         self.topcat_button.enabled = self.ds9_button.enabled = True
 
 
@@ -835,13 +892,24 @@ class _RunTally:
 
     def __init__(self, total: int):
         self.total, self.done, self.failed, self.shown, self.device_text = total, 0, 0, 0, ""
+        self.dropped = 0  # results for images removed from the viewer during the run
+        self.kept = 0  # results not shown over boxes the user edited during the run
+        self.stopped = False  # an unexpected error ended the run
 
     def summary(self) -> str | None:
         """The closing line of a run that gave results; None keeps the last line (an error)."""
-        if self.done <= 1:
-            return None  # one image: its own line says it all
-        failed = f", {self.failed} failed" if self.failed else ""
-        return f"done: {self.done} of {self.total} images{failed}, {self.shown} clumps shown; {self.device_text}"
+        if self.done <= 1 or self.stopped:
+            return None  # one image: its own line says it all; an error's line stays
+        counts = ((self.failed, "failed"), (self.dropped, "dropped (image removed)"), (self.kept, "kept as edited"))
+        notes = "".join(f", {n} {what}" for n, what in counts if n)
+        return f"done: {self.done} of {self.total} images{notes}, {self.shown} clumps shown; {self.device_text}"
+
+
+def _same_place(layer, kwargs) -> bool:
+    """Whether a layer sits where a new layer of ``kwargs`` would (scale and translate)."""
+    import numpy as np
+
+    return all(np.allclose(getattr(layer, key), kwargs[key]) for key in ("scale", "translate") if key in kwargs)
 
 
 def regions_folder(path) -> Path:
@@ -875,7 +943,9 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
     """Worker body: yields ``("ready", device text)`` once the model is loaded, then ``("result",
     layer name, ImageDetections, device text)`` per image, or ``("model failed", message, model)``
     when the model does not load, or ``("error", message)`` for the other failures a user can act
-    on (no GPU, out of memory); anything else propagates and napari reports it with its traceback."""
+    on (no GPU, out of memory), or ``("crash", exception)`` for anything else (a bug, a torch
+    error). Nothing propagates: superqt takes a RuntimeError from a generator for a deleted worker
+    and then never says "finished", which would leave the widget busy for good."""
     import torch
 
     from .inference import iter_detections
@@ -912,6 +982,8 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
         yield "error", str(error)
     except torch.OutOfMemoryError:
         yield "error", f"out of memory on {device}; lower the number of images per run or use the CPU"
+    except Exception as error:  # noqa: BLE001 - reported in the widget with its type; traceback to the log
+        yield "crash", error
 
 
 def image_name_of(image) -> str:

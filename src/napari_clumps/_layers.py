@@ -283,6 +283,28 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
         metadata["n_boxes_seen"] = len(shapes_layer.data)
 
 
+def refill_boxes_layer(shapes_layer, data, kwargs: dict) -> None:
+    """Put the boxes of a :func:`detections_layer` tuple ``(data, kwargs)`` into an existing
+    clumps layer of the same image, in place of its own (new boxes, not the user's edits)."""
+    metadata = shapes_layer.metadata
+    metadata.pop("edited", None)
+    metadata.update(kwargs["metadata"])
+    metadata["rebuilding"] = True  # data events from here on are not the user's edits
+    try:
+        shapes_layer.selected_data = set()
+        shapes_layer.data = []  # replace in one go: shapes and their features together
+        if len(data):
+            shapes_layer.add_rectangles(list(data))
+        shapes_layer.features = kwargs["features"]  # also when empty: see apply_score_threshold
+        if len(data):
+            shapes_layer.edge_color = kwargs["edge_color"]
+        shapes_layer.feature_defaults = kwargs["feature_defaults"]  # after the features: setting them resets it
+        shapes_layer.refresh()
+    finally:
+        metadata["rebuilding"] = False
+        metadata["n_boxes_seen"] = len(shapes_layer.data)
+
+
 def note_user_edit(shapes_layer, event=None) -> None:
     """After a box was added, moved or deleted by the user: mark the layer as edited (Detect then
     keeps it), and make boxes just drawn hand boxes (:func:`hand_box_features`: napari gives a new

@@ -16,6 +16,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 
+from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
     _forget,
@@ -125,8 +126,9 @@ class ReviewWidget(QWidget):
         self._priorities = []  # the ranking's rows as they come (active learning)
         self.training_options = TrainingOptions()  # the library's fine-tuning defaults (docs/fine-tuning.md)
         self._stop_requested = threading.Event()
+        self._inbox = Inbox(self)  # what the workers send, handled in order (see Inbox)
         self._relay = _Relay()
-        self._relay.progress.connect(self._on_training_progress)
+        self._relay.progress.connect(self._inbox.later(self._on_training_progress))
         self.status = Label(value="choose a folder and a labels CSV, then Open queue")
         self.status.native.setWordWrap(True)
         keys = QLabel("keys (over the image):\n" + "\n".join(f"  {key}: {text}" for key, (_, text) in KEYS.items()))
@@ -178,6 +180,7 @@ class ReviewWidget(QWidget):
         # model files registered later (a fine-tune, the detection widget) become choices here too
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_, reset=self.model.reset_choices: _forget(reset))
+        stop_when_closed(self, self._stop_for_close)
 
     # ------------------------------------------------------------------ keys
 
@@ -210,6 +213,21 @@ class ReviewWidget(QWidget):
     def busy(self) -> bool:
         """A detection or fine-tuning is running (one at a time)."""
         return self.worker is not None
+
+    def _refuse_if_busy(self, what: str) -> bool:
+        """Whether to refuse starting ``what``: one worker at a time, whatever asked (a button is
+        disabled while one runs, but a key, a script or a double click that got through is not)."""
+        if self.busy:
+            self._update_status(busy_message("a detection, ranking or fine-tuning", "Stop") + f" ({what} not started)")
+        return self.busy
+
+    def _stop_for_close(self):
+        """The widget is being deleted (its viewer closed): the worker stops at its next check and
+        nothing it sends is saved or shown. Python state only: the Qt side is going."""
+        self._after_worker = None
+        self._stop_requested.set()
+        if hasattr(self.worker, "quit"):
+            self.worker.quit()
 
     # ------------------------------------------------------------------ opening
 
@@ -438,30 +456,35 @@ class ReviewWidget(QWidget):
         """Run the model over the detectable images in a worker thread; fill their boxes as they come."""
         from napari.qt.threading import create_worker
 
+        if self._refuse_if_busy("detection"):
+            return None
         targets = [item for item in self.session.items if self._detectable(item)]
         if not targets:
             self._update_status("no unreviewed image without hand-made boxes to detect in")
             return None
+        self._stop_requested.clear()
         self._update_status(f"loading the model to detect in {len(targets)} unreviewed image(s)...")
         from .inference import iter_detections
 
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            _per_image_in_thread,
+            on_all_cores_but_one(_per_image_in_thread),
             iter_detections,
             [item.path for item in targets],
             [item.name for item in targets],
             self._model_choice(),
+            should_stop=self._stop_requested.is_set,  # Stop, or the viewer closed: no more images
             _progress={"total": len(targets), "desc": "Detecting clumps"},
-            _connect={"yielded": self._on_detected, "finished": self._worker_finished},
+            _connect={
+                "yielded": self._inbox.later(self._on_detected),
+                "finished": self._inbox.later(self._worker_finished),
+            },
         )
         self._set_enabled(True)
         return self.worker
 
     def _on_detected(self, result):
-        if isinstance(result, str):  # a model or device error
-            from napari.utils.notifications import show_error
-
-            show_error(f"napari-clumps: detection failed: {result}")
+        if isinstance(result, str | Exception):  # a model or device error, or an unexpected one
+            self._worker_failed("detection failed", result)
             return
         if result.error:
             self._update_status(f"{result.name}: {result.error}")
@@ -475,6 +498,15 @@ class ReviewWidget(QWidget):
     def _model_choice(self):
         """The chosen model as the core takes it: None for the packaged default, else a file."""
         return None if self.model.value == DEFAULT_CHOICE else self.model.value
+
+    def _worker_failed(self, what: str, error) -> None:
+        """Say why the running worker ended early (it ends by itself; :meth:`_worker_finished`
+        then makes the widget ready again)."""
+        from napari.utils.notifications import show_error
+
+        line = crash_line(error) if isinstance(error, Exception) else str(error)
+        show_error(f"napari-clumps: {what}: {line}")
+        self._update_status(f"{what}: {line}")
 
     def _worker_finished(self):
         self.worker = None
@@ -501,6 +533,8 @@ class ReviewWidget(QWidget):
         (:mod:`napari_clumps.active`); when done, the queue follows the ranking from its first image."""
         from napari.qt.threading import create_worker
 
+        if self._refuse_if_busy("ranking"):
+            return None
         waiting = [item for item in self.session.items if item.status != REVIEWED]
         if not waiting:
             self._update_status("every image is reviewed: nothing to order")
@@ -511,24 +545,26 @@ class ReviewWidget(QWidget):
         from .active import iter_priorities
 
         self.worker = create_worker(
-            _per_image_in_thread,
+            on_all_cores_but_one(_per_image_in_thread),
             iter_priorities,
             [item.path for item in waiting],
             [item.name for item in waiting],
             self._model_choice(),
             should_stop=self._stop_requested.is_set,
             _progress={"total": len(waiting), "desc": "Ranking for review"},
-            _connect={"yielded": self._on_ranked, "finished": self._worker_finished},
+            _connect={
+                "yielded": self._inbox.later(self._on_ranked),
+                "finished": self._inbox.later(self._worker_finished),
+            },
         )
         self._after_worker = self._apply_ranking
         self._set_enabled(True)
         return self.worker
 
     def _on_ranked(self, row):
-        if isinstance(row, str):  # a model or device error
-            from napari.utils.notifications import show_error
-
-            show_error(f"napari-clumps: ranking failed: {row}")
+        if isinstance(row, str | Exception):  # a model or device error, or an unexpected one
+            self._after_worker = None  # a ranking cut short is not applied
+            self._worker_failed("ranking failed", row)
             return
         self._priorities.append(row)
         self._update_status(f"ranking: {len(self._priorities)} image(s) done, last {row['image']}")
@@ -557,6 +593,8 @@ class ReviewWidget(QWidget):
         it and detect again in the unreviewed images (:meth:`detect_unreviewed`)."""
         from napari.qt.threading import create_worker
 
+        if self._refuse_if_busy("fine-tuning"):
+            return None
         reviews = self.session.reviewed_items()
         n_boxes = sum(review.n_boxes for review in reviews)
         if not n_boxes:  # negatives alone teach only "no clump anywhere"
@@ -571,14 +609,18 @@ class ReviewWidget(QWidget):
             f"fine-tuning on {len(reviews)} reviewed image(s) ({n_boxes} boxes): reading them and loading the model..."
         )
         self.worker = create_worker(
-            _fine_tune_in_thread,
+            on_all_cores_but_one(_fine_tune_in_thread),
             reviews,
             self.model.value,
             self.training_options,
             out,
             self._relay.progress.emit,
             self._stop_requested.is_set,
-            _connect={"returned": self._fine_tuned, "finished": self._worker_finished},
+            _connect={
+                "returned": self._inbox.later(self._fine_tuned),
+                "errored": self._inbox.later(lambda error: self._worker_failed("fine-tuning stopped", error)),
+                "finished": self._inbox.later(self._worker_finished),
+            },
         )
         self._set_enabled(True)
         return self.worker
@@ -635,13 +677,17 @@ def _fine_tune_in_thread(reviews, base, options, out, report, should_stop):
 def _per_image_in_thread(per_image, paths, names, model, **options):
     """Worker body: yields what ``per_image`` (:func:`~napari_clumps.inference.iter_detections`,
     :func:`~napari_clumps.active.iter_priorities`) yields per image, or a message for the
-    failures a user can act on (a bad model file, no such device)."""
+    failures a user can act on (a bad model file, no such device), or the exception of any other
+    failure: nothing propagates, since superqt takes a RuntimeError from a generator for a
+    deleted worker and then never says "finished" (the widget would stay busy for good)."""
     from .model import ModelError, select_device
 
     try:
         yield from per_image(paths, model, names=names, device=str(select_device("auto")), **options)
     except ModelError as error:
         yield str(error)
+    except Exception as error:  # noqa: BLE001 - reported in the widget with its type; traceback to the log
+        yield error
 
 
 def _unbind_keys(viewer) -> None:

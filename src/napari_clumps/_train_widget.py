@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Select, SpinBox
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
+from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, qt_deleted, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
     ModelChoiceGuard,
@@ -36,6 +37,8 @@ from .training import CROSS_VALIDATION_BELOW, CROSS_VALIDATION_FOLDS, TrainingOp
 
 #: The name offered for a new model file (made unique in the remembered folder).
 DEFAULT_OUTPUT_NAME = "finetuned.safetensors"
+#: The live plot is drawn at most this often (ms): a draw takes tens of ms in the GUI thread.
+PLOT_INTERVAL_MS = 500
 
 
 class _Relay(QObject):
@@ -57,8 +60,10 @@ class FineTuneWidget(QWidget):
         self._bar = None
         self._part = ""  # which training of a cross-validation the progress is about
         self._offered = weakref.WeakSet()  # image layers preselected once (see preselect)
+        self._inbox = Inbox(self)  # what the worker sends, handled in order (see Inbox)
         self._relay = _Relay()
-        self._relay.progress.connect(self._on_progress)
+        self._relay.progress.connect(self._inbox.later(self._on_progress))
+        self._watched = weakref.WeakSet()  # clumps layers whose boxes changing can choose their image
         self.images = Select(
             label="reviewed images",
             choices=self._image_choices,
@@ -133,6 +138,10 @@ class FineTuneWidget(QWidget):
             ]
         )
         self.figure, self.canvas, self.loss_axes, self.f1_axes = self._make_plot()
+        self._plot_timer = QTimer(self)  # coalesces the plot's redraws (PLOT_INTERVAL_MS)
+        self._plot_timer.setSingleShot(True)
+        self._plot_timer.setInterval(PLOT_INTERVAL_MS)
+        self._plot_timer.timeout.connect(self._redraw)
         layout = scrolling_layout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.canvas)
@@ -146,6 +155,7 @@ class FineTuneWidget(QWidget):
         self._base_guard = ModelChoiceGuard(self.base)
         _listeners.append(self.base.reset_choices)
         self.destroyed.connect(lambda *_: _forget(self.base.reset_choices))
+        stop_when_closed(self, self._stop_for_close)
         self._refresh_choices()
 
     # ------------------------------------------------------------------ choices
@@ -154,7 +164,14 @@ class FineTuneWidget(QWidget):
         return image_layer_choices(self.viewer)
 
     def _refresh_choices(self, event=None):
-        """Choose the images whose clumps layer has boxes, as such layers appear (Detect, a CSV)."""
+        """Choose the images whose clumps layer has boxes, as such layers appear (Detect, a CSV)
+        or get boxes (Detect again refills a layer in place)."""
+        if qt_deleted(self):  # the viewer empties its layer list as it closes, after the docks are gone
+            return
+        for layer in self.viewer.layers:
+            if is_boxes_layer(layer) and layer not in self._watched:
+                self._watched.add(layer)
+                layer.events.data.connect(self._refresh_choices)
         with_boxes = [
             layer
             for _, layer in image_layer_choices(self.viewer)
@@ -201,6 +218,9 @@ class FineTuneWidget(QWidget):
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_info, show_warning
 
+        if self.worker is not None:  # one training at a time: two would write the same file
+            self.status.value = busy_message("a training", "Cancel")
+            return
         if not self.images.value:
             show_warning("napari-clumps: choose the images you reviewed")
             return
@@ -236,7 +256,7 @@ class FineTuneWidget(QWidget):
         self._stop.clear()
         self._history_steps, self._history_f1, self._part = [], [], ""
 
-        self._redraw()
+        self._redraw(layout=True)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         negatives = sum(len(it.boxes) == 0 for it in items)
         self.progress.busy(
@@ -244,20 +264,33 @@ class FineTuneWidget(QWidget):
             "(the first run in a session also starts PyTorch)..."
         )
         self.worker = create_worker(
-            _train_in_thread,
+            on_all_cores_but_one(_train_in_thread),
             items,
             self.base.value,
             options,
             Path(self.output.value),
             self._relay.progress.emit,
             self._stop.is_set,
-            _connect={"returned": self._done, "errored": self._crashed, "finished": self._finished},
+            _connect={
+                "returned": self._inbox.later(self._done),
+                "errored": self._inbox.later(self._crashed),
+                "finished": self._inbox.later(self._finished),
+            },
         )
 
     def cancel(self):
         if self.worker is not None:
             self._stop.set()
             self.status.value = "cancelling after this step..."
+
+    def _stop_for_close(self):
+        """The widget is being deleted (its viewer closed): the training stops within one step
+        (the file keeps the last good model) and nothing it sends is shown (:class:`Inbox`).
+        napari's activity bar is napari's, not the widget's: closed here, since _finished won't run."""
+        self._stop.set()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _on_progress(self, progress):
         from napari.utils import progress as napari_progress
@@ -290,14 +323,13 @@ class FineTuneWidget(QWidget):
                     f"loss {progress.loss:.3f}"
                 )
             self._history_steps.append(progress.loss)
-            if progress.step % 2 == 0 or progress.step == progress.steps:
-                self._redraw()
+            self._redraw_soon()
         else:
             self._history_f1.append((progress.epoch, progress.val_f1))
             f1 = "" if progress.val_f1 is None else f", validation F1 {progress.val_f1:.3f}"
             part = f"{progress.part}, " if progress.part else ""
             self.status.value = f"{part}epoch {progress.epoch}/{progress.epochs}: loss {progress.loss:.3f}{f1}"
-            self._redraw()
+            self._redraw_soon()
 
     def _done(self, outcome):
         from napari.utils.notifications import show_error, show_info
@@ -318,14 +350,17 @@ class FineTuneWidget(QWidget):
         """An unexpected error (a bug, or a resource problem): say it, keep the widget usable."""
         from napari.utils.notifications import show_error
 
-        show_error(f"napari-clumps: training stopped: {type(error).__name__}: {error}")
-        self.status.value = f"training stopped: {type(error).__name__}: {error}"
+        self.status.value = f"training stopped: {crash_line(error)}"
+        show_error(f"napari-clumps: {self.status.value}")
 
     def _finished(self):
-        self.progress.done()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self.worker = None
+        self.progress.done()
+        self._plot_timer.stop()
+        self._redraw()  # the whole run, whatever the last throttled draw showed
         self.train_button.enabled, self.cancel_button.enabled = True, False
 
     # ------------------------------------------------------------------ plot
@@ -334,7 +369,9 @@ class FineTuneWidget(QWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        figure = Figure(figsize=(3.8, 2.6), tight_layout=True)
+        # laid out once per run (tight_layout in _redraw(layout=True)), not at every draw: that
+        # doubles the time each draw takes in the GUI thread
+        figure = Figure(figsize=(3.8, 2.6))
         loss_axes = figure.add_subplot(111)
         f1_axes = loss_axes.twinx()
         canvas = FigureCanvasQTAgg(figure)
@@ -342,7 +379,11 @@ class FineTuneWidget(QWidget):
         self._history_steps, self._history_f1 = [], []
         return figure, canvas, loss_axes, f1_axes
 
-    def _redraw(self):
+    def _redraw_soon(self):
+        if not self._plot_timer.isActive():
+            self._plot_timer.start()
+
+    def _redraw(self, layout: bool = False):
         loss, f1 = self.loss_axes, self.f1_axes
         loss.clear()
         f1.clear()
@@ -359,6 +400,8 @@ class FineTuneWidget(QWidget):
         if points and self._history_steps:
             steps_per_epoch = len(self._history_steps) / max(self._history_f1[-1][0], 1)
             f1.plot([e * steps_per_epoch for e, _ in points], [v for _, v in points], "o-", color="tab:orange")
+        if layout:
+            self.figure.tight_layout()
         self.canvas.draw_idle()
 
 

@@ -1,0 +1,155 @@
+"""What the dock widgets share about work in a worker thread (docs/reliability.md, GUI part).
+
+One run per widget at a time; a worker's late signals touch nothing of a widget whose viewer was
+closed; a closed widget stops its worker; an unexpected error in a worker ends the run like any
+other failure. Qt glue only: the work itself is the core's.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import threading
+from collections import deque
+from contextlib import contextmanager
+
+from qtpy.QtCore import QTimer
+
+log = logging.getLogger("napari_clumps")
+
+
+def qt_deleted(widget) -> bool:
+    """Whether the Qt side of ``widget`` is gone (its viewer was closed, or its dock removed).
+
+    A worker's queued signals still arrive after that; a slot that then touched a label or a
+    layer list would raise, so the slots ask this first and drop what comes.
+    """
+    try:
+        from qtpy import sip
+    except ImportError:  # PySide: no sip, shiboken says the same
+        from qtpy import shiboken
+
+        return not shiboken.isValid(widget)
+    return sip.isdeleted(widget)
+
+
+def stop_when_closed(widget, stop) -> None:
+    """Call ``stop()`` when ``widget`` is deleted (napari deletes the docks as it closes the
+    viewer), so that a run nobody can see any more ends at its next check instead of going on
+    for minutes, writing files, and keeping Python from exiting (Qt waits for its thread pool).
+
+    ``stop`` must touch only Python state (an Event, the worker): the widget is being deleted.
+    """
+    widget.destroyed.connect(lambda *_: stop())
+
+
+class Inbox:
+    """What a worker's signals ask of a widget, done in order, one item per pass of the event
+    loop, never one inside another.
+
+    Why not in the slots themselves: napari's activity-dock progress bar calls
+    ``QApplication.processEvents()`` at every update, so a slot that updates one is re-entered
+    by the worker's next signals half-way (seen: a late step's status line written over "saved",
+    the progress bar shown again after the run had ended). And a batch of results arrives as a
+    burst of signals that Qt delivers back to back: one item per pass lets the viewer repaint and
+    take input between two. The timer is the widget's child: once the widget is deleted (its
+    viewer closed) nothing queued runs, and nothing more is queued.
+    """
+
+    def __init__(self, widget):
+        self._items = deque()
+        self._running = False
+        self._timer = QTimer(widget)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._run_next)
+
+    def put(self, handler, *args) -> None:
+        """Call ``handler(*args)`` after what was put before (a slot for a worker's signal)."""
+        if qt_deleted(self._timer):
+            return
+        self._items.append((handler, args))
+        self._timer.start()
+
+    def later(self, handler):
+        """A slot that puts its call to ``handler`` here: ``worker.finished.connect(inbox.later(f))``."""
+        return lambda *args: self.put(handler, *args)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def _run_next(self) -> None:
+        if self._running or not self._items:  # fired inside a handler's processEvents: the handler goes first
+            return
+        handler, args = self._items.popleft()
+        self._running = True
+        try:
+            handler(*args)
+        finally:  # also after a bug in one handler: the next ones (the run's end among them) still run
+            self._running = False
+            if self._items and not qt_deleted(self._timer):
+                self._timer.start()
+
+
+_cores_lock = threading.Lock()
+_cores_users = 0
+_cores_before = 0
+
+
+@contextmanager
+def one_core_for_the_gui():
+    """Run PyTorch on all cores but one while a widget's worker runs (restored when the last
+    such worker ends; the setting is the process's, so concurrent workers share one count).
+
+    On 2 cores, PyTorch's two threads and Mesa's drawing threads starve the GUI thread: with one
+    core left to it, the longest stalls were shorter and the runs themselves faster as well
+    (docs/benchmarks/gui_responsiveness.md). On many cores the cost is one core of PyTorch's.
+    """
+    import torch
+
+    global _cores_users, _cores_before
+    with _cores_lock:
+        if _cores_users == 0:
+            _cores_before = torch.get_num_threads()
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, min(_cores_before, cores - 1)))
+        _cores_users += 1
+    try:
+        yield
+    finally:
+        with _cores_lock:
+            _cores_users -= 1
+            if _cores_users == 0:
+                torch.set_num_threads(_cores_before)
+
+
+def on_all_cores_but_one(body):
+    """``body`` (a worker's function or generator function) run within :func:`one_core_for_the_gui`."""
+    if inspect.isgeneratorfunction(body):
+
+        @functools.wraps(body)
+        def run(*args, **kwargs):
+            with one_core_for_the_gui():
+                return (yield from body(*args, **kwargs))
+    else:
+
+        @functools.wraps(body)
+        def run(*args, **kwargs):
+            with one_core_for_the_gui():
+                return body(*args, **kwargs)
+
+    return run
+
+
+def busy_message(what: str, stop_button: str) -> str:
+    """The status line of a refused second start: one run at a time, never two interleaved."""
+    return f"{what} is already running: wait for it to end, or press {stop_button} first"
+
+
+def crash_line(error: BaseException) -> str:
+    """One line for an unexpected error in a worker; the traceback goes to the log, where a bug
+    report can take it from."""
+    log.error("napari-clumps: error in a background run", exc_info=error)
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,75 @@
+"""The event loop keeps serving while Detect and Train run (docs/reliability.md, GUI part).
+
+A heartbeat timer ticks every 10 ms on the GUI thread (tests/heartbeat.py) through real runs
+with the packaged model: detection of eight simulated galaxies twice (the second run refills the
+clumps layers of the first), and a one-epoch fine-tuning on four of them with their true boxes.
+Both are slow (16 detections, a training: ~15 s each on 2 cores).
+
+The bound asserted is not the speed target: it is one that only a frozen GUI breaks. Before the
+fixes the longest stall of the second detection was ~5 s (every result handled in one go, each
+removed layer costing napari a full gc.collect()); the target, under 200 ms, is measured and
+recorded by benchmarks/gui_responsiveness.py (docs/benchmarks/gui_responsiveness.md), not
+asserted: a loaded 2-core CI machine under coverage stretches every stall several times.
+"""
+
+import pytest
+from heartbeat import Heartbeat
+
+pytestmark = pytest.mark.gui
+
+#: The longest stall (s) a test lets pass: several times what a loaded CI machine measures, well
+#: under a frozen GUI's (see the module docstring).
+FROZEN = 1.5
+
+
+@pytest.fixture
+def galaxies_in_viewer(make_napari_viewer, simulated):
+    """A viewer with the eight simulated FITS galaxies and the detection widget, docked.
+
+    Not shown: under Xvfb the canvas is drawn by Mesa on the CPU, and a repaint there, rarely,
+    took tens of seconds while PyTorch ran (docs/reliability.md): a test of this code must not
+    hang on that. The benchmark measures with the viewer shown."""
+    from napari_clumps._detect_widget import DetectionWidget
+
+    folder, truth = simulated
+    viewer = make_napari_viewer()
+    for path in sorted(folder.glob("*.fits")):
+        viewer.open(path, plugin="napari-clumps")
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget, folder, truth
+
+
+@pytest.mark.slow
+def test_detection_keeps_the_event_loop_serving(galaxies_in_viewer, qtbot):
+    viewer, widget, folder, _ = galaxies_in_viewer
+    assert len(widget.images.value) == 8
+    longest = []
+    for _ in range(2):  # the first run makes the clumps layers, the second refills them
+        with Heartbeat() as beat:
+            widget.run()
+            qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+        longest.append(beat.longest)
+    assert widget.status.value.startswith("done: 8 of 8 images")
+    assert max(longest) < FROZEN, f"longest stalls {longest} s"
+
+
+@pytest.mark.slow
+def test_fine_tuning_keeps_the_event_loop_serving(galaxies_in_viewer, qtbot, tmp_path):
+    from napari_clumps._train_widget import FineTuneWidget
+    from napari_clumps.detections import write_detections
+
+    viewer, detect_widget, folder, truth = galaxies_in_viewer
+    names = sorted(p.name for p in folder.glob("*.fits"))[:4]
+    detect_widget.import_csv(write_detections(truth[truth.image.isin(names)], tmp_path / "truth.csv"))
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.layers[name] for name in names]
+    widget.epochs.value = 1
+    widget.val_fraction.value = 0.0
+    widget.output.value = tmp_path / "tuned.safetensors"
+    with Heartbeat() as beat:
+        widget.start()
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=300_000)
+    assert widget.status.value.startswith("saved ")
+    assert beat.longest < FROZEN, f"longest stall {beat.longest:.2f} s"

@@ -1,0 +1,488 @@
+"""The dock widgets under faults a user causes while work runs (docs/reliability.md, GUI part):
+the viewer closed or a layer removed mid-run, Detect or Train pressed twice, a model, an image or
+the worker itself failing. Every test ends with the widget idle: buttons, progress bar, status and
+worker as before the run.
+
+The worker bodies are stand-ins here (the real ones have their own tests), gated so that each
+fault lands at a known point of the run; pytest-qt fails a test on any exception raised in a Qt
+slot, which is what a crash mid-run would be.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_clumps import _detect_widget
+from napari_clumps._detect_widget import DetectionWidget
+from napari_clumps.detections import detections_frame
+from napari_clumps.inference import ImageDetections
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def messages():
+    """The napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    shown = []
+
+    def keep(notification):
+        shown.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield shown
+    notification_manager.notification_ready.disconnect(keep)
+
+
+class GatedDetection:
+    """Stands in for the detection worker body (``_detect_in_thread``): yields "ready", then one
+    box per image, each only once the test calls :meth:`release`; stops when the widget says so."""
+
+    def __init__(self):
+        self._released = threading.Semaphore(0)
+        self.calls = 0
+        self.should_stop = None
+        self.over = threading.Event()  # the test has ended: no body may wait on (Qt's pool has 2 threads on 2 cores)
+
+    def body(self, images, names, model, device, nms_iou, should_stop, *args):
+        self.calls += 1
+        self.should_stop = should_stop
+        yield "ready", "fake on cpu"
+        for name, image in zip(names, images):
+            while not self._released.acquire(timeout=0.05):
+                if should_stop() or self.over.is_set():
+                    return
+            if should_stop():
+                return
+            table = detections_frame(image.path.name, [[10, 10, 20, 20]], ["clump"], 0.9)
+            yield "result", name, ImageDetections(image.path.name, table, width=image.width, height=image.height), ""
+
+    def release(self, n: int = 1):
+        for _ in range(n):
+            self._released.release()
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    fake = GatedDetection()
+    monkeypatch.setattr(_detect_widget, "_detect_in_thread", fake.body)  # a generator function, as napari wants
+    yield fake
+    fake.over.set()
+
+
+@pytest.fixture
+def three_images(make_napari_viewer, messages):
+    """A viewer with three small RGB images, all chosen in a docked detection widget."""
+    viewer = make_napari_viewer()
+    for name in ("a", "b", "c"):
+        viewer.add_image(np.full((64, 64, 3), 40, np.uint8), name=name, rgb=True)
+    widget = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.images.value = [viewer.layers[name] for name in ("a", "b", "c")]
+    return viewer, widget, messages
+
+
+def assert_idle(widget, start_button, progress):
+    """The state of a widget before any run: what a failure or a cancel must come back to."""
+    assert start_button.enabled and not widget.cancel_button.enabled
+    assert widget.worker is None
+    assert not progress.bar.visible
+
+
+def wait_idle(widget, qtbot, start_button, timeout=20_000):
+    qtbot.waitUntil(lambda: widget.worker is None and start_button.enabled, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def test_detect_pressed_twice_runs_once(three_images, gated, qtbot):
+    viewer, widget, messages = three_images
+    widget.run()
+    first = widget.worker
+    widget.run()  # a second press (a shortcut, a script, a double click that got through)
+    widget.run_button.changed.emit(True)  # the button's own signal, as a click sends it
+    assert widget.worker is first and "a detection is already running" in widget.status.value
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert gated.calls == 1
+    assert [len(viewer.layers[f"{n} clumps"].data) for n in "abc"] == [1, 1, 1]
+    assert_idle(widget, widget.run_button, widget.progress)
+    widget.run()  # once it has ended, Detect starts again
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert gated.calls == 2
+
+
+def test_closing_the_viewer_mid_detection_stops_the_worker_and_drops_its_results(three_images, gated, qtbot):
+    viewer, widget, messages = three_images
+    widget.run()
+    worker = widget.worker
+    gated.release(1)
+    qtbot.waitUntil(lambda: "a clumps" in viewer.layers, timeout=10_000)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    assert gated.should_stop()  # the worker is told to stop at its next check
+    gated.release(2)  # it would go on here if it had not been told
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    qtbot.wait(50)  # signals queued before the end are delivered now: none may touch the closed widget
+    assert not [m for m in messages if "Error" in m or "deleted" in m]
+
+
+def test_an_image_removed_mid_run_loses_its_boxes_and_a_removed_clumps_layer_comes_back(three_images, gated, qtbot):
+    viewer, widget, messages = three_images
+    widget.run()
+    gated.release(1)
+    qtbot.waitUntil(lambda: "a clumps" in viewer.layers, timeout=10_000)
+    viewer.layers.remove("a clumps")  # its result has come: the user's removal stands
+    viewer.layers.remove("b")  # its result has not come yet
+    gated.release(1)
+    qtbot.waitUntil(lambda: "was removed" in widget.status.value, timeout=10_000)
+    assert "image 2 of 3: b was removed from the viewer; its boxes are dropped" in widget.status.value
+    gated.release(1)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert "b clumps" not in viewer.layers and "a clumps" not in viewer.layers
+    assert len(viewer.layers["c clumps"].data) == 1
+    assert "1 dropped (image removed)" in widget.status.value
+    assert_idle(widget, widget.run_button, widget.progress)
+    # the next run over the clumps layers of the last one: "c clumps" refilled, "a clumps" made again
+    c_layer = viewer.layers["c clumps"]
+    widget.images.value = [viewer.layers["a"], viewer.layers["c"]]
+    widget.run()
+    viewer.layers.remove(c_layer)  # removed before its result comes: made again
+    gated.release(2)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert len(viewer.layers["a clumps"].data) == 1 and len(viewer.layers["c clumps"].data) == 1
+
+
+def test_boxes_edited_while_detect_runs_are_kept(three_images, gated, qtbot):
+    """A correction is never overwritten: also one made to the last run's layer while a new run
+    goes on (the run chose its images before the edit)."""
+    viewer, widget, messages = three_images
+    widget.run()
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    widget.run()
+    layer = viewer.layers["b clumps"]
+    layer.selected_data = {0}
+    layer.remove_selected()  # the user deletes b's box while the new run goes on
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert viewer.layers["b clumps"] is layer and len(layer.data) == 0
+    assert any("kept your edited boxes of b" in m for m in messages)
+    assert len(viewer.layers["a clumps"].data) == len(viewer.layers["c clumps"].data) == 1
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access"), KeyError("boxes")])
+def test_an_error_in_the_detection_worker_ends_the_run(three_images, qtbot, monkeypatch, error):
+    """A RuntimeError from a generator is one superqt takes for a deleted worker: it emits no
+    "finished", which left Detect disabled for good before the worker caught it itself."""
+    from napari_clumps import inference
+
+    def failing(items, *args, **kwargs):
+        yield ImageDetections("a", detections_frame("a", [[1, 1, 9, 9]], ["clump"], 0.9), width=64, height=64)
+        raise error
+
+    monkeypatch.setattr(inference, "iter_detections", failing)
+    viewer, widget, messages = three_images
+    widget.run()
+    wait_idle(widget, qtbot, widget.run_button)
+    assert widget.status.value == f"detection stopped: {type(error).__name__}: {error}"
+    assert any(f"detection stopped: {type(error).__name__}" in m for m in messages)
+    assert len(viewer.layers["a clumps"].data) == 1  # what came before the error stays
+    assert_idle(widget, widget.run_button, widget.progress)
+
+
+def test_an_image_that_fails_and_a_model_file_gone_before_the_run_leave_the_widget_idle(
+    three_images, qtbot, monkeypatch, tmp_path
+):
+    from napari_clumps import inference
+    from napari_clumps._detect_widget import register_model_file
+    from napari_clumps.model import packaged_model_path
+
+    viewer, widget, messages = three_images
+
+    def one_fails(items, *args, names, **kwargs):
+        for name in names:
+            table = detections_frame(name, [[1, 1, 9, 9]], ["clump"], 0.9)
+            yield ImageDetections(name, error=f"{name}: cannot read") if name == "b" else ImageDetections(name, table)
+
+    monkeypatch.setattr(inference, "iter_detections", one_fails)
+    widget.run()
+    wait_idle(widget, qtbot, widget.run_button)
+    assert "done: 3 of 3 images, 1 failed" in widget.status.value
+    assert "b clumps" not in viewer.layers and any("b: cannot read" in m for m in messages)
+    assert_idle(widget, widget.run_button, widget.progress)
+
+    model = tmp_path / "gone.safetensors"
+    model.write_bytes(packaged_model_path().read_bytes())
+    register_model_file(model)
+    widget.model.value = str(model.resolve())
+    model.unlink()  # deleted (or its disk unmounted) after it was chosen
+    widget.images.value = [viewer.layers["a"]]
+    widget.run()
+    wait_idle(widget, qtbot, widget.run_button)
+    assert "gone.safetensors" in widget.status.value
+    assert any("gone.safetensors" in m for m in messages)
+    assert_idle(widget, widget.run_button, widget.progress)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+class GatedTraining:
+    """Stands in for :func:`napari_clumps.training.fine_tune`: reports a step each time the test
+    calls :meth:`release`, three in all, then writes the model file; stops when told to."""
+
+    steps = 3
+
+    def __init__(self):
+        self._released = threading.Semaphore(0)
+        self.calls = 0
+        self.should_stop = None
+        self.over = threading.Event()
+
+    def fine_tune(self, detector, items, options, *, out, callback, should_stop, data_description=""):
+        from napari_clumps.model import save_model
+        from napari_clumps.training import TrainingCancelled, TrainingProgress
+
+        self.calls += 1
+        self.should_stop = should_stop
+        for step in range(1, self.steps + 1):
+            while not self._released.acquire(timeout=0.05):
+                if should_stop() or self.over.is_set():
+                    raise TrainingCancelled(f"cancelled in epoch 1, step {step}")
+            callback(TrainingProgress("step", 1, 1, step, self.steps, 1.0 / step, 0.1))
+        save_model(detector, out)
+        detector.provenance["epochs_run"] = 1
+        return detector
+
+    def release(self, n: int = 1):
+        for _ in range(n):
+            self._released.release()
+
+
+@pytest.fixture
+def gated_training(monkeypatch):
+    from napari_clumps import training
+
+    fake = GatedTraining()
+    monkeypatch.setattr(training, "fine_tune", fake.fine_tune)
+    monkeypatch.setattr(training, "validation_summary", lambda detector: "not validated (stand-in)")
+    yield fake
+    fake.over.set()
+
+
+@pytest.fixture
+def boxed_images(three_images, tmp_path):
+    """:func:`three_images` with a clumps layer of one box over each, and a docked fine-tuning
+    widget (packaged base model, its file in tmp_path) that chose the three."""
+    from napari_clumps._train_widget import FineTuneWidget
+
+    viewer, detect_widget, messages = three_images
+    for name in "abc":
+        table = detections_frame(name, [[10, 10, 20, 20]], ["clump"], 0.9, model="hand")
+        detect_widget._put_boxes_layer(table, viewer.layers[name])
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.output.value = tmp_path / "tuned.safetensors"
+    widget.val_fraction.value = 0.0
+    assert {layer.name for layer in widget.images.value} == {"a", "b", "c"}
+    return viewer, widget, messages
+
+
+def test_an_image_is_chosen_for_training_when_detect_refills_its_empty_layer(three_images):
+    """Detect again refills a clumps layer in place (no new layer to hear of): the fine-tuning
+    widget still chooses its image once it has boxes."""
+    from napari_clumps._train_widget import FineTuneWidget
+
+    viewer, detect_widget, messages = three_images
+    layer = detect_widget._put_boxes_layer(detections_frame("a", [], [], []), viewer.layers["a"])
+    widget = FineTuneWidget(viewer)
+    assert widget.images.value == []
+    table = detections_frame("a", [[10, 10, 20, 20]], ["clump"], 0.9)
+    assert detect_widget._put_boxes_layer(table, viewer.layers["a"]) is layer
+    assert widget.images.value == [viewer.layers["a"]]
+
+
+def test_train_pressed_twice_trains_once(boxed_images, gated_training, qtbot):
+    viewer, widget, messages = boxed_images
+    widget.start()
+    first = widget.worker
+    widget.start()
+    widget.train_button.changed.emit(True)
+    assert widget.worker is first and "a training is already running" in widget.status.value
+    gated_training.release(3)
+    wait_idle(widget, qtbot, widget.train_button)
+    assert gated_training.calls == 1 and widget.status.value.startswith("saved ")
+    assert widget.result_path.exists()
+    assert_idle(widget, widget.train_button, widget.progress)
+
+
+def test_closing_the_viewer_mid_training_stops_it(boxed_images, gated_training, qtbot, tmp_path):
+    from napari.utils import progress
+
+    viewer, widget, messages = boxed_images
+    widget.start()
+    worker = widget.worker
+    gated_training.release(1)
+    qtbot.waitUntil(lambda: "step 1/3" in widget.status.value, timeout=20_000)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    assert gated_training.should_stop()  # stops within one step; no file written after the close
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    qtbot.wait(50)
+    assert not (tmp_path / "tuned.safetensors").exists()
+    assert not [m for m in messages if "Error" in m or "deleted" in m]
+    assert not [bar for bar in progress._all_instances if "Fine-tuning" in str(bar.desc)]  # no activity bar left
+
+
+def test_layers_removed_mid_training_change_nothing(boxed_images, gated_training, qtbot):
+    """Training works on a copy taken when Train is pressed: removing an image or a clumps layer
+    afterwards changes neither the run nor what it writes."""
+    viewer, widget, messages = boxed_images
+    widget.start()
+    gated_training.release(1)
+    viewer.layers.remove("a")
+    viewer.layers.remove("b clumps")
+    gated_training.release(2)
+    wait_idle(widget, qtbot, widget.train_button)
+    assert widget.status.value.startswith("saved ") and widget.result_path.exists()
+    assert "a" not in [layer.name for layer in widget.images.choices]
+    assert_idle(widget, widget.train_button, widget.progress)
+
+
+def test_a_failing_training_leaves_the_widget_idle(boxed_images, gated_training, qtbot, monkeypatch, tmp_path):
+    from napari_clumps import training
+    from napari_clumps._detect_widget import register_model_file
+    from napari_clumps.model import packaged_model_path
+
+    viewer, widget, messages = boxed_images
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(packaged_model_path().read_bytes())
+    register_model_file(base)
+    widget.base.value = str(base.resolve())
+    base.unlink()  # gone between choosing it and pressing Train
+    widget.start()
+    wait_idle(widget, qtbot, widget.train_button)
+    assert "base.safetensors" in widget.status.value and any("base.safetensors" in m for m in messages)
+    assert_idle(widget, widget.train_button, widget.progress)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape '[2, 3]' is invalid for input of size 7")
+
+    monkeypatch.setattr(training, "fine_tune", broken)
+    widget.base.value = widget.base.choices[0]  # the packaged model
+    widget.start()
+    wait_idle(widget, qtbot, widget.train_button)
+    assert widget.status.value == "training stopped: RuntimeError: shape '[2, 3]' is invalid for input of size 7"
+    assert widget._bar is None
+    assert_idle(widget, widget.train_button, widget.progress)
+    assert not (tmp_path / "tuned.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- review queue
+
+
+@pytest.fixture
+def review_queue(make_napari_viewer, tmp_path, messages):
+    """A review queue over three blank PNG galaxies, docked; the labels CSV in tmp_path."""
+    from PIL import Image
+
+    from napari_clumps._review_widget import ReviewWidget
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in "abc":
+        Image.fromarray(np.full((64, 64, 3), 40, np.uint8)).save(folder / f"{name}.png")
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.open_queue(folder, tmp_path / "labels.csv")
+    return viewer, widget, messages, tmp_path / "labels.csv"
+
+
+class GatedPerImage:
+    """Stands in for :func:`napari_clumps.inference.iter_detections` in the review queue: one
+    box per image, each once the test calls :meth:`release`."""
+
+    def __init__(self):
+        self._released = threading.Semaphore(0)
+        self.calls = 0
+        self.should_stop = None
+        self.over = threading.Event()
+
+    def iter_detections(self, paths, model, *, names, device, should_stop):
+        self.calls += 1
+        self.should_stop = should_stop
+        for name in names:
+            while not self._released.acquire(timeout=0.05):
+                if should_stop() or self.over.is_set():
+                    return
+            table = detections_frame(name, [[10, 10, 20, 20]], ["clump"], 0.9, model="stand-in")
+            yield ImageDetections(name, table, width=64, height=64)
+
+    def release(self, n: int = 1):
+        for _ in range(n):
+            self._released.release()
+
+
+@pytest.fixture
+def gated_review(monkeypatch):
+    from napari_clumps import inference
+
+    fake = GatedPerImage()
+    monkeypatch.setattr(inference, "iter_detections", fake.iter_detections)
+    yield fake
+    fake.over.set()
+
+
+def test_review_starts_one_background_run_at_a_time(review_queue, gated_review, qtbot):
+    viewer, widget, messages, csv = review_queue
+    worker = widget.detect_unreviewed()
+    assert widget.detect_unreviewed() is None and widget.order_by_priority() is None
+    assert widget.fine_tune_on_reviewed() is None and widget.worker is worker
+    assert "already running" in widget.status.value and "(fine-tuning not started)" in widget.status.value
+    gated_review.release(3)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert gated_review.calls == 1
+    assert [item.models for item in widget.session.items] == [["stand-in"]] * 3
+    assert widget.detect_button.enabled and not widget.stop_button.enabled
+
+
+def test_closing_the_viewer_mid_review_detection_saves_nothing_more(review_queue, gated_review, qtbot):
+    from napari_clumps.detections import read_detections
+
+    viewer, widget, messages, csv = review_queue
+    widget.detect_unreviewed()
+    worker = widget.worker
+    gated_review.release(1)
+    qtbot.waitUntil(lambda: csv.exists() and len(read_detections(csv)) == 1, timeout=20_000)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    assert gated_review.should_stop()
+    gated_review.release(2)
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    qtbot.wait(50)
+    assert list(read_detections(csv).image) == ["a.png"]  # what came after the close is not saved
+    assert not [m for m in messages if "Error" in m or "deleted" in m]
+
+
+def test_an_error_in_the_review_detection_ends_the_run(review_queue, qtbot, monkeypatch):
+    from napari_clumps import inference
+
+    def failing(paths, model, *, names, device, should_stop):
+        yield ImageDetections(names[0], detections_frame(names[0], [[1, 1, 9, 9]], ["clump"], 0.9), width=64, height=64)
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(inference, "iter_detections", failing)
+    viewer, widget, messages, csv = review_queue
+    widget.detect_unreviewed()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert "detection failed: RuntimeError: CUDA error: device-side assert triggered" in widget.status.value
+    assert widget.detect_button.enabled and not widget.stop_button.enabled
