@@ -105,6 +105,7 @@ def test_detect_pressed_twice_runs_once(three_images, gated, qtbot):
     widget.run()  # a second press (a shortcut, a script, a double click that got through)
     widget.run_button.changed.emit(True)  # the button's own signal, as a click sends it
     assert widget.worker is first and "a detection is already running" in widget.status.value
+    assert "loading the model" in widget.status.value  # the run's own line stays under the refusal
     gated.release(3)
     wait_idle(widget, qtbot, widget.run_button)
     assert gated.calls == 1

@@ -148,6 +148,14 @@ def busy_message(what: str, stop_button: str) -> str:
     return f"{what} is already running: wait for it to end, or press {stop_button} first"
 
 
+def say_refused(status, what: str, stop_button: str) -> None:
+    """Put the refusal of a second start above what the run's status line says (which the run's
+    next step then writes over): the user still sees how far the run is."""
+    line = busy_message(what, stop_button)
+    if not status.value.startswith(line):
+        status.value = f"{line}\n{status.value}" if status.value else line
+
+
 def crash_line(error: BaseException) -> str:
     """One line for an unexpected error in a worker; the traceback goes to the log, where a bug
     report can take it from."""

@@ -25,7 +25,14 @@ from magicgui.widgets import (
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, qt_deleted, stop_when_closed
+from ._background import (
+    Inbox,
+    crash_line,
+    on_all_cores_but_one,
+    qt_deleted,
+    say_refused,
+    stop_when_closed,
+)
 from ._commands import show_raw_bands
 from ._layers import (
     apply_score_threshold,
@@ -505,7 +512,7 @@ class DetectionWidget(QWidget):
         from napari.utils.notifications import show_error, show_warning
 
         if self.worker is not None:  # one run at a time: two would interleave their layers and status
-            self.status.value = busy_message("a detection", "Cancel")
+            say_refused(self.status, "a detection", "Cancel")
             return
         layers = list(self.images.value)
         if not layers:
@@ -845,7 +852,7 @@ class DetectionWidget(QWidget):
         from napari.qt.threading import create_worker
 
         if self.send_worker is not None:
-            self.status.value = busy_message("a send over SAMP", "nothing (it gives up within seconds)")
+            self.status.value = "a send over SAMP is still going: its answer comes within seconds"
             return
         self.topcat_button.enabled = self.ds9_button.enabled = False
         self.status.value = f"sending {what} over SAMP..."

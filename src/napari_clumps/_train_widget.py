@@ -15,7 +15,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
-from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, qt_deleted, stop_when_closed
+from ._background import Inbox, crash_line, on_all_cores_but_one, qt_deleted, say_refused, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
     ModelChoiceGuard,
@@ -219,7 +219,7 @@ class FineTuneWidget(QWidget):
         from napari.utils.notifications import show_info, show_warning
 
         if self.worker is not None:  # one training at a time: two would write the same file
-            self.status.value = busy_message("a training", "Cancel")
+            say_refused(self.status, "a training", "Cancel")
             return
         if not self.images.value:
             show_warning("napari-clumps: choose the images you reviewed")
