@@ -50,14 +50,40 @@ def subtract_sky(band: np.ndarray) -> np.ndarray:
     """The band minus its sigma-clipped median (the sky level)."""
     from astropy.stats import sigma_clipped_stats
 
-    _, median, _ = sigma_clipped_stats(band, sigma=3.0, maxiters=5)
+    # The statistics in float64: the squares of float32 data can neither underflow nor overflow
+    # there. In float32 a spread below ~1e-19 squares to 0, the clipping then rejects every
+    # pixel and the sky (and the whole composite) becomes NaN. For ordinary data the result
+    # is the same (no composite value differed on 40 simulated galaxies).
+    _, median, _ = sigma_clipped_stats(band.astype(np.float64), sigma=3.0, maxiters=5)
     return (band - np.float32(median)).astype(np.float32, copy=False)
 
 
 def _balanced(band: np.ndarray) -> np.ndarray:
     band = subtract_sky(band)
     level = float(np.percentile(band, 99.0))
-    return band / level if np.isfinite(level) and level > 0 else band
+    # a level this far below the brightest pixels (a dynamic range beyond float32's) makes them
+    # infinite, and white in the composite
+    with np.errstate(over="ignore"):
+        return band / level if np.isfinite(level) and level > 0 else band
+
+
+#: Bands whose largest absolute value lies outside ``2**-COMFORT_EXPONENT .. 2**COMFORT_EXPONENT``
+#: are scaled into it first (:func:`_within_float32_comfort`).
+COMFORT_EXPONENT = 40
+
+
+def _within_float32_comfort(bands: np.ndarray) -> np.ndarray:
+    """``bands`` times a power of two that brings their largest absolute value near 1, when it
+    is far from it. The stretch does not depend on the data's units (sky, white balance and
+    white point all come from the data) and scaling by a power of two is exact, so the
+    composite is the same; but data near float32's limit (1e38) overflow in the stretch's sums
+    and differences, and this way data in any units (1e-30 for W m^-2 Hz^-1) meet the stretch
+    in the same range. Ordinary data is left untouched."""
+    peak = float(np.max(np.abs(bands), initial=0.0))
+    exponent = int(np.frexp(peak)[1]) if np.isfinite(peak) and peak > 0 else 0
+    if abs(exponent) <= COMFORT_EXPONENT:
+        return bands
+    return np.ldexp(bands, -exponent).astype(np.float32, copy=False)
 
 
 def lupton_composite(
@@ -66,7 +92,7 @@ def lupton_composite(
     """``(H, W, 3)`` uint8 colour (or grey) composite of ``(n_bands, H, W)`` finite data."""
     from astropy.visualization import make_lupton_rgb
 
-    bands = np.asarray(bands, dtype=np.float32)
+    bands = _within_float32_comfort(np.asarray(bands, dtype=np.float32))
     red_i, green_i, blue_i = pick_rgb_bands(band_names)
     red, blue = _balanced(bands[red_i]), _balanced(bands[blue_i])
     green = 0.5 * (red + blue) if green_i < 0 else _balanced(bands[green_i])

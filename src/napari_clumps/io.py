@@ -20,6 +20,16 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUPPORTED_SUFFIXES = FITS_SUFFIXES + RASTER_SUFFIXES
 
+#: The most pixels (height x width) an image may declare. A file declaring more is refused from
+#: its header, before any pixel is decoded or any memory set aside for them: a few bytes of PNG,
+#: JPEG or (gzipped) FITS can declare billions of pixels (a "decompression bomb"). The value is
+#: PIL's own threshold (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 million, a 9459 x 9459 image), so
+#: that FITS and JPEG/PNG share one limit and no image PIL reads without complaint is refused.
+#: A FITS file may hold three times as many values (bands x pixels), as an RGB image at the
+#: limit does: 1 GiB as float32 bands. Reading an image at the limit takes several GB of memory;
+#: set this attribute to allow more.
+MAX_IMAGE_PIXELS = 89_478_485
+
 
 class ImageReadError(ValueError):
     """A file that cannot be read as a galaxy image; ``str()`` is ``"<path>: <reason>"``."""
@@ -232,25 +242,159 @@ def _cube_band_names(header, n: int) -> list[str]:
     return [f"band{i}" for i in range(n)]
 
 
-def _celestial_wcs(header):
+def _celestial_wcs(header, height: int, width: int):
+    """The header's celestial WCS, if it has one that the package can use: one that astropy can
+    turn into ICRS coordinates (a solar or planetary WCS cannot), checked on the image centre."""
     from astropy.wcs import WCS, FITSFixedWarning
+
+    from .pixels import pixel_to_radec
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(header).celestial
+            if not wcs.has_celestial:
+                return None
+            pixel_to_radec(wcs, width / 2, height / 2)
         except Exception:  # a broken WCS must not cost the pixels
             return None
-    return wcs if wcs.has_celestial else None
+    return wcs
+
+
+def _too_large(path, shape, what: str) -> ImageReadError | None:
+    """The error for a declared ``shape`` (bands, height, width) beyond :data:`MAX_IMAGE_PIXELS`."""
+    n_bands, height, width = shape
+    if height * width > MAX_IMAGE_PIXELS:
+        return ImageReadError(
+            path,
+            f"too large: {what} declares {width} x {height} = {height * width} pixels, more than "
+            f"napari_clumps.io.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; refused before reading the pixels",
+        )
+    if n_bands * height * width > 3 * MAX_IMAGE_PIXELS:
+        return ImageReadError(
+            path,
+            f"too large: {what} declares {n_bands} bands of {width} x {height} pixels, more than 3 x "
+            f"napari_clumps.io.MAX_IMAGE_PIXELS = {3 * MAX_IMAGE_PIXELS} values; refused before reading them",
+        )
+    return None
+
+
+def _image_shape(path, hdu) -> tuple[int, ...]:
+    """The shape of an image HDU's data from its header, checked before the data is read:
+    length-1 leading axes dropped (radio-style (1, 1, H, W)); a 2-D image or a 3-D band cube."""
+    shape = tuple(int(n) for n in hdu.shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) not in (2, 3):
+        raise ImageReadError(path, f"{len(shape)}-D data of shape {shape}; need a 2-D image or a 3-D band cube")
+    if min(shape[-2:]) < 2:
+        raise ImageReadError(path, f"image of shape {shape} is too small")
+    if shape[0] < 1:
+        raise ImageReadError(path, f"band cube of shape {shape} has no bands")
+    error = _too_large(path, (1, *shape) if len(shape) == 2 else shape, "the header")
+    if error is not None:
+        raise error
+    return shape
+
+
+def _check_hdu_headers(path, stream) -> tuple[int, int, int] | None:
+    """Refuse headers that make astropy hang or crash, walking the HDUs as astropy will.
+
+    astropy does not check the structural keywords against the FITS standard before it uses
+    them: NAXIS or TFIELDS = 2**31 makes it loop for hours building the HDU; a negative NAXISn,
+    PCOUNT or GCOUNT makes the next HDU start before this one, so that astropy reads the same
+    HDUs for ever; a negative ZTILEn corrupts the memory of its HCOMPRESS decompressor, which
+    kills the process. A structural keyword that is not an integer, or missing, astropy
+    reports as a bare TypeError or KeyError; here it is named. Only the header cards are read
+    (astropy's :class:`~astropy.io.fits.Header` parser; no HDU is built).
+
+    Returns ``(hdu, bytes declared, bytes in the file)`` for the first HDU whose data the file
+    cuts short (astropy's error for it does not say so), or None.
+    """
+    import gzip
+    import math
+
+    from astropy.io import fits
+
+    stream.seek(0)
+    if stream.read(2) == b"\x1f\x8b":  # astropy reads a gzipped FITS file whatever its name
+        stream.seek(0)
+        stream = gzip.GzipFile(fileobj=stream)
+    offset = 0
+    for index in range(1_000_000):  # a million HDUs of 2880 bytes: 2.9 GB
+        stream.seek(offset)
+        try:
+            header = fits.Header.fromfile(stream)
+        except Exception:  # noqa: BLE001 - the end of the file, or a header astropy will refuse itself
+            return None
+        values = {}
+        for name, low, high, required in _structure_keywords(header):
+            value = header.get(name)
+            if value is None:
+                if required:
+                    raise ImageReadError(path, f"HDU {index}: no {name} keyword in the header")
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ImageReadError(path, f"HDU {index}: {name} = {value!r} in the header; FITS needs an integer")
+            if value < low or (high is not None and value > high):
+                allowed = f"{low} to {high}" if high is not None else f"at least {low}"
+                raise ImageReadError(path, f"HDU {index}: {name} = {value} in the header; FITS allows {allowed}")
+            values[name] = value
+        bitpix = header.get("BITPIX")
+        if bitpix is None:
+            raise ImageReadError(path, f"HDU {index}: no BITPIX keyword in the header")
+        if bitpix not in (8, 16, 32, 64, -32, -64) or isinstance(bitpix, bool):
+            raise ImageReadError(
+                path, f"HDU {index}: BITPIX = {bitpix!r} in the header; FITS allows 8, 16, 32, 64, -32, -64"
+            )
+        # the data size as astropy computes it (FITS standard 4.4.1), padded to 2880-byte blocks
+        axes = [values[f"NAXIS{i}"] for i in range(1, values["NAXIS"] + 1)]
+        size = abs(bitpix) * values.get("GCOUNT", 1) * (values.get("PCOUNT", 0) + math.prod(axes)) // 8 if axes else 0
+        start = stream.tell()
+        if size:
+            stream.seek(start + size - 1)
+            if not stream.read(1):  # the data's last byte is not there
+                stream.seek(start)
+                available = 0
+                while chunk := stream.read(1 << 20):
+                    available += len(chunk)
+                return index, size, available
+        offset = start + -(-size // 2880) * 2880
+    return None
+
+
+def _structure_keywords(header):
+    """``(keyword, lowest, highest, required)`` that :func:`_check_hdu_headers` checks (FITS
+    standard 4.4.1, 7.2.1, 7.3.1 and the tiled image convention)."""
+    yield "NAXIS", 0, 999, True
+    naxis = header.get("NAXIS")
+    for i in range(1, naxis + 1 if isinstance(naxis, int) and 0 < naxis <= 999 else 1):
+        yield f"NAXIS{i}", 0, None, True
+    yield "PCOUNT", 0, None, False
+    yield "GCOUNT", 0, None, False
+    # the table and tile-compression keywords only where astropy uses them
+    if str(header.get("XTENSION", "")).strip() in ("BINTABLE", "TABLE"):
+        yield "TFIELDS", 0, 999, False
+    if header.get("ZIMAGE") is True:
+        yield "ZNAXIS", 0, 999, False
+        znaxis = header.get("ZNAXIS")
+        for i in range(1, znaxis + 1 if isinstance(znaxis, int) and 0 < znaxis <= 999 else 1):
+            yield f"ZNAXIS{i}", 0, None, False
+            yield f"ZTILE{i}", 1, None, False
 
 
 def _read_fits(path: Path) -> GalaxyImage:
     from astropy.io import fits
 
+    truncated = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False) as hdul:
+            with open(path, "rb") as stream:
+                truncated = _check_hdu_headers(path, stream)
+            # opened here so that it is closed at once also when astropy fails within fits.open
+            # (which then leaves its own handle to the garbage collector)
+            with open(path, "rb") as stream, fits.open(stream, memmap=False) as hdul:
                 image_hdus = [
                     hdu
                     for hdu in hdul
@@ -260,15 +404,18 @@ def _read_fits(path: Path) -> GalaxyImage:
                 if not image_hdus:
                     raise ImageReadError(path, "no image data in any HDU")
                 first = image_hdus[0]
-                data = np.asarray(first.data, dtype=np.float32)
+                shape = _image_shape(path, first)  # from the header, before the data is read
+                data = np.asarray(first.data, dtype=np.float32).reshape(shape)
                 header = first.header.copy()
                 primary_header = hdul[0].header.copy()
-                data = _squeeze_leading(path, data)
                 if data.ndim == 2:
                     # One band per extension: the following 2-D HDUs of the same shape.
                     planes, names, hdu_names = [data], [_band_name(header, 0)], [first.name]
                     for hdu in image_hdus[1:]:
                         if hdu.header.get("NAXIS") == 2 and hdu.shape == data.shape:
+                            error = _too_large(path, (len(planes) + 1, *shape), "with its extensions, the file")
+                            if error is not None:
+                                raise error
                             planes.append(np.asarray(hdu.data, dtype=np.float32))
                             names.append(_band_name(hdu.header, len(names)))
                             hdu_names.append(hdu.name)
@@ -280,27 +427,20 @@ def _read_fits(path: Path) -> GalaxyImage:
     except ImageReadError:
         raise
     except Exception as error:  # astropy raises many types for corrupt or truncated files
-        raise ImageReadError(path, f"not a readable FITS file ({_first_line(error)})") from error
+        if truncated is not None:
+            hdu, declared, available = truncated
+            reason = f"truncated: HDU {hdu} declares {declared} bytes of data, the file holds {available}"
+        else:
+            reason = _first_line(error)
+        raise ImageReadError(path, f"not a readable FITS file ({reason})") from error
 
     bands, n_bad = _replace_non_finite(path, bands)
-    wcs = _celestial_wcs(header)
+    height, width = bands.shape[1:]
+    wcs = _celestial_wcs(header, height, width)
     if wcs is None and header is not primary_header:
-        wcs = _celestial_wcs(primary_header)
+        wcs = _celestial_wcs(primary_header, height, width)
         header = primary_header if wcs is not None else header
     return GalaxyImage.from_bands(bands, names, path, wcs, header, n_bad_pixels=n_bad, hdu_names=tuple(hdu_names))
-
-
-def _squeeze_leading(path, data: np.ndarray) -> np.ndarray:
-    """Drop length-1 leading axes (e.g. radio-style (1, 1, H, W)); keep 2-D images and 3-D cubes."""
-    while data.ndim > 2 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim < 2:
-        raise ImageReadError(path, f"{data.ndim}-D data of shape {data.shape}; need a 2-D image or a 3-D band cube")
-    if data.ndim > 3:
-        raise ImageReadError(path, f"{data.ndim}-D data of shape {data.shape}; need a 2-D image or a 3-D band cube")
-    if min(data.shape[-2:]) < 2:
-        raise ImageReadError(path, f"image of shape {data.shape} is too small")
-    return data
 
 
 # ----------------------------------------------------------------------------- JPEG / PNG
@@ -310,7 +450,17 @@ def _read_raster(path: Path) -> GalaxyImage:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # PIL warns between its limit and twice it; the size is checked here instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # JPEG and PNG only: the content of another format under a .png or .jpg name (GIF,
+            # TIFF, even FITS, which PIL also opens) is refused, not read as what it is not
+            image = Image.open(path, formats=("JPEG", "PNG"))
+        with image:
+            width, height = image.size
+            error = _too_large(path, (1, height, width), f"the {image.format} header")
+            if error is not None:
+                raise error
             image.load()
             if image.mode in ("L", "I", "I;16", "F", "1"):
                 grey = np.asarray(image.convert("F"), dtype=np.float32)
@@ -318,8 +468,14 @@ def _read_raster(path: Path) -> GalaxyImage:
                 grey = grey / peak
                 bands = grey[None]
             else:
+                if "transparency" in image.info:  # as PIL asks: a palette's transparency goes via RGBA
+                    image = image.convert("RGBA")
                 rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # alpha dropped
                 bands = np.moveaxis(rgb, -1, 0)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as error:  # beyond twice PIL's own limit, PIL refuses it itself
+        raise ImageReadError(path, f"too large: refused before reading the pixels (PIL: {error})") from error
     except UnidentifiedImageError as error:
         raise ImageReadError(path, "not a readable JPEG/PNG image (unrecognised content)") from error
     except Exception as error:
