@@ -1,5 +1,9 @@
 """Shared fixtures: image files of every supported kind, made here (no network, no shared data)."""
 
+import collections
+import gzip
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ import pytest
 # first, both work. The widgets guard against the other order themselves (see
 # napari_clumps._detect_widget.avoid_triton_llvm_clash and its test).
 import torchvision.ops  # noqa: F401
+from hypothesis import HealthCheck, settings
 
 #: Fixtures that oblige a test to carry a marker (pyproject.toml registers them): the model
 #: trained here takes minutes, and a viewer or qtbot needs Qt and an OpenGL context.
@@ -27,6 +32,52 @@ def pytest_collection_modifyitems(config, items):
     ]
     if missing:
         raise pytest.UsageError("tests missing a marker:\n" + "\n".join(missing))
+
+
+# ----------------------------------------------------------------------------- hypothesis
+
+# Profiles of the property-based tests (tests/test_fuzz_readers.py). "ci", the default, is
+# sized for the whole fuzz file to take a minute or two on two shared cores, and is
+# derandomised (the same cases every run, no example database) so that CI is reproducible;
+# "long" (HYPOTHESIS_PROFILE=long, benchmarks/fuzz_readers.py) runs 10 times as many cases,
+# freshly random each run. No deadline: a case's time depends on the machine's load, and a
+# hang shows as the run's time (recorded by the benchmark), not as a flaky failure.
+_PROFILE_COMMON = dict(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("ci", max_examples=100, derandomize=True, **_PROFILE_COMMON)
+settings.register_profile("long", max_examples=1000, derandomize=False, **_PROFILE_COMMON)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+#: Cases the fuzz tests ran, ``(family, outcome) -> count``; outcome is "image" or the error's
+#: reason with numbers and parenthesised details dropped. Printed at the end of the run, and
+#: written as JSON to ``$FUZZ_COUNTS_JSON`` when set (benchmarks/fuzz_readers.py).
+FUZZ_COUNTS: collections.Counter = collections.Counter()
+#: The slowest case of each family, seconds (measured, never asserted).
+FUZZ_SLOWEST: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FUZZ_COUNTS:
+        return
+    families = sorted({family for family, _ in FUZZ_COUNTS})
+    terminalreporter.section(f"fuzz cases (hypothesis profile {HYPOTHESIS_PROFILE})")
+    for family in families:
+        total = sum(n for (f, _), n in FUZZ_COUNTS.items() if f == family)
+        terminalreporter.write_line(f"{family}: {total} cases, slowest {FUZZ_SLOWEST.get(family, 0):.2f} s")
+        for (f, outcome), n in sorted(FUZZ_COUNTS.items(), key=lambda item: -item[1]):
+            if f == family:
+                terminalreporter.write_line(f"    {n:6d}  {outcome}")
+    out = os.environ.get("FUZZ_COUNTS_JSON")
+    if out:
+        rows = [{"family": f, "outcome": o, "cases": n} for (f, o), n in sorted(FUZZ_COUNTS.items())]
+        Path(out).write_text(
+            json.dumps({"profile": HYPOTHESIS_PROFILE, "counts": rows, "slowest_s": FUZZ_SLOWEST}, indent=1)
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -151,6 +202,10 @@ def bad_files(tmp_path_factory, image_files) -> dict:
     raw = Path(image_files["jpeg"]).read_bytes()
     files["truncated_jpeg"] = d / "truncated.jpg"
     files["truncated_jpeg"].write_bytes(raw[: len(raw) // 2])
+    # found by fuzzing: astropy reads a gzipped SIMPLE = F file's one opaque HDU for ever
+    nonstandard = fits.Header([("SIMPLE", False), ("BITPIX", 8), ("NAXIS", 0)]).tostring().encode()
+    files["nonstandard_gzipped_fits"] = d / "nonstandard.fits.gz"
+    files["nonstandard_gzipped_fits"].write_bytes(gzip.compress(nonstandard + bytes(2880)))
     return files
 
 

@@ -73,6 +73,7 @@ BAD_REASONS = {
     "all_nan": "no finite pixels",
     "truncated_fits": "not a readable FITS file",
     "truncated_jpeg": "not a readable JPEG/PNG image",
+    "nonstandard_gzipped_fits": "SIMPLE = F",
 }
 
 

@@ -327,6 +327,10 @@ def _check_hdu_headers(path, stream) -> tuple[int, int, int] | None:
             header = fits.Header.fromfile(stream)
         except Exception:  # noqa: BLE001 - the end of the file, or a header astropy will refuse itself
             return None
+        if index == 0 and header.get("SIMPLE") is False:
+            # astropy makes the rest of such a file one opaque HDU (no image), and when the file
+            # is gzipped it reads that same HDU for ever
+            raise ImageReadError(path, "SIMPLE = F: the file says it does not follow the FITS standard")
         values = {}
         for name, low, high, required in _structure_keywords(header):
             value = header.get(name)
