@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FUZZ_COUNTS, FUZZ_SLOWEST, make_wcs_header
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -372,6 +372,9 @@ band_shapes = st.tuples(st.integers(1, 4), st.integers(2, 16), st.integers(2, 16
 
 
 @given(hnp.arrays(np.float32, band_shapes, elements=finite_float32), st.sampled_from(["gri", "rg", "x", "ugrizy"]))
+# found by the long profile: overflows in the sums, then in the stretch (a band of zeros and one faint pixel)
+@example(np.array([[[-0.5, 2.870679e-39], [0.0, 0.0]]], np.float32), "gri")
+@example(np.pad(np.array([[[-1.0, 2.162121e-39]]], np.float32), ((0, 0), (0, 7), (0, 11))), "gri")
 @cases(2.0)
 def test_composite_of_any_finite_bands(bands, names):
     """The Lupton stretch behind every FITS composite takes any finite float32 data (values from
@@ -553,6 +556,8 @@ def wcs_cards(draw):
 
 
 @given(wcs_cards(), st.sampled_from([(9, 11), (3, 9, 11), (1, 1, 9, 11)]), st.sampled_from(["primary", "extension"]))
+# found by the long profile: a pixel scale that overflows
+@example({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 0.0, "CDELT1": 1e300}, (9, 11), "primary")
 @cases(2.0)
 def test_fits_with_broken_wcs_keywords(scratch, cards, shape, layout):
     from astropy.io import fits
@@ -791,7 +796,15 @@ def mutated_files(draw):
     return suffix, content
 
 
+def with_byte(content: bytes, after: bytes, value: int) -> bytes:
+    """``content`` with the byte after the first ``after`` replaced by ``value``."""
+    at = content.index(after) + len(after)
+    return content[:at] + bytes([value]) + content[at + 1 :]
+
+
 @given(mutated_files())
+# found by the long profile: a NUL in a card's comment made astropy print its VerifyWarnings
+@example((".fits", with_byte(GOOD_FILES["cube"][1], b"conforms to", 0)))
 @cases(3.0)
 def test_damaged_good_files(scratch, case):
     with written(scratch, *case) as path:

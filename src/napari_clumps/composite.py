@@ -58,13 +58,21 @@ def subtract_sky(band: np.ndarray) -> np.ndarray:
     return (band - np.float32(median)).astype(np.float32, copy=False)
 
 
+#: Balanced bands (1 at their 99th percentile) are clipped to +-this, far below float32's limit
+#: (3.4e38), so that three of them add up without overflowing.
+BALANCED_LIMIT = np.float32(1e30)
+
+
 def _balanced(band: np.ndarray) -> np.ndarray:
     band = subtract_sky(band)
     level = float(np.percentile(band, 99.0))
+    if not (np.isfinite(level) and level > 0):
+        return band
     # a level this far below the brightest pixels (a dynamic range beyond float32's) makes them
-    # infinite, and white in the composite
+    # infinite; clipped far above the white point (about 1 here) they are white all the same,
+    # and the sums of the stretch stay finite
     with np.errstate(over="ignore"):
-        return band / level if np.isfinite(level) and level > 0 else band
+        return np.clip(band / level, -BALANCED_LIMIT, BALANCED_LIMIT)
 
 
 #: Bands whose largest absolute value lies outside ``2**-COMFORT_EXPONENT .. 2**COMFORT_EXPONENT``
@@ -102,6 +110,9 @@ def lupton_composite(
         white = float(np.max(np.abs(mean))) or 1.0
     # asinh(Q * white / stretch) / Q == 1  <=>  stretch = Q * white / sinh(Q)
     stretch = q * white / np.sinh(q)
-    # astropy divides by the intensity before masking where it is zero; those pixels come out black
+    # astropy divides by the intensity before masking where it is zero; those pixels come out
+    # black. In float64: with a white point near float32's smallest numbers (a band of zeros and
+    # one faint pixel) the stretch's factor Q / stretch overflows float32
     with np.errstate(invalid="ignore", divide="ignore"):
+        red, green, blue = (np.asarray(band, dtype=np.float64) for band in (red, green, blue))
         return make_lupton_rgb(red, green, blue, minimum=0.0, stretch=stretch, Q=q)

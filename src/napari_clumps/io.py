@@ -244,21 +244,28 @@ def _cube_band_names(header, n: int) -> list[str]:
 
 def _celestial_wcs(header, height: int, width: int):
     """The header's celestial WCS, if it has one that the package can use: one that astropy can
-    turn into ICRS coordinates (a solar or planetary WCS cannot), checked on the image centre."""
-    from astropy.wcs import WCS, FITSFixedWarning
+    turn into ICRS coordinates (a solar or planetary WCS cannot) at the image's corners and
+    centre, with a finite pixel scale (CDELT = 1e300 overflows)."""
+    from astropy.utils.exceptions import AstropyWarning
+    from astropy.wcs import WCS
 
     from .pixels import pixel_to_radec
+    from .scale import wcs_pixel_scale_arcsec
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
+    # astropy's complaints about the header (FITSFixedWarning, VerifyWarning for a damaged
+    # card it repairs) are not the user's business when the pixels are read; a numerical
+    # overflow in the check means a WCS the package cannot use
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("ignore", AstropyWarning)
         try:
             wcs = WCS(header).celestial
             if not wcs.has_celestial:
                 return None
-            pixel_to_radec(wcs, width / 2, height / 2)
+            pixel_to_radec(wcs, [0, width / 2, width], [0, height / 2, height])
+            scale = wcs_pixel_scale_arcsec(wcs)
         except Exception:  # a broken WCS must not cost the pixels
             return None
-    return wcs
+    return wcs if np.isfinite(scale) and scale > 0 else None
 
 
 def _too_large(path, shape, what: str) -> ImageReadError | None:
