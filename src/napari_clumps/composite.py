@@ -67,7 +67,11 @@ def _balanced(band: np.ndarray) -> np.ndarray:
     band = subtract_sky(band)
     level = float(np.percentile(band, 99.0))
     if not (np.isfinite(level) and level > 0):
-        return band
+        # 99 % of the pixels at or below the sky: the largest deviation sets the level instead,
+        # so that the band is still in the same units as the others (not in the file's)
+        level = float(np.max(np.abs(band), initial=0.0))
+        if not (np.isfinite(level) and level > 0):
+            return band
     # a level this far below the brightest pixels (a dynamic range beyond float32's) makes them
     # infinite; clipped far above the white point (about 1 here) they are white all the same,
     # and the sums of the stretch stay finite

@@ -215,7 +215,7 @@ def _replace_non_finite(path, bands: np.ndarray) -> tuple[np.ndarray, int]:
     for band, ok in zip(bands, finite):
         if not ok.any():
             raise ImageReadError(path, "no finite pixels (all NaN or inf)")
-        band[~ok] = np.median(band[ok])
+        band[~ok] = np.median(band[ok].astype(np.float64))  # float32's mean of two values near 3e38 overflows
     return bands, n_bad
 
 
