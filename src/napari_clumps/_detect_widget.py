@@ -45,6 +45,7 @@ from ._layers import (
     layer_to_galaxy_image,
     note_user_edit,
     refill_boxes_layer,
+    with_score_threshold,
 )
 from ._sky_readout import show_sky_position
 from .detections import LABELS
@@ -601,6 +602,8 @@ class DetectionWidget(QWidget):
         from napari.layers import Shapes
 
         data, kwargs, _ = detections_layer_over(table, image_layer, self.new_label.value)
+        if filtered:  # before the layer is built: building it twice doubles its cost
+            data, kwargs = with_score_threshold(data, kwargs, self.score.value, self.keep_off_host.value)
         old = self.viewer.layers[kwargs["name"]] if kwargs["name"] in self.viewer.layers else None
         if old is not None and is_boxes_layer(old) and _same_place(old, kwargs):
             refill_boxes_layer(old, data, kwargs)
@@ -609,8 +612,6 @@ class DetectionWidget(QWidget):
             layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
             if old is not None:
                 self.viewer.layers.remove(old)
-        if filtered:
-            apply_score_threshold(layer, self.score.value, self.keep_off_host.value)
         if layer is not old:
             self.viewer.add_layer(layer)
         if layer not in self._watched:

@@ -239,6 +239,31 @@ def shapes_table(vertices, features, metadata: dict, layer_name: str):
     )
 
 
+def shown_by_threshold(features, threshold: float, keep_off_host: bool) -> np.ndarray:
+    """Which boxes (rows of a features table) the score filter shows: a score of at least
+    ``threshold`` and on the host unless ``keep_off_host``; a box drawn by hand always."""
+    from .host import on_host_flags
+
+    on_host = on_host_flags(features["on_host"]) if "on_host" in features else True
+    by_hand = (features["model"] == HAND_MODEL).to_numpy() if "model" in features else False
+    return ((features["score"].to_numpy(float) >= threshold) & (on_host | keep_off_host)) | by_hand
+
+
+def with_score_threshold(data, kwargs: dict, threshold: float, keep_off_host: bool) -> tuple[list, dict]:
+    """A :func:`detections_layer` ``(data, kwargs)`` with only the boxes the score filter shows,
+    the others in its pool, as :func:`apply_score_threshold` on the whole layer would leave it;
+    but without building the layer twice (its cost is the GUI thread's)."""
+    features = kwargs["features"].reset_index(drop=True)
+    keep = np.broadcast_to(shown_by_threshold(features, threshold, keep_off_host), (len(features),))
+    shown, hidden = features[keep].reset_index(drop=True), features[~keep].reset_index(drop=True)
+    hidden["_vertices"] = [np.asarray(vertices) for vertices, kept in zip(data, keep) if not kept]
+    metadata = dict(kwargs["metadata"], below_threshold=hidden, score_threshold=float(threshold))
+    metadata.update(keep_off_host=bool(keep_off_host), n_boxes_seen=len(shown))
+    edge_color = label_colours(shown["label"]) if len(shown) else CLASS_COLOURS["clump"]
+    kwargs = dict(kwargs, features=shown, edge_color=edge_color, metadata=metadata)
+    return [vertices for vertices, kept in zip(data, keep) if kept], kwargs
+
+
 def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | None = None) -> None:
     """Show only boxes scoring at least ``threshold`` (and on the host galaxy unless
     ``keep_off_host``; None: as the layer was); hidden ones are kept and come back.
@@ -248,8 +273,6 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
     """
     import pandas as pd
 
-    from .host import on_host_flags
-
     metadata = shapes_layer.metadata
     current = pd.DataFrame(shapes_layer.features).reset_index(drop=True)
     current["_vertices"] = [np.asarray(v) for v in shapes_layer.data]
@@ -257,10 +280,7 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
     everything = current if pool is None or len(pool) == 0 else pd.concat([current, pool], ignore_index=True)
     if keep_off_host is None:
         keep_off_host = bool(metadata.get("keep_off_host", False))
-    on_host = on_host_flags(everything["on_host"]) if "on_host" in everything else True
-    keep = ((everything["score"].to_numpy(float) >= threshold) & (on_host | keep_off_host)) | (
-        everything.get("model") == HAND_MODEL
-    ).to_numpy()
+    keep = shown_by_threshold(everything, threshold, keep_off_host)
     shown, hidden = everything[keep].reset_index(drop=True), everything[~keep].reset_index(drop=True)
     metadata["below_threshold"] = hidden
     metadata["score_threshold"] = float(threshold)
