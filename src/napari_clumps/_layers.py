@@ -6,6 +6,7 @@ it stays cheap; all coordinate conversion goes through :mod:`napari_clumps.pixel
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -289,18 +290,29 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
         return  # nothing moves
     metadata["rebuilding"] = True  # data events from here on are the filter's, not the user's edits
     try:
-        shapes_layer.selected_data = set()
-        shapes_layer.data = []  # replace in one go: shapes and their features together
-        if len(shown):
-            shapes_layer.add_rectangles(list(shown["_vertices"]))
-        # also when nothing is shown: emptying the data leaves the old feature rows behind
-        shapes_layer.features = shown.drop(columns="_vertices")
-        if len(shown):
-            shapes_layer.edge_color = label_colours(shown["label"])
-        shapes_layer.refresh()
+        with refreshed_once(shapes_layer):
+            shapes_layer.selected_data = set()
+            shapes_layer.data = []  # replace in one go: shapes and their features together
+            if len(shown):
+                shapes_layer.add_rectangles(list(shown["_vertices"]))
+            # also when nothing is shown: emptying the data leaves the old feature rows behind
+            shapes_layer.features = shown.drop(columns="_vertices")
+            if len(shown):
+                shapes_layer.edge_color = label_colours(shown["label"])
     finally:
         metadata["rebuilding"] = False
         metadata["n_boxes_seen"] = len(shapes_layer.data)
+
+
+@contextlib.contextmanager
+def refreshed_once(layer):
+    """Change a layer in several steps and have napari redo its view once, after the last: each
+    step (emptying, adding, colouring) would otherwise re-slice and re-draw it, on the GUI
+    thread. Uses napari's ``Layer._block_refresh`` where it exists (0.5 and later)."""
+    block = getattr(layer, "_block_refresh", contextlib.nullcontext)
+    with block():
+        yield
+    layer.refresh()
 
 
 def refill_boxes_layer(shapes_layer, data, kwargs: dict) -> None:
@@ -311,15 +323,15 @@ def refill_boxes_layer(shapes_layer, data, kwargs: dict) -> None:
     metadata.update(kwargs["metadata"])
     metadata["rebuilding"] = True  # data events from here on are not the user's edits
     try:
-        shapes_layer.selected_data = set()
-        shapes_layer.data = []  # replace in one go: shapes and their features together
-        if len(data):
-            shapes_layer.add_rectangles(list(data))
-        shapes_layer.features = kwargs["features"]  # also when empty: see apply_score_threshold
-        if len(data):
-            shapes_layer.edge_color = kwargs["edge_color"]
-        shapes_layer.feature_defaults = kwargs["feature_defaults"]  # after the features: setting them resets it
-        shapes_layer.refresh()
+        with refreshed_once(shapes_layer):
+            shapes_layer.selected_data = set()
+            shapes_layer.data = []  # replace in one go: shapes and their features together
+            if len(data):
+                shapes_layer.add_rectangles(list(data))
+            shapes_layer.features = kwargs["features"]  # also when empty: see apply_score_threshold
+            if len(data):
+                shapes_layer.edge_color = kwargs["edge_color"]
+            shapes_layer.feature_defaults = kwargs["feature_defaults"]  # after the features: setting them resets it
     finally:
         metadata["rebuilding"] = False
         metadata["n_boxes_seen"] = len(shapes_layer.data)
