@@ -224,4 +224,5 @@ def test_a_trained_model_ranks_its_held_out_galaxies(trained_model):
     # every reason names the model's threshold, and says the flipped view agrees when it does
     for row in ranked.itertuples():
         assert f"{detector.score_threshold:.2f}" in row.reason
-        assert ("agrees" in row.reason) == (row.n_disagreements == 0)
+        assert ("flipped view agrees" in row.reason) == (row.n_disagreements == 0)
+        assert (f"flipped view disagrees on {row.n_disagreements} box" in row.reason) == (row.n_disagreements > 0)
