@@ -268,22 +268,21 @@ def _celestial_wcs(header, height: int, width: int):
     return wcs if np.isfinite(scale) and scale > 0 else None
 
 
-def _too_large(path, shape, what: str) -> ImageReadError | None:
-    """The error for a declared ``shape`` (bands, height, width) beyond :data:`MAX_IMAGE_PIXELS`."""
+def _refuse_if_too_large(path, shape, what: str) -> None:
+    """Raise for a declared ``shape`` (bands, height, width) beyond :data:`MAX_IMAGE_PIXELS`."""
     n_bands, height, width = shape
     if height * width > MAX_IMAGE_PIXELS:
-        return ImageReadError(
+        raise ImageReadError(
             path,
             f"too large: {what} declares {width} x {height} = {height * width} pixels, more than "
             f"napari_clumps.io.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; refused before reading the pixels",
         )
     if n_bands * height * width > 3 * MAX_IMAGE_PIXELS:
-        return ImageReadError(
+        raise ImageReadError(
             path,
             f"too large: {what} declares {n_bands} bands of {width} x {height} pixels, more than 3 x "
             f"napari_clumps.io.MAX_IMAGE_PIXELS = {3 * MAX_IMAGE_PIXELS} values; refused before reading them",
         )
-    return None
 
 
 def _image_shape(path, hdu) -> tuple[int, ...]:
@@ -298,9 +297,7 @@ def _image_shape(path, hdu) -> tuple[int, ...]:
         raise ImageReadError(path, f"image of shape {shape} is too small")
     if shape[0] < 1:
         raise ImageReadError(path, f"band cube of shape {shape} has no bands")
-    error = _too_large(path, (1, *shape) if len(shape) == 2 else shape, "the header")
-    if error is not None:
-        raise error
+    _refuse_if_too_large(path, (1, *shape) if len(shape) == 2 else shape, "the header")
     return shape
 
 
@@ -401,40 +398,40 @@ def _read_fits(path: Path) -> GalaxyImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # opened here so that it is closed at once also when astropy fails within fits.open
+            # (which then leaves its own handle to the garbage collector); one handle for the
+            # header walk and astropy
             with open(path, "rb") as stream:
                 truncated = _check_hdu_headers(path, stream)
-            # opened here so that it is closed at once also when astropy fails within fits.open
-            # (which then leaves its own handle to the garbage collector)
-            with open(path, "rb") as stream, fits.open(stream, memmap=False) as hdul:
-                image_hdus = [
-                    hdu
-                    for hdu in hdul
-                    if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
-                    and hdu.header.get("NAXIS", 0) > 0
-                ]
-                if not image_hdus:
-                    raise ImageReadError(path, "no image data in any HDU")
-                first = image_hdus[0]
-                shape = _image_shape(path, first)  # from the header, before the data is read
-                data = np.asarray(first.data, dtype=np.float32).reshape(shape)
-                header = first.header.copy()
-                primary_header = hdul[0].header.copy()
-                if data.ndim == 2:
-                    # One band per extension: the following 2-D HDUs of the same shape.
-                    planes, names, hdu_names = [data], [_band_name(header, 0)], [first.name]
-                    for hdu in image_hdus[1:]:
-                        if hdu.header.get("NAXIS") == 2 and hdu.shape == data.shape:
-                            error = _too_large(path, (len(planes) + 1, *shape), "with its extensions, the file")
-                            if error is not None:
-                                raise error
-                            planes.append(np.asarray(hdu.data, dtype=np.float32))
-                            names.append(_band_name(hdu.header, len(names)))
-                            hdu_names.append(hdu.name)
-                    bands = np.stack(planes)
-                    if len(set(names)) < len(names):
-                        names = [f"band{i}" for i in range(len(names))]
-                else:
-                    bands, names, hdu_names = data, _cube_band_names(header, data.shape[0]), [first.name]
+                stream.seek(0)
+                with fits.open(stream, memmap=False) as hdul:
+                    image_hdus = [
+                        hdu
+                        for hdu in hdul
+                        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+                        and hdu.header.get("NAXIS", 0) > 0
+                    ]
+                    if not image_hdus:
+                        raise ImageReadError(path, "no image data in any HDU")
+                    first = image_hdus[0]
+                    shape = _image_shape(path, first)  # from the header, before the data is read
+                    data = np.asarray(first.data, dtype=np.float32).reshape(shape)
+                    header = first.header.copy()
+                    primary_header = hdul[0].header.copy()
+                    if data.ndim == 2:
+                        # One band per extension: the following 2-D HDUs of the same shape.
+                        planes, names, hdu_names = [data], [_band_name(header, 0)], [first.name]
+                        for hdu in image_hdus[1:]:
+                            if hdu.header.get("NAXIS") == 2 and hdu.shape == data.shape:
+                                _refuse_if_too_large(path, (len(planes) + 1, *shape), "with its extensions, the file")
+                                planes.append(np.asarray(hdu.data, dtype=np.float32))
+                                names.append(_band_name(hdu.header, len(names)))
+                                hdu_names.append(hdu.name)
+                        bands = np.stack(planes)
+                        if len(set(names)) < len(names):
+                            names = [f"band{i}" for i in range(len(names))]
+                    else:
+                        bands, names, hdu_names = data, _cube_band_names(header, data.shape[0]), [first.name]
     except ImageReadError:
         raise
     except Exception as error:  # astropy raises many types for corrupt or truncated files
@@ -469,9 +466,7 @@ def _read_raster(path: Path) -> GalaxyImage:
             image = Image.open(path, formats=("JPEG", "PNG"))
         with image:
             width, height = image.size
-            error = _too_large(path, (1, height, width), f"the {image.format} header")
-            if error is not None:
-                raise error
+            _refuse_if_too_large(path, (1, height, width), f"the {image.format} header")
             image.load()
             if image.mode in ("L", "I", "I;16", "F", "1"):
                 grey = np.asarray(image.convert("F"), dtype=np.float32)
