@@ -27,8 +27,8 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ._background import (
     Inbox,
+    as_gui_worker,
     crash_line,
-    on_all_cores_but_one,
     qt_deleted,
     say_refused,
     stop_when_closed,
@@ -545,7 +545,7 @@ class DetectionWidget(QWidget):
             "the first run in a session also starts PyTorch, which takes a while..."
         )
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            on_all_cores_but_one(_detect_in_thread),
+            as_gui_worker(_detect_in_thread),
             images,
             [layer.name for layer in layers],
             self.selected_model(),

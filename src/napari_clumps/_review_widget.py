@@ -16,7 +16,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 
-from ._background import Inbox, busy_message, crash_line, on_all_cores_but_one, stop_when_closed
+from ._background import Inbox, as_gui_worker, busy_message, crash_line, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
     _forget,
@@ -467,7 +467,7 @@ class ReviewWidget(QWidget):
         from .inference import iter_detections
 
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            on_all_cores_but_one(_per_image_in_thread),
+            as_gui_worker(_per_image_in_thread),
             iter_detections,
             [item.path for item in targets],
             [item.name for item in targets],
@@ -545,7 +545,7 @@ class ReviewWidget(QWidget):
         from .active import iter_priorities
 
         self.worker = create_worker(
-            on_all_cores_but_one(_per_image_in_thread),
+            as_gui_worker(_per_image_in_thread),
             iter_priorities,
             [item.path for item in waiting],
             [item.name for item in waiting],
@@ -609,7 +609,7 @@ class ReviewWidget(QWidget):
             f"fine-tuning on {len(reviews)} reviewed image(s) ({n_boxes} boxes): reading them and loading the model..."
         )
         self.worker = create_worker(
-            on_all_cores_but_one(_fine_tune_in_thread),
+            as_gui_worker(_fine_tune_in_thread),
             reviews,
             self.model.value,
             self.training_options,

@@ -15,7 +15,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
-from ._background import Inbox, crash_line, on_all_cores_but_one, qt_deleted, say_refused, stop_when_closed
+from ._background import Inbox, as_gui_worker, crash_line, qt_deleted, say_refused, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
     ModelChoiceGuard,
@@ -264,7 +264,7 @@ class FineTuneWidget(QWidget):
             "(the first run in a session also starts PyTorch)..."
         )
         self.worker = create_worker(
-            on_all_cores_but_one(_train_in_thread),
+            as_gui_worker(_train_in_thread),
             items,
             self.base.value,
             options,

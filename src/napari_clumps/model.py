@@ -188,6 +188,16 @@ def config_for(name: str, **changes) -> DetectorConfig:
 # ----------------------------------------------------------------------------- building
 
 
+def import_libraries() -> None:
+    """Import what building and running a detector needs (PyTorch, torchvision's detection
+    models, timm), for a caller that wants that cost paid at a moment of its choosing (the napari
+    widgets' workers: ``napari_clumps._background.import_pytorch_without_gc_pauses``)."""
+    import timm  # noqa: F401
+    import torchvision.models.detection  # noqa: F401
+
+    from . import networks  # noqa: F401
+
+
 def _timm_encoder(config: DetectorConfig, weights):
     """The timm encoder; ``weights``: None (random), "hub", a weights file or a Zoobot checkpoint."""
     import timm
