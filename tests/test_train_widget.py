@@ -55,7 +55,7 @@ def test_train_one_epoch_on_edited_boxes_then_detect_with_it(make_napari_viewer,
     _wait(widget, qtbot)
     assert widget.result_path == tmp_path / "tuned.safetensors" and widget.result_path.exists()
     assert "saved" in widget.status.value
-    assert len(widget.loss_axes.lines) == 1 and len(widget.loss_axes.lines[0].get_xdata()) >= 1  # live plot drawn
+    assert len(widget.plot.loss_line.get_xdata()) >= 1  # live plot drawn
     # the new model is offered by the detection widget and runs
     choices = [value for value in detect_widget.model.choices]
     assert str((tmp_path / "tuned.safetensors").resolve()) in choices
@@ -123,3 +123,46 @@ def test_training_without_any_box_is_refused(make_napari_viewer, qtbot, tmp_path
     assert "no boxes in the 3 chosen image(s)" in widget.status.value
     assert widget.worker is None and widget.train_button.enabled
     assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_the_live_plot_redraws_everything_only_when_its_axes_change(qtbot):
+    """Each step's update draws the lines over the saved axes (a few ms); the axes, ticks and
+    labels (Agg text: 0.2-1 s while PyTorch trains on 2 cores) are drawn again only when a run
+    starts or a value leaves the limits."""
+    from napari_clumps._loss_plot import TrainingPlot
+
+    plot = TrainingPlot()
+    qtbot.addWidget(plot.canvas)
+
+    def settle():
+        qtbot.wait(20)  # matplotlib's draw_idle draws at the event loop's next pass
+
+    settle()
+    assert plot.whole_draws == 1
+    plot.start(total_steps=10)
+    settle()
+    assert plot.whole_draws == 2 and plot.loss_axes.get_xlim() == (0, 10)
+    losses = [2.0]
+    plot.show(losses, [], steps_per_epoch=5, total_steps=10)  # the first loss sets the scale
+    settle()
+    assert plot.whole_draws == 3 and 2.0 < plot.loss_axes.get_ylim()[1] < 2.5
+    for loss in (1.8, 1.5, 1.2, 1.0):
+        losses.append(loss)
+        plot.show(losses, [(1, 0.4)], steps_per_epoch=5, total_steps=10)
+        settle()
+    assert plot.whole_draws == 3  # only the lines, over the saved picture
+    assert list(plot.loss_line.get_ydata()) == losses
+    assert list(plot.f1_line.get_xdata()) == [5] and list(plot.f1_line.get_ydata()) == [0.4]
+    plot.show([*losses, float("nan")], [(1, 0.4), (2, None)], steps_per_epoch=5, total_steps=10)
+    settle()
+    assert plot.whole_draws == 3  # a NaN loss or an epoch without validation moves no limit
+    plot.show(losses, [(1, 0.4)], steps_per_epoch=5, total_steps=20)  # a longer run than planned
+    settle()
+    assert plot.whole_draws == 4 and plot.loss_axes.get_xlim() == (0, 20)
+    plot.show([*losses, 3.0], [(1, 0.4)], steps_per_epoch=5, total_steps=20)  # a loss above the scale
+    settle()
+    assert plot.whole_draws == 5 and plot.loss_axes.get_ylim()[1] > 3.0
+    plot.start(total_steps=8)  # the next run: scaled from its own first loss
+    plot.show([0.5], [], steps_per_epoch=4, total_steps=8)
+    settle()
+    assert plot.loss_axes.get_ylim()[1] < 1 and plot.loss_axes.get_xlim() == (0, 8)

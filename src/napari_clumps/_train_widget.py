@@ -32,12 +32,13 @@ from ._detect_widget import (
     scrolling_layout,
 )
 from ._layers import boxes_table, image_name, layer_to_galaxy_image
+from ._loss_plot import TrainingPlot
 from .settings import load_settings, unused_file_name
 from .training import CROSS_VALIDATION_BELOW, CROSS_VALIDATION_FOLDS, TrainingOptions
 
 #: The name offered for a new model file (made unique in the remembered folder).
 DEFAULT_OUTPUT_NAME = "finetuned.safetensors"
-#: The live plot is drawn at most this often (ms): a draw takes tens of ms in the GUI thread.
+#: The live plot is updated at most this often (ms).
 PLOT_INTERVAL_MS = 500
 
 
@@ -137,14 +138,16 @@ class FineTuneWidget(QWidget):
                 self.status,
             ]
         )
-        self.figure, self.canvas, self.loss_axes, self.f1_axes = self._make_plot()
+        self.plot = TrainingPlot()
+        self._history_steps, self._history_f1 = [], []  # losses; (epoch, F1) pairs
+        self._steps_per_epoch = self._total_steps = 0
         self._plot_timer = QTimer(self)  # coalesces the plot's redraws (PLOT_INTERVAL_MS)
         self._plot_timer.setSingleShot(True)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._redraw)
         layout = scrolling_layout(self)
         layout.addWidget(self.form.native)
-        layout.addWidget(self.canvas)
+        layout.addWidget(self.plot.canvas)
         self.setMaximumWidth(440)
 
         self.train_button.changed.connect(self.start)
@@ -255,8 +258,8 @@ class FineTuneWidget(QWidget):
         )
         self._stop.clear()
         self._history_steps, self._history_f1, self._part = [], [], ""
-
-        self._redraw(layout=True)
+        self._steps_per_epoch = self._total_steps = 0
+        self.plot.start(0)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         negatives = sum(len(it.boxes) == 0 for it in items)
         self.progress.busy(
@@ -307,6 +310,7 @@ class FineTuneWidget(QWidget):
         if progress.part != self._part:  # the next training of a cross-validation: a new bar and plot
             self._part = progress.part
             self._history_steps, self._history_f1 = [], []
+            self.plot.start(0)
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
@@ -317,6 +321,7 @@ class FineTuneWidget(QWidget):
             self._bar.update(1)
             done = (progress.epoch - 1) * progress.steps + progress.step
             self.progress.count(done, progress.steps * progress.epochs)
+            self._steps_per_epoch, self._total_steps = progress.steps, progress.steps * progress.epochs
             if not self._history_f1:  # until the first epoch's line, which then stays
                 self.status.value = (
                     f"epoch {progress.epoch}/{progress.epochs}, step {progress.step}/{progress.steps}: "
@@ -365,44 +370,12 @@ class FineTuneWidget(QWidget):
 
     # ------------------------------------------------------------------ plot
 
-    def _make_plot(self):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        # laid out once per run (tight_layout in _redraw(layout=True)), not at every draw: that
-        # doubles the time each draw takes in the GUI thread
-        figure = Figure(figsize=(3.8, 2.6))
-        loss_axes = figure.add_subplot(111)
-        f1_axes = loss_axes.twinx()
-        canvas = FigureCanvasQTAgg(figure)
-        canvas.setMinimumHeight(220)
-        self._history_steps, self._history_f1 = [], []
-        return figure, canvas, loss_axes, f1_axes
-
     def _redraw_soon(self):
         if not self._plot_timer.isActive():
             self._plot_timer.start()
 
-    def _redraw(self, layout: bool = False):
-        loss, f1 = self.loss_axes, self.f1_axes
-        loss.clear()
-        f1.clear()
-        loss.set_xlabel("step", fontsize=8)
-        loss.set_ylabel("training loss", fontsize=8, color="tab:blue")
-        f1.set_ylabel("validation F1", fontsize=8, color="tab:orange")
-        f1.yaxis.set_label_position("right")  # clear() put it on the left, over the loss axis label
-        f1.set_ylim(0, 1)
-        loss.tick_params(labelsize=7)
-        f1.tick_params(labelsize=7)
-        if self._history_steps:
-            loss.plot(np.arange(1, len(self._history_steps) + 1), self._history_steps, color="tab:blue", lw=1)
-        points = [(epoch, value) for epoch, value in self._history_f1 if value is not None]
-        if points and self._history_steps:
-            steps_per_epoch = len(self._history_steps) / max(self._history_f1[-1][0], 1)
-            f1.plot([e * steps_per_epoch for e, _ in points], [v for _, v in points], "o-", color="tab:orange")
-        if layout:
-            self.figure.tight_layout()
-        self.canvas.draw_idle()
+    def _redraw(self):
+        self.plot.show(self._history_steps, self._history_f1, self._steps_per_epoch, self._total_steps)
 
 
 def _train_in_thread(items, base, options, out, report, should_stop):
