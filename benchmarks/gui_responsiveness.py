@@ -1,15 +1,15 @@
 """How long the GUI thread stalls while the Detect and Fine-tune widgets run (target: < 200 ms).
 
 usage: xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/gui_responsiveness.py
-       [--n 8] [--detect-runs 3] [--train-images 4] [--train-runs 2] [--torch-threads N]
+       [--n 8] [--detect-runs 3] [--train-images 4] [--train-epochs 1] [--train-runs 2] [--torch-threads N]
        [--label NAME] [--out docs/benchmarks/gui_responsiveness.md]
 
 In a fresh process (so that the first run also imports PyTorch, as a user's first click does): a
 shown napari viewer with ``--n`` simulated 200 px FITS galaxies, both widgets docked. A heartbeat
 timer ticks every 10 ms on the GUI thread (tests/heartbeat.py); the gap between two ticks less
 10 ms is a stall. Measured: Detect on every image ``--detect-runs`` times (the first makes the
-clumps layers, the next ones refill them), then a one-epoch fine-tuning of the packaged model on
-``--train-images`` galaxies with their true boxes, ``--train-runs`` times; and the same heartbeat
+clumps layers, the next ones refill them), then a ``--train-epochs`` fine-tuning of the packaged model
+on ``--train-images`` galaxies with their true boxes, ``--train-runs`` times; and the same heartbeat
 with nothing running (what the machine itself costs). For the longest stall of each run, what
 the GUI thread was doing (sampled every 100 ms by a watchdog thread).
 
@@ -20,11 +20,13 @@ page: e.g. the code before a change).
 """
 
 import argparse
+import gc
 import os
 import platform
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,9 +71,26 @@ def time_the_inbox() -> bool:
     return True
 
 
+#: How long each full garbage collection took (s), in any thread: each holds the GIL throughout.
+FULL_COLLECTIONS: list[float] = []
+
+
+def time_full_collections() -> None:
+    began = {}
+
+    def note(phase, info):
+        if phase == "start":
+            began[threading.get_ident()] = time.perf_counter()
+        elif info["generation"] == 2:
+            FULL_COLLECTIONS.append(time.perf_counter() - began.pop(threading.get_ident()))
+
+    gc.callbacks.append(note)
+
+
 def measure(what: str, start, done) -> dict:
     """Start a run, serve the event loop until ``done()``; the heartbeat's record of it."""
     HANDLED.clear()
+    FULL_COLLECTIONS.clear()
     with Heartbeat(where=True) as beat:
         began = time.perf_counter()
         start()
@@ -86,6 +105,7 @@ def measure(what: str, start, done) -> dict:
         "over_200": len(beat.stalls(0.2)),
         "where": where[len(where) // 2] if where else "",  # a sample from the middle of the stall
         "handler": max(HANDLED, default=None),
+        "collections": list(FULL_COLLECTIONS),
     }
     longest = f"longest stall {beat.longest * 1000:.0f} ms"
     print(f"{what}: {wall:.1f} s, {longest}, {row['over_200']} over 200 ms", flush=True)
@@ -99,12 +119,14 @@ def main():
     parser.add_argument("--n", type=int, default=8, help="galaxies open in the viewer (Detect runs on all)")
     parser.add_argument("--detect-runs", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=4)
+    parser.add_argument("--train-epochs", type=int, default=1)
     parser.add_argument("--train-runs", type=int, default=2)
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads first (0: torch's own)")
     parser.add_argument("--label", default="current")
     parser.add_argument("--out", default=ROOT / "docs/benchmarks/gui_responsiveness.md")
     args = parser.parse_args()
     inbox = time_the_inbox()
+    time_full_collections()
 
     import napari
 
@@ -140,10 +162,11 @@ def main():
     names = sorted(p.name for p in folder.glob("*.fits"))[: args.train_images]
     detect.import_csv(write_detections(truth[truth.image.isin(names)], folder / "truth.csv"))
     train.images.value = [viewer.layers[name] for name in names]
-    train.epochs.value, train.val_fraction.value = 1, 0.0
+    train.epochs.value, train.val_fraction.value = args.train_epochs, 0.0
     for run in range(1, args.train_runs + 1):
         train.output.value = folder / f"tuned{run}.safetensors"
-        what = f"Fine-tune {run}: 1 epoch on {len(names)} images"
+        epochs = f"{args.train_epochs} epoch{'s' if args.train_epochs > 1 else ''}"
+        what = f"Fine-tune {run}: {epochs} on {len(names)} images"
         rows.append(measure(what, train.start, lambda: train.train_button.enabled))
     viewer.close()
 
@@ -155,18 +178,19 @@ def main():
         f"display {os.environ.get('DISPLAY', '?')} (Xvfb: Mesa llvmpipe). Made by "
         + f"`python {shlex.join(['benchmarks/gui_responsiveness.py', *sys.argv[1:]])}`. A stall is a gap between "
         "two ticks of a 10 ms timer on the GUI thread, less 10 ms; the widgets' longest handler is the longest "
-        "call the widgets made for what a worker sent (the rest of a stall is napari and vispy: layers, repaints).",
+        "call the widgets made for what a worker sent (the rest of a stall is napari and vispy: layers, repaints); "
+        "a full garbage collection holds the GIL, whichever thread runs it.",
         "",
         "| run | wall (s) | longest stall (ms) | stalls > 100 ms | stalls > 200 ms | widgets' longest handler (ms) "
-        "| the GUI thread in the longest stall |",
-        "|---|---|---|---|---|---|---|",
+        "| full garbage collections: how many, the longest (ms) | the GUI thread in the longest stall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         where = row["where"].replace("|", "/")
         handler = "n/a" if not inbox else "-" if row["handler"] is None else f"{row['handler'] * 1000:.0f}"
         lines.append(
             f"| {row['what']} | {row['wall']:.1f} | {row['longest'] * 1000:.0f} | {row['over_100']} | "
-            f"{row['over_200']} | {handler} | {where} |"
+            f"{row['over_200']} | {handler} | {collections(row['collections'])} | {where} |"
         )
     write_section(
         args.out,
@@ -178,6 +202,10 @@ def main():
         "left are mostly napari's own work for a new or changed layer and the repaint after it.",
     )
     print("\n".join(lines))
+
+
+def collections(durations: list[float]) -> str:
+    return f"{len(durations)}, {max(durations) * 1000:.0f}" if durations else "0"
 
 
 def _zoom(viewer):
