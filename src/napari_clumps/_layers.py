@@ -81,6 +81,12 @@ def label_colours(labels) -> list[str]:
     return [CLASS_COLOURS.get(str(label), "#ffffff") for label in labels]
 
 
+def layer_edge_colours(labels):
+    """The ``edge_color`` of a new clumps layer with boxes of ``labels``: napari refuses an empty
+    list for a layer without boxes, which gets the clump colour (for the boxes drawn next)."""
+    return label_colours(labels) if len(labels) else CLASS_COLOURS["clump"]
+
+
 def box_features(labels, scores, models=None, on_host=None):
     """The features table of boxes, typed column by column: napari infers float64 for the columns
     of an empty layer otherwise, and then refuses the text default of the next box drawn."""
@@ -118,7 +124,7 @@ def boxes_layer(boxes, labels, scores, *, name: str, image_kwargs: dict | None =
             "name": name,
             "shape_type": "rectangle",
             "features": box_features(labels, scores),
-            "edge_color": label_colours(labels) if labels else CLASS_COLOURS["clump"],
+            "edge_color": layer_edge_colours(labels),
             "edge_width": 1.5,
             "face_color": "transparent",
             "text": {"string": "{score_text}", "size": 8, "color": "white", "anchor": anchor},
@@ -260,8 +266,7 @@ def with_score_threshold(data, kwargs: dict, threshold: float, keep_off_host: bo
     hidden["_vertices"] = [np.asarray(vertices) for vertices, kept in zip(data, keep) if not kept]
     metadata = dict(kwargs["metadata"], below_threshold=hidden, score_threshold=float(threshold))
     metadata.update(keep_off_host=bool(keep_off_host), n_boxes_seen=len(shown))
-    edge_color = label_colours(shown["label"]) if len(shown) else CLASS_COLOURS["clump"]
-    kwargs = dict(kwargs, features=shown, edge_color=edge_color, metadata=metadata)
+    kwargs = dict(kwargs, features=shown, edge_color=layer_edge_colours(shown["label"]), metadata=metadata)
     return [vertices for vertices, kept in zip(data, keep) if kept], kwargs
 
 
