@@ -125,6 +125,10 @@ def main():
     parser.add_argument("--label", default="current")
     parser.add_argument("--out", default=ROOT / "docs/benchmarks/gui_responsiveness.md")
     args = parser.parse_args()
+    from napari_clumps.settings import CONFIG_DIR_VARIABLE
+
+    # the model files it trains are remembered by the widgets: not in the user's own settings
+    os.environ[CONFIG_DIR_VARIABLE] = tempfile.mkdtemp(prefix="gui_responsiveness_settings_")
     inbox = time_the_inbox()
     time_full_collections()
 

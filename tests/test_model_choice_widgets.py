@@ -160,3 +160,22 @@ def test_fine_tune_widget_shows_a_trainer_note(make_napari_viewer, messages):
     widget._on_progress(TrainingProgress("note", 1, 3, 0, 5, float("nan"), 1.0, note=note))
     assert widget.status.value == note and f"napari-clumps: {note}" in messages
     assert widget._history_f1 == [] and widget._history_steps == []
+
+
+def test_a_model_file_with_a_long_name_keeps_every_widget_within_its_dock(make_napari_viewer, model_files, tmp_path):
+    """Qt sized the model menus to their longest entry: a remembered file in a long-named folder
+    made the docks' content wider than the docks, cutting off their right edge (the file
+    buttons, the score). The menus now elide long entries; the file name still shows."""
+    from napari_clumps._review_widget import ReviewWidget
+
+    folder = tmp_path / ("a_folder_named_by_a_pipeline_" + "x" * 60)
+    folder.mkdir()
+    long_file = folder / ("finetuned_on_my_corrections_of_the_whole_stripe82_sample_" + "y" * 40 + ".safetensors")
+    long_file.write_bytes(model_files["good"].read_bytes())
+    register_model_file(long_file)
+    viewer = make_napari_viewer()
+    for widget in (DetectionWidget(viewer), FineTuneWidget(viewer), ReviewWidget(viewer)):
+        menu = widget.base if isinstance(widget, FineTuneWidget) else widget.model
+        texts = [menu.native.itemText(i) for i in range(menu.native.count())]
+        assert any(text.startswith(long_file.name) for text in texts)  # offered, by its file name
+        assert widget.minimumSizeHint().width() <= widget.maximumWidth(), type(widget).__name__

@@ -186,6 +186,27 @@ def model_file_choices() -> list[tuple]:
     ]
 
 
+#: How many characters of a model's name the model menus show when closed (more when open).
+MODEL_MENU_CHARACTERS = 24
+
+
+def model_menu(label: str, choices, tooltip: str) -> ComboBox:
+    """A menu of models (the packaged one, files, architectures) as wide as the dock allows.
+
+    Qt sizes a menu to its longest entry, and a model file in a long-named folder then widened the
+    dock's content past the dock: its right edge (file buttons, values) was cut off. Long entries
+    are elided in the closed menu, and in the middle in the open list, so the file name shows.
+    """
+    from qtpy.QtWidgets import QComboBox
+
+    menu = ComboBox(label=label, choices=choices, tooltip=tooltip)
+    native = menu.native
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(MODEL_MENU_CHARACTERS)
+    native.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+    return menu
+
+
 def model_setting(choice: str) -> str:
     """The settings' name for a model menu choice (the packaged default has its own label)."""
     return DEFAULT_MODEL if choice == DEFAULT_CHOICE else choice
@@ -296,10 +317,10 @@ class DetectionWidget(QWidget):
             tooltip="add the raw FITS bands of the images selected in the layer list "
             "(also Layers > Data > Show raw FITS bands)",
         )
-        self.model = ComboBox(
-            label="model",
-            choices=self._model_choices,
-            tooltip="the packaged default model or a model file (remembered, as the files added)",
+        self.model = model_menu(
+            "model",
+            self._model_choices,
+            "the packaged default model or a model file (remembered, as the files added)",
         )
         self.model_file = FileEdit(
             label="model file",

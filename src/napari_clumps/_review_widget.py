@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 
 from ._background import Inbox, as_gui_worker, busy_message, crash_line, stop_when_closed
@@ -23,6 +23,7 @@ from ._detect_widget import (
     _listeners,
     avoid_triton_llvm_clash,
     model_file_choices,
+    model_menu,
     register_model_file,
     remember_paths,
     restore_paths,
@@ -96,10 +97,10 @@ class ReviewWidget(QWidget):
         self.toggle_button = PushButton(text="Clump / odd (c)", tooltip=KEYS["c"][1])
         self.add_button = PushButton(text="Add box at cursor (b)", tooltip=KEYS["b"][1])
         self.undo_button = PushButton(text="Undo (u)", tooltip=KEYS["u"][1])
-        self.model = ComboBox(
-            label="model",
-            choices=lambda _widget: model_file_choices(),
-            tooltip="the packaged default model or a model file (add files in the Detect clumps widget)",
+        self.model = model_menu(
+            "model",
+            lambda _widget: model_file_choices(),
+            "the packaged default model or a model file (add files in the Detect clumps widget)",
         )
         self.detect_button = PushButton(
             text="Detect unreviewed",

@@ -11,7 +11,7 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, Select, SpinBox
+from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, PushButton, Select, SpinBox
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
@@ -26,6 +26,7 @@ from ._detect_widget import (
     image_layer_choices,
     is_boxes_layer,
     model_file_choices,
+    model_menu,
     preselect,
     register_model_file,
     remember_paths,
@@ -72,10 +73,10 @@ class FineTuneWidget(QWidget):
             tooltip="images whose boxes you checked; one without boxes is a negative. Images "
             "get chosen when their clumps layer has boxes",
         )
-        self.base = ComboBox(
-            label="base model",
-            choices=self._base_choices,
-            tooltip="the model to start from: packaged, a model file, or a new architecture",
+        self.base = model_menu(
+            "base model",
+            self._base_choices,
+            "the model to start from: packaged, a model file, or a new architecture",
         )
         defaults = TrainingOptions()
         self.epochs = SpinBox(
