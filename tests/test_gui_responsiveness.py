@@ -75,39 +75,73 @@ def test_fine_tuning_keeps_the_event_loop_serving(galaxies_in_viewer, qtbot, tmp
     assert beat.longest < FROZEN, f"longest stall {beat.longest:.2f} s"
 
 
-def test_pytorch_is_imported_once_then_frozen_out_of_collections():
-    """A widget's first worker imports PyTorch with the collector held off, then freezes what is
-    alive: later full collections skip those ~10^5 objects (0.4-0.9 s each otherwise, the GIL
-    held). In a fresh interpreter, since the first import in this one has happened already."""
+def _in_a_fresh_interpreter(script: str) -> str:
+    """Run ``script`` in a new Python (the collector's state is the process's, and this one has
+    imported PyTorch already); its output."""
     import subprocess
     import sys
 
-    script = """
-import gc
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_pytorch_is_imported_once_without_a_collection_then_frozen():
+    """A widget's first worker imports PyTorch with the collector off (each full collection
+    during the import walked ~10^5 new objects, 0.4-0.7 s with the GIL held) and freezes what is
+    alive, so that the young-generation collection that follows does not walk them either."""
+    frozen = _in_a_fresh_interpreter("""
+import gc, sys
 from napari_clumps._background import import_pytorch_without_gc_pauses
+collections = []
+gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info["generation"]))
 assert gc.get_freeze_count() == 0
 import_pytorch_without_gc_pauses()
-frozen = gc.get_freeze_count()
+assert collections == [], f"collections during the import: {collections}"
 assert "torch" in sys.modules and "timm" in sys.modules, "the libraries are imported"
 assert gc.isenabled(), "the collector is on again"
+frozen = gc.get_freeze_count()
 import_pytorch_without_gc_pauses()
 assert gc.get_freeze_count() == frozen, "once per process"
 print(frozen)
-"""
-    run = subprocess.run([sys.executable, "-c", "import sys\n" + script], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert int(run.stdout.split()[-1]) > 100_000
+""")
+    assert int(frozen.split()[-1]) > 100_000
 
 
 def test_a_collector_turned_off_stays_off():
-    import subprocess
-    import sys
+    _in_a_fresh_interpreter("""
+import gc; gc.disable()
+from napari_clumps._background import import_pytorch_without_gc_pauses
+import_pytorch_without_gc_pauses()
+assert not gc.isenabled() and gc.get_freeze_count() > 0
+""")
 
-    script = (
-        "import gc; gc.disable()\n"
-        "from napari_clumps._background import import_pytorch_without_gc_pauses\n"
-        "import_pytorch_without_gc_pauses()\n"
-        "assert not gc.isenabled() and gc.get_freeze_count() > 0"
-    )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+
+def test_collections_skip_what_was_alive_while_workers_run_and_only_then():
+    """While any worker runs, what was alive at a run's start is frozen (and PyTorch on all cores
+    but one); after the last one ends, everything is collectable again: a reference cycle dropped
+    mid-run is freed by the first full collection after the run, not before."""
+    _in_a_fresh_interpreter("""
+import gc, weakref
+import torch
+from napari_clumps._background import while_workers_run
+
+class Node:
+    pass
+
+cycle = Node(); cycle.me = cycle
+alive = weakref.ref(cycle)
+threads = torch.get_num_threads()
+with while_workers_run():
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    with while_workers_run():  # a second widget's worker
+        pass
+    assert gc.get_freeze_count() >= frozen, "still frozen: the first worker runs on"
+    del cycle
+    gc.collect()
+    assert alive() is not None, "frozen: not collected mid-run"
+assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads
+gc.collect()
+assert alive() is None, "collected once the runs have ended"
+""")

@@ -94,88 +94,101 @@ class Inbox:
                 self._timer.start()
 
 
-_gc_lock = threading.Lock()
-_gc_settled = False
+_import_lock = threading.Lock()
+_imported = False
 
 
 def import_pytorch_without_gc_pauses() -> None:
     """Import PyTorch and the detector's libraries (the first time in the process) with Python's
-    cyclic garbage collector held off, then freeze what is alive, so that no collection walks
-    those objects again.
+    cyclic garbage collector off, and leave their objects frozen (out of every collection) for
+    the run that follows (:func:`while_workers_run` unfreezes them at its end).
 
-    Why: the import makes ~400k long-lived objects, and a full collection that walks them holds
-    the GIL, so the GUI thread waits for it: 0.4-0.7 s collections seen in the worker while it
-    imported, 0.8-0.9 s ones in the GUI thread during fine-tuning (2 cores;
-    docs/benchmarks/gui_responsiveness.md). Frozen objects live as long as the process, as
-    modules do anyway; one that dies later is still freed by its reference count. The cost:
-    cyclic garbage made by other threads during the import is never collected (a few objects).
+    Why: the import makes ~400k objects, and every full collection while it went on walked them
+    all, holding the GIL, so that the GUI thread waited: 0.4-0.7 s each, seen in the worker
+    (2 cores; docs/benchmarks/gui_responsiveness.md). Frozen before the collector is on again, they
+    are also not walked by the young-generation collection that would otherwise come next.
     """
-    global _gc_settled
-    with _gc_lock:
-        if _gc_settled:
+    global _imported
+    with _import_lock:
+        if _imported:
             return
-        from .model import import_libraries
-
         collecting = gc.isenabled()  # a user who turned the collector off keeps it off
         gc.disable()
         try:
+            from .model import import_libraries
+
             import_libraries()
         finally:
             gc.freeze()
             if collecting:
                 gc.enable()
-            _gc_settled = True
+            _imported = True
 
 
-_cores_lock = threading.Lock()
-_cores_users = 0
-_cores_before = 0
+_workers_lock = threading.Lock()
+_workers = 0
+_torch_threads_before = 0
 
 
 @contextmanager
-def one_core_for_the_gui():
-    """Run PyTorch on all cores but one while a widget's worker runs (restored when the last
-    such worker ends; the setting is the process's, so concurrent workers share one count).
+def while_workers_run():
+    """The process's settings while any widget's worker runs (counted across concurrent workers;
+    restored when the last one ends):
 
-    On 2 cores, PyTorch's two threads and Mesa's drawing threads starve the GUI thread: with one
-    core left to it, the longest stalls were shorter and the runs themselves faster as well
-    (docs/benchmarks/gui_responsiveness.md). On many cores the cost is one core of PyTorch's.
+    - PyTorch on all cores but one. On 2 cores, PyTorch's two threads and Mesa's drawing threads
+      starved the GUI thread: with one core left to it, the longest stalls were shorter and the
+      runs themselves faster as well. On many cores the cost is one core of PyTorch's.
+    - Python's garbage collector skips every object alive when a run starts (``gc.freeze()``),
+      PyTorch's ~400k among them: a full collection walking them held the GIL 0.8-0.9 s in the
+      GUI thread during fine-tuning. Objects that die during the run are still freed by their
+      reference counts; those in reference cycles (a napari layer removed mid-run among them)
+      wait for a full collection after the run's end. napari's own collection at a layer's
+      removal cannot free the layer either: the removal event still holds it.
     """
     import torch
 
-    global _cores_users, _cores_before
-    with _cores_lock:
-        if _cores_users == 0:
-            _cores_before = torch.get_num_threads()
+    global _workers, _torch_threads_before
+    with _workers_lock:
+        if _workers == 0:
+            _torch_threads_before = torch.get_num_threads()
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, min(_cores_before, cores - 1)))
-        _cores_users += 1
+            torch.set_num_threads(max(1, min(_torch_threads_before, cores - 1)))
+        _workers += 1
+        gc.freeze()
     try:
         yield
     finally:
-        with _cores_lock:
-            _cores_users -= 1
-            if _cores_users == 0:
-                torch.set_num_threads(_cores_before)
+        with _workers_lock:
+            _workers -= 1
+            if _workers == 0:
+                torch.set_num_threads(_torch_threads_before)
+                gc.unfreeze()
 
 
 def as_gui_worker(body):
     """``body`` (a worker's function or generator function) made fit to run beside the GUI:
     PyTorch imported without collection pauses (:func:`import_pytorch_without_gc_pauses`), and
-    run within :func:`one_core_for_the_gui`."""
+    run within :func:`while_workers_run`."""
+
+    def prepare():
+        try:
+            import_pytorch_without_gc_pauses()
+        except Exception:  # the body imports them again, and reports the failure its own way
+            log.debug("napari-clumps: importing PyTorch ahead of the run failed", exc_info=True)
+
     if inspect.isgeneratorfunction(body):
 
         @functools.wraps(body)
         def run(*args, **kwargs):
-            import_pytorch_without_gc_pauses()
-            with one_core_for_the_gui():
+            prepare()
+            with while_workers_run():
                 return (yield from body(*args, **kwargs))
     else:
 
         @functools.wraps(body)
         def run(*args, **kwargs):
-            import_pytorch_without_gc_pauses()
-            with one_core_for_the_gui():
+            prepare()
+            with while_workers_run():
                 return body(*args, **kwargs)
 
     return run

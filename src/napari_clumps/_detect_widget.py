@@ -194,8 +194,9 @@ def model_menu(label: str, choices, tooltip: str) -> ComboBox:
     """A menu of models (the packaged one, files, architectures) as wide as the dock allows.
 
     Qt sizes a menu to its longest entry, and a model file in a long-named folder then widened the
-    dock's content past the dock: its right edge (file buttons, values) was cut off. Long entries
-    are elided in the closed menu, and in the middle in the open list, so the file name shows.
+    dock's content past the dock: its right edge (file buttons, values) was cut off. Now a long
+    entry is cut off at the right in the closed menu (its file name comes first) and shortened in
+    the middle in the open list.
     """
     from qtpy.QtWidgets import QComboBox
 
