@@ -230,16 +230,19 @@ def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
     row = scores_table(truth_table, found, thresholds=[0.5]).iloc[0]
     assert row.completeness >= 0.5
     # tiling loses at most a little against running each galaxy alone: the boxes found in each
-    # galaxy alone, moved to its place in the mosaic, are found there. (Not a count: boxes near
-    # the score threshold come and go with what surrounds a galaxy, here its eight neighbours.)
+    # galaxy alone with a score well above the threshold, moved to their place in the mosaic, are
+    # found there. (Not every box found alone: those near the threshold come and go with what
+    # surrounds a galaxy, here its eight neighbours; seen lost: 0.54-0.60, while all 12 boxes
+    # scoring 0.7 or more were found. Nor a count: seen 24 in the mosaic against 18 alone.)
     alone = per_tile.copy()
     offsets = np.array([[200 * (k % 3), 200 * (k // 3)] for k in range(9)])
     where = np.array([names.index(Path(image).name) for image in alone.image])
     alone[["x_min", "x_max"]] += offsets[where, :1]
     alone[["y_min", "y_max"]] += offsets[where, 1:]
     alone["image"] = "mosaic"
-    kept = scores_table(alone, found, thresholds=[0.5]).iloc[0]
-    assert kept.completeness >= 0.8, kept.to_dict()
+    confident = alone[alone.score >= 0.7]
+    kept = scores_table(confident, found, thresholds=[0.5]).iloc[0]
+    assert len(confident) >= 5 and kept.completeness >= 0.9, kept.to_dict()
     # and the tiles' overlaps leave no box twice
     overlaps = box_iou(box_array(found), box_array(found))
     assert not (np.triu(overlaps, k=1) > 0.5).any()
