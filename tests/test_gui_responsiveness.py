@@ -117,31 +117,40 @@ assert not gc.isenabled() and gc.get_freeze_count() > 0
 """)
 
 
-def test_collections_skip_what_was_alive_while_workers_run_and_only_then():
-    """While any worker runs, what was alive at a run's start is frozen (and PyTorch on all cores
-    but one); after the last one ends, everything is collectable again: a reference cycle dropped
-    mid-run is freed by the first full collection after the run, not before."""
-    _in_a_fresh_interpreter("""
-import gc, weakref
-import torch
-from napari_clumps._background import while_workers_run
+def test_what_a_run_froze_is_collectable_again_once_a_layer_is_removed(make_napari_viewer):
+    """A worker's run freezes what is alive (with PyTorch on all cores but one while it runs); it
+    stays frozen after the run (the GUI thread still shows the last results, then the user edits
+    boxes) until a layer is removed: napari collects then, and a reference cycle that died in
+    between is freed, not pinned for the session."""
+    import gc
+    import weakref
 
-class Node:
-    pass
+    import numpy as np
+    import torch
 
-cycle = Node(); cycle.me = cycle
-alive = weakref.ref(cycle)
-threads = torch.get_num_threads()
-with while_workers_run():
-    frozen = gc.get_freeze_count()
-    assert frozen > 0
-    with while_workers_run():  # a second widget's worker
+    from napari_clumps._background import while_workers_run
+    from napari_clumps._detect_widget import DetectionWidget
+
+    class Node:
         pass
-    assert gc.get_freeze_count() >= frozen, "still frozen: the first worker runs on"
+
+    viewer = make_napari_viewer()
+    DetectionWidget(viewer)  # connects the unfreezing to the viewer's layer list
+    layer = viewer.add_image(np.zeros((8, 8)), name="galaxy")
+    cycle = Node()
+    cycle.me = cycle
+    alive = weakref.ref(cycle)
+    threads = torch.get_num_threads()
+    with while_workers_run():
+        assert gc.get_freeze_count() > 0
+        with while_workers_run():  # a second widget's worker
+            pass
+        assert torch.get_num_threads() <= threads
+    assert torch.get_num_threads() == threads
     del cycle
     gc.collect()
-    assert alive() is not None, "frozen: not collected mid-run"
-assert gc.get_freeze_count() == 0 and torch.get_num_threads() == threads
-gc.collect()
-assert alive() is None, "collected once the runs have ended"
-""")
+    assert gc.get_freeze_count() > 0 and alive() is not None, "frozen after the run, not collected"
+    viewer.layers.remove(layer)
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert alive() is None, "collected once a layer was removed"

@@ -100,8 +100,8 @@ _imported = False
 
 def import_pytorch_without_gc_pauses() -> None:
     """Import PyTorch and the detector's libraries (the first time in the process) with Python's
-    cyclic garbage collector off, and leave their objects frozen (out of every collection) for
-    the run that follows (:func:`while_workers_run` unfreezes them at its end).
+    cyclic garbage collector off, and leave their objects frozen (out of every collection; see
+    :func:`while_workers_run` for when that ends).
 
     Why: the import makes ~400k objects, and every full collection while it went on walked them
     all, holding the GIL, so that the GUI thread waited: 0.4-0.7 s each, seen in the worker
@@ -140,10 +140,10 @@ def while_workers_run():
       runs themselves faster as well. On many cores the cost is one core of PyTorch's.
     - Python's garbage collector skips every object alive when a run starts (``gc.freeze()``),
       PyTorch's ~400k among them: a full collection walking them held the GIL 0.8-0.9 s in the
-      GUI thread during fine-tuning. Objects that die during the run are still freed by their
-      reference counts; those in reference cycles (a napari layer removed mid-run among them)
-      wait for a full collection after the run's end. napari's own collection at a layer's
-      removal cannot free the layer either: the removal event still holds it.
+      GUI thread during fine-tuning. They stay frozen after the run (the GUI thread still shows
+      its last results then, and the user edits boxes between runs) until a layer is removed
+      (:func:`collect_removed_layers`). Objects that die meanwhile are freed by their reference
+      counts; only those in reference cycles wait for that.
     """
     import torch
 
@@ -162,7 +162,20 @@ def while_workers_run():
             _workers -= 1
             if _workers == 0:
                 torch.set_num_threads(_torch_threads_before)
-                gc.unfreeze()
+
+
+def _unfreeze(event=None) -> None:
+    gc.unfreeze()
+
+
+def collect_removed_layers(viewer) -> None:
+    """Make every object frozen by :func:`while_workers_run` collectable again when a layer is
+    removed (closing the viewer removes them all): napari collects right after a removal, at its
+    own cost, to free the layer's drawing objects (and their OpenGL resources) at once, which
+    frozen objects would escape; and a removed layer, kept by reference cycles, would stay in
+    memory for the session. Connected ahead of napari's handler (napari calls the last connected
+    first); once per viewer however many widgets ask (napari ignores a second connection)."""
+    viewer.layers.events.removed.connect(_unfreeze)
 
 
 def as_gui_worker(body):

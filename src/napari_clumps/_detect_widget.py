@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 from ._background import (
     Inbox,
     as_gui_worker,
+    collect_removed_layers,
     crash_line,
     qt_deleted,
     say_refused,
@@ -298,6 +299,7 @@ class DetectionWidget(QWidget):
         super().__init__()
         avoid_triton_llvm_clash()
         self.viewer = napari_viewer
+        collect_removed_layers(self.viewer)  # what the workers froze: collectable again
         show_sky_position(self.viewer)  # RA/Dec under the cursor
         self.worker = None
         self.send_worker = None

@@ -16,7 +16,7 @@ import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 
-from ._background import Inbox, as_gui_worker, busy_message, crash_line, stop_when_closed
+from ._background import Inbox, as_gui_worker, busy_message, collect_removed_layers, crash_line, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
     _forget,
@@ -73,6 +73,7 @@ class ReviewWidget(QWidget):
         super().__init__()
         avoid_triton_llvm_clash()
         self.viewer = napari_viewer
+        collect_removed_layers(self.viewer)  # what the workers froze: collectable again
         show_sky_position(self.viewer)  # RA/Dec under the cursor
         self.session = None
         self._loaded: dict[str, list] = {}  # CSV name -> [image layers..., boxes layer], most recent last

@@ -15,7 +15,15 @@ from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, PushButto
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
-from ._background import Inbox, as_gui_worker, crash_line, qt_deleted, say_refused, stop_when_closed
+from ._background import (
+    Inbox,
+    as_gui_worker,
+    collect_removed_layers,
+    crash_line,
+    qt_deleted,
+    say_refused,
+    stop_when_closed,
+)
 from ._detect_widget import (
     DEFAULT_CHOICE,
     ModelChoiceGuard,
@@ -56,6 +64,7 @@ class FineTuneWidget(QWidget):
         super().__init__()
         avoid_triton_llvm_clash()
         self.viewer = napari_viewer
+        collect_removed_layers(self.viewer)  # what the workers froze: collectable again
         self.worker = None
         self.result_path = None
         self._stop = threading.Event()
