@@ -293,20 +293,8 @@ def apply_score_threshold(shapes_layer, threshold: float, keep_off_host: bool | 
     metadata["keep_off_host"] = bool(keep_off_host)
     if len(shown) == len(current) and len(hidden) == (0 if pool is None else len(pool)):
         return  # nothing moves
-    metadata["rebuilding"] = True  # data events from here on are the filter's, not the user's edits
-    try:
-        with refreshed_once(shapes_layer):
-            shapes_layer.selected_data = set()
-            shapes_layer.data = []  # replace in one go: shapes and their features together
-            if len(shown):
-                shapes_layer.add_rectangles(list(shown["_vertices"]))
-            # also when nothing is shown: emptying the data leaves the old feature rows behind
-            shapes_layer.features = shown.drop(columns="_vertices")
-            if len(shown):
-                shapes_layer.edge_color = label_colours(shown["label"])
-    finally:
-        metadata["rebuilding"] = False
-        metadata["n_boxes_seen"] = len(shapes_layer.data)
+    features = shown.drop(columns="_vertices")
+    replace_boxes(shapes_layer, list(shown["_vertices"]), features, label_colours(features["label"]))
 
 
 @contextlib.contextmanager
@@ -320,26 +308,35 @@ def refreshed_once(layer):
     layer.refresh()
 
 
+def replace_boxes(shapes_layer, vertices, features, edge_color, feature_defaults=None) -> None:
+    """Put the rectangles ``vertices`` with their ``features`` and ``edge_color`` in place of the
+    layer's boxes, redrawn once; the data events this makes are not the user's edits."""
+    metadata = shapes_layer.metadata
+    metadata["rebuilding"] = True
+    try:
+        with refreshed_once(shapes_layer):
+            shapes_layer.selected_data = set()
+            shapes_layer.data = []  # replace in one go: shapes and their features together
+            if len(vertices):
+                shapes_layer.add_rectangles(list(vertices))
+            # also when there are none: emptying the data leaves the old feature rows behind
+            shapes_layer.features = features
+            if len(vertices):
+                shapes_layer.edge_color = edge_color
+            if feature_defaults is not None:  # after the features: setting them resets it
+                shapes_layer.feature_defaults = feature_defaults
+    finally:
+        metadata["rebuilding"] = False
+        metadata["n_boxes_seen"] = len(shapes_layer.data)
+
+
 def refill_boxes_layer(shapes_layer, data, kwargs: dict) -> None:
     """Put the boxes of a :func:`detections_layer` tuple ``(data, kwargs)`` into an existing
     clumps layer of the same image, in place of its own (new boxes, not the user's edits)."""
     metadata = shapes_layer.metadata
     metadata.pop("edited", None)
     metadata.update(kwargs["metadata"])
-    metadata["rebuilding"] = True  # data events from here on are not the user's edits
-    try:
-        with refreshed_once(shapes_layer):
-            shapes_layer.selected_data = set()
-            shapes_layer.data = []  # replace in one go: shapes and their features together
-            if len(data):
-                shapes_layer.add_rectangles(list(data))
-            shapes_layer.features = kwargs["features"]  # also when empty: see apply_score_threshold
-            if len(data):
-                shapes_layer.edge_color = kwargs["edge_color"]
-            shapes_layer.feature_defaults = kwargs["feature_defaults"]  # after the features: setting them resets it
-    finally:
-        metadata["rebuilding"] = False
-        metadata["n_boxes_seen"] = len(shapes_layer.data)
+    replace_boxes(shapes_layer, data, kwargs["features"], kwargs["edge_color"], kwargs["feature_defaults"])
 
 
 def note_user_edit(shapes_layer, event=None) -> None:

@@ -36,8 +36,8 @@ from ._layers import (
     display_transform,
     hand_box_features,
     image_layers,
-    label_colours,
     mark_drawn_by_hand,
+    replace_boxes,
 )
 from ._sky_readout import show_sky_position
 from ._train_widget import _Relay, _train_in_thread
@@ -353,14 +353,7 @@ class ReviewWidget(QWidget):
         )
         self._updating_layer = True
         try:
-            layer.selected_data = set()
-            layer.data = []  # replace in one go: shapes and their features together
-            if len(data):
-                layer.add_rectangles(data)
-            layer.features = kwargs["features"]
-            if len(data):
-                layer.edge_color = label_colours(kwargs["features"]["label"])
-            layer.refresh()
+            replace_boxes(layer, data, kwargs["features"], kwargs["edge_color"])
         finally:
             self._updating_layer = False
 
