@@ -133,7 +133,8 @@ _torch_threads_before = 0
 @contextmanager
 def while_workers_run():
     """The process's settings while any widget's worker runs (counted across concurrent workers;
-    restored when the last one ends):
+    restored when the last one ends), PyTorch first imported without collection pauses
+    (:func:`import_pytorch_without_gc_pauses`):
 
     - PyTorch on all cores but one. On 2 cores, PyTorch's two threads and Mesa's drawing threads
       starved the GUI thread: with one core left to it, the longest stalls were shorter and the
@@ -145,6 +146,10 @@ def while_workers_run():
       (:func:`collect_removed_layers`). Objects that die meanwhile are freed by their reference
       counts; only those in reference cycles wait for that.
     """
+    try:
+        import_pytorch_without_gc_pauses()
+    except Exception:  # the worker's body imports them again, and reports the failure its own way
+        log.debug("napari-clumps: importing PyTorch ahead of the run failed", exc_info=True)
     import torch
 
     global _workers, _torch_threads_before
@@ -179,28 +184,17 @@ def collect_removed_layers(viewer) -> None:
 
 
 def as_gui_worker(body):
-    """``body`` (a worker's function or generator function) made fit to run beside the GUI:
-    PyTorch imported without collection pauses (:func:`import_pytorch_without_gc_pauses`), and
-    run within :func:`while_workers_run`."""
-
-    def prepare():
-        try:
-            import_pytorch_without_gc_pauses()
-        except Exception:  # the body imports them again, and reports the failure its own way
-            log.debug("napari-clumps: importing PyTorch ahead of the run failed", exc_info=True)
-
+    """``body`` (a worker's function or generator function) run within :func:`while_workers_run`."""
     if inspect.isgeneratorfunction(body):
 
         @functools.wraps(body)
         def run(*args, **kwargs):
-            prepare()
             with while_workers_run():
                 return (yield from body(*args, **kwargs))
     else:
 
         @functools.wraps(body)
         def run(*args, **kwargs):
-            prepare()
             with while_workers_run():
                 return body(*args, **kwargs)
 
