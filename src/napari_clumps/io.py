@@ -391,6 +391,38 @@ def _structure_keywords(header):
             yield f"ZTILE{i}", 1, None, False
 
 
+def _fits_bands(path, hdul) -> tuple:
+    """``(bands, band names, HDU names, header, primary header)`` of an open FITS file: the first
+    image HDU, a cube's planes or, for a 2-D image, the following 2-D HDUs of the same shape."""
+    from astropy.io import fits
+
+    image_hdus = [
+        hdu
+        for hdu in hdul
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS", 0) > 0
+    ]
+    if not image_hdus:
+        raise ImageReadError(path, "no image data in any HDU")
+    first = image_hdus[0]
+    shape = _image_shape(path, first)  # from the header, before the data is read
+    data = np.asarray(first.data, dtype=np.float32).reshape(shape)
+    header = first.header.copy()
+    primary_header = hdul[0].header.copy()
+    if data.ndim == 3:
+        return data, _cube_band_names(header, data.shape[0]), [first.name], header, primary_header
+    # One band per extension: the following 2-D HDUs of the same shape.
+    planes, names, hdu_names = [data], [_band_name(header, 0)], [first.name]
+    for hdu in image_hdus[1:]:
+        if hdu.header.get("NAXIS") == 2 and hdu.shape == data.shape:
+            _refuse_if_too_large(path, (len(planes) + 1, *shape), "with its extensions, the file")
+            planes.append(np.asarray(hdu.data, dtype=np.float32))
+            names.append(_band_name(hdu.header, len(names)))
+            hdu_names.append(hdu.name)
+    if len(set(names)) < len(names):
+        names = [f"band{i}" for i in range(len(names))]
+    return np.stack(planes), names, hdu_names, header, primary_header
+
+
 def _read_fits(path: Path) -> GalaxyImage:
     from astropy.io import fits
 
@@ -405,33 +437,7 @@ def _read_fits(path: Path) -> GalaxyImage:
                 truncated = _check_hdu_headers(path, stream)
                 stream.seek(0)
                 with fits.open(stream, memmap=False) as hdul:
-                    image_hdus = [
-                        hdu
-                        for hdu in hdul
-                        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
-                        and hdu.header.get("NAXIS", 0) > 0
-                    ]
-                    if not image_hdus:
-                        raise ImageReadError(path, "no image data in any HDU")
-                    first = image_hdus[0]
-                    shape = _image_shape(path, first)  # from the header, before the data is read
-                    data = np.asarray(first.data, dtype=np.float32).reshape(shape)
-                    header = first.header.copy()
-                    primary_header = hdul[0].header.copy()
-                    if data.ndim == 2:
-                        # One band per extension: the following 2-D HDUs of the same shape.
-                        planes, names, hdu_names = [data], [_band_name(header, 0)], [first.name]
-                        for hdu in image_hdus[1:]:
-                            if hdu.header.get("NAXIS") == 2 and hdu.shape == data.shape:
-                                _refuse_if_too_large(path, (len(planes) + 1, *shape), "with its extensions, the file")
-                                planes.append(np.asarray(hdu.data, dtype=np.float32))
-                                names.append(_band_name(hdu.header, len(names)))
-                                hdu_names.append(hdu.name)
-                        bands = np.stack(planes)
-                        if len(set(names)) < len(names):
-                            names = [f"band{i}" for i in range(len(names))]
-                    else:
-                        bands, names, hdu_names = data, _cube_band_names(header, data.shape[0]), [first.name]
+                    bands, names, hdu_names, header, primary_header = _fits_bands(path, hdul)
     except ImageReadError:
         raise
     except Exception as error:  # astropy raises many types for corrupt or truncated files
