@@ -1,6 +1,7 @@
 """The detection widget in a real napari viewer (under Xvfb): run, threshold, cancel, edit, export."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_clumps import inference
@@ -416,3 +417,26 @@ def test_fits_opened_in_napari_reads_ra_dec_under_the_cursor(fits_with_boxes):
     viewer.cursor.position = tuple(image.data_to_world((10.0, 20.0)))
     for layer in (image, viewer.layers["single.fits clumps"]):
         assert layer.get_status(viewer.cursor.position, world=True)["coordinates"].startswith("RA 150.")
+
+
+def test_each_clumps_layer_sits_above_its_galaxy_and_hides_with_it(make_napari_viewer, tmp_path):
+    """napari stacks the galaxies opened; a galaxy's boxes are put just above it (the galaxies
+    above cover both), never over another galaxy, and are hidden and shown with it."""
+    from napari_clumps.detections import detections_frame, write_detections
+
+    viewer = make_napari_viewer()
+    for name in ("a.png", "b.png", "c.png"):
+        viewer.add_image(np.zeros((40, 40, 3), np.uint8), name=name, rgb=True)
+    widget = DetectionWidget(viewer)
+    tables = [detections_frame(name, [[5, 5, 9, 9]], ["clump"], [0.9]) for name in ("a.png", "c.png")]
+    path = write_detections(pd.concat(tables, ignore_index=True), tmp_path / "boxes.csv")
+    for _ in range(2):  # the second import refills the same layers, where they are
+        widget.import_csv(path)
+        assert [layer.name for layer in viewer.layers] == ["a.png", "a.png clumps", "b.png", "c.png", "c.png clumps"]
+    galaxy, boxes = viewer.layers["a.png"], viewer.layers["a.png clumps"]
+    galaxy.visible = False
+    assert not boxes.visible and viewer.layers["c.png clumps"].visible
+    galaxy.visible = True
+    assert boxes.visible
+    boxes.visible = False  # the boxes alone can still be hidden
+    assert galaxy.visible and not boxes.visible

@@ -46,6 +46,7 @@ from ._layers import (
     layer_to_galaxy_image,
     note_user_edit,
     refill_boxes_layer,
+    shown_with_image,
     with_score_threshold,
 )
 from ._sky_readout import show_sky_position
@@ -637,10 +638,13 @@ class DetectionWidget(QWidget):
             if old is not None:
                 self.viewer.layers.remove(old)
         if layer is not old:
-            self.viewer.add_layer(layer)
+            # just above its galaxy: napari draws the list bottom up, so the galaxies above cover
+            # these boxes as they cover the galaxy, and boxes are never seen over another galaxy
+            self.viewer.layers.insert(self.viewer.layers.index(image_layer) + 1, layer)
         if layer not in self._watched:
             self._watched.add(layer)
             layer.events.data.connect(lambda event: note_user_edit(layer, event))
+            shown_with_image(layer, image_layer)
         return layer
 
     def cancel(self):

@@ -7,6 +7,7 @@ it stays cheap; all coordinate conversion goes through :mod:`napari_clumps.pixel
 from __future__ import annotations
 
 import contextlib
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,21 @@ def detections_layer_over(table, image_layer, new_label: str = "clump") -> tuple
         width=int(np.shape(image_layer.data)[1]),
         new_label=new_label,
     )
+
+
+def shown_with_image(boxes_layer, image_layer) -> None:
+    """Show and hide a clumps layer with its image layer (from now on): with the galaxy hidden,
+    the one below shows, and these boxes over it would mark clumps it does not have. The boxes
+    can still be hidden alone."""
+    boxes = weakref.ref(boxes_layer)  # a removed clumps layer is not kept alive by its image
+
+    def follow(event=None):
+        layer = boxes()
+        if layer is not None:
+            layer.visible = image_layer.visible
+
+    follow()
+    image_layer.events.visible.connect(follow)
 
 
 def boxes_table(shapes_layer):
