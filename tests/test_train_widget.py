@@ -172,3 +172,22 @@ def test_the_live_plot_redraws_everything_only_when_its_axes_change(qtbot):
     plot.show([0.5], [], steps_per_epoch=4, total_steps=8)
     settle()
     assert plot.loss_axes.get_ylim()[1] < 1 and plot.loss_axes.get_xlim() == (0, 8)
+
+
+def test_a_run_starting_or_ending_does_not_redraw_the_whole_plot(make_napari_viewer, qtbot):
+    """Docked beside the Detect widget, the docks are laid out again when a run starts or ends (a
+    progress bar shown, a longer status line): the plot keeps its size, so it is not drawn whole
+    again (0.2-0.3 s in the GUI thread beside training, docs/benchmarks/gui_responsiveness.md)."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.window.add_dock_widget(DetectionWidget(viewer))
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    qtbot.wait(300)
+    size, draws = widget.plot.canvas.size(), widget.plot.whole_draws
+    widget.progress.busy("loading the model\nfor four images")
+    qtbot.wait(200)
+    widget.progress.done("saved tuned.safetensors")
+    qtbot.wait(200)
+    assert widget.plot.canvas.size() == size
+    assert widget.plot.whole_draws == draws

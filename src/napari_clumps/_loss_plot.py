@@ -1,7 +1,7 @@
 """The fine-tuning widget's live plot: the training loss at each step, the validation F1 at each
 epoch (matplotlib in Qt).
 
-Drawn whole (axes, ticks, labels) only when a run starts, the plot is resized, or a value leaves
+Drawn whole (axes, ticks, labels) only when a run starts, the plot is made wider or narrower, or a value leaves
 the axes' limits; every other update draws the two lines over a saved picture of the rest
 (matplotlib's blitting). A whole draw is mostly Agg text rendering: 55 ms on an idle 2-core
 machine, 0.2-0.5 s while PyTorch trains beside it, in the GUI thread; an update of the lines
@@ -16,6 +16,8 @@ import numpy as np
 
 #: Headroom above the largest loss seen, so that a slightly larger one does not redraw everything.
 LOSS_HEADROOM = 1.15
+#: The plot's height on screen (pixels).
+PLOT_HEIGHT = 240
 
 
 class TrainingPlot:
@@ -39,7 +41,10 @@ class TrainingPlot:
         (self.loss_line,) = self.loss_axes.plot([], [], color="tab:blue", lw=1, animated=True)
         (self.f1_line,) = self.f1_axes.plot([], [], "o-", color="tab:orange", animated=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
+        # a fixed height: the docks beside it are re-laid out when a run starts or ends (progress
+        # bars shown, status lines longer), and each new height redrew the whole plot, in the GUI
+        # thread, as the run started (0.2-0.3 s, docs/benchmarks/gui_responsiveness.md)
+        self.canvas.setFixedHeight(PLOT_HEIGHT)
         self._background = None
         self.whole_draws = 0  # how many times everything was drawn (the tests count them)
         self.canvas.mpl_connect("draw_event", self._after_whole_draw)

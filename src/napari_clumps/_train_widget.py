@@ -158,6 +158,7 @@ class FineTuneWidget(QWidget):
         layout = scrolling_layout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.plot.canvas)
+        layout.addStretch()  # room to spare goes below the plot (its height is fixed), not into the form
         self.setMaximumWidth(440)
 
         self.train_button.changed.connect(self.start)
