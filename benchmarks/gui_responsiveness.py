@@ -88,7 +88,10 @@ def time_full_collections() -> None:
 
 
 def measure(what: str, start, done) -> dict:
-    """Start a run, serve the event loop until ``done()``; the heartbeat's record of it."""
+    """Start a run, serve the event loop until ``done()``; the heartbeat's record of it. The
+    viewer first finishes what came before (the last result's repaint, a CSV's boxes): each row
+    measures its own run."""
+    wait_until(_after(0.5))
     HANDLED.clear()
     FULL_COLLECTIONS.clear()
     with Heartbeat(where=True) as beat:

@@ -127,8 +127,9 @@ def test_training_without_any_box_is_refused(make_napari_viewer, qtbot, tmp_path
 
 def test_the_live_plot_redraws_everything_only_when_its_axes_change(qtbot):
     """Each step's update draws the lines over the saved axes (under 1 ms); the axes, ticks and
-    labels (Agg text: 0.2-0.5 s while PyTorch trains on 2 cores) are drawn again only when a run
-    starts or a value leaves the limits."""
+    labels (Agg text: 0.1-0.5 s while PyTorch trains on 2 cores) are drawn when a run starts,
+    before its worker does (in epochs, the loss relative to the first: known then), and again only
+    when a value leaves the limits."""
     from napari_clumps._loss_plot import TrainingPlot
 
     plot = TrainingPlot()
@@ -141,37 +142,37 @@ def test_the_live_plot_redraws_everything_only_when_its_axes_change(qtbot):
     def settle():
         qtbot.wait(20)  # matplotlib's draw_idle draws at the event loop's next pass
 
-    settle()
     assert plot.whole_draws == 1
-    plot.start(total_steps=10)
-    settle()
-    assert plot.whole_draws == 2 and plot.loss_axes.get_xlim() == (0, 10)
+    plot.start(epochs=2)
+    assert plot.whole_draws == 2 and plot.loss_axes.get_xlim() == (0, 2)  # at once, not at the next pass
     losses = [2.0]
-    plot.show(losses, [], steps_per_epoch=5, total_steps=10)  # the first loss sets the scale
+    plot.show(losses, [], steps_per_epoch=5)
     settle()
-    assert plot.whole_draws == 3 and 2.0 < plot.loss_axes.get_ylim()[1] < 2.5
     label_only = loss_colour_pixels()  # the axis label; the line has one point, nothing to draw
     for loss in (1.8, 1.5, 1.2, 1.0):
         losses.append(loss)
-        plot.show(losses, [(1, 0.4)], steps_per_epoch=5, total_steps=10)
+        plot.show(losses, [(1, 0.4)], steps_per_epoch=5)
         settle()
-    assert plot.whole_draws == 3  # only the lines, over the saved picture
+    assert plot.whole_draws == 2  # only the lines, over the saved picture
     assert loss_colour_pixels() > label_only + 20  # ... which are drawn
-    assert list(plot.loss_line.get_ydata()) == losses
-    assert list(plot.f1_line.get_xdata()) == [5] and list(plot.f1_line.get_ydata()) == [0.4]
-    plot.show([*losses, float("nan")], [(1, 0.4), (2, None)], steps_per_epoch=5, total_steps=10)
+    assert np.allclose(plot.loss_line.get_xdata(), [0.2, 0.4, 0.6, 0.8, 1.0])  # in epochs
+    assert np.allclose(plot.loss_line.get_ydata(), [1.0, 0.9, 0.75, 0.6, 0.5])  # relative to the first
+    assert list(plot.f1_line.get_xdata()) == [1] and list(plot.f1_line.get_ydata()) == [0.4]
+    plot.show([*losses, float("nan")], [(1, 0.4), (2, None)], steps_per_epoch=5)
     settle()
-    assert plot.whole_draws == 3  # a NaN loss or an epoch without validation moves no limit
-    plot.show(losses, [(1, 0.4)], steps_per_epoch=5, total_steps=20)  # a longer run than planned
+    assert plot.whole_draws == 2  # a NaN loss or an epoch without validation moves no limit
+    plot.show(losses * 3, [(1, 0.4)], steps_per_epoch=5)  # three epochs: longer than planned
     settle()
-    assert plot.whole_draws == 4 and plot.loss_axes.get_xlim() == (0, 20)
-    plot.show([*losses, 3.0], [(1, 0.4)], steps_per_epoch=5, total_steps=20)  # a loss above the scale
+    assert plot.whole_draws == 3 and plot.loss_axes.get_xlim() == (0, 3)
+    plot.show([*losses, 3.0], [(1, 0.4)], steps_per_epoch=5)  # 1.5 times the first loss
     settle()
-    assert plot.whole_draws == 5 and plot.loss_axes.get_ylim()[1] > 3.0
-    plot.start(total_steps=8)  # the next run: scaled from its own first loss
-    plot.show([0.5], [], steps_per_epoch=4, total_steps=8)
+    assert plot.whole_draws == 4 and plot.loss_axes.get_ylim()[1] > 1.5
+    plot.start(epochs=2)  # the next run: its own axes again, drawn at once
+    assert plot.whole_draws == 5 and plot.loss_axes.get_xlim() == (0, 2) and plot.loss_axes.get_ylim()[1] < 1.5
+    plot.start(epochs=2)  # the same axes: the lines go, nothing else is drawn again
     settle()
-    assert plot.loss_axes.get_ylim()[1] < 1 and plot.loss_axes.get_xlim() == (0, 8)
+    assert plot.whole_draws == 5 and len(plot.loss_line.get_xdata()) == 0
+    assert loss_colour_pixels() == label_only
 
 
 def test_a_run_starting_or_ending_does_not_redraw_the_whole_plot(make_napari_viewer, qtbot):

@@ -150,7 +150,7 @@ class FineTuneWidget(QWidget):
         )
         self.plot = TrainingPlot()
         self._history_steps, self._history_f1 = [], []  # losses; (epoch, F1) pairs
-        self._steps_per_epoch = self._total_steps = 0
+        self._steps_per_epoch = 0
         self._plot_timer = QTimer(self)  # coalesces the plot's redraws (PLOT_INTERVAL_MS)
         self._plot_timer.setSingleShot(True)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
@@ -269,8 +269,8 @@ class FineTuneWidget(QWidget):
         )
         self._stop.clear()
         self._history_steps, self._history_f1, self._part = [], [], ""
-        self._steps_per_epoch = self._total_steps = 0
-        self.plot.start(0)
+        self._steps_per_epoch = 0
+        self.plot.start(options.epochs)  # drawn now, before the worker starts
         self.train_button.enabled, self.cancel_button.enabled = False, True
         negatives = sum(len(it.boxes) == 0 for it in items)
         self.progress.busy(
@@ -321,7 +321,7 @@ class FineTuneWidget(QWidget):
         if progress.part != self._part:  # the next training of a cross-validation: a new bar and plot
             self._part = progress.part
             self._history_steps, self._history_f1 = [], []
-            self.plot.start(0)
+            self.plot.start(progress.epochs)
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
@@ -332,7 +332,7 @@ class FineTuneWidget(QWidget):
             self._bar.update(1)
             done = (progress.epoch - 1) * progress.steps + progress.step
             self.progress.count(done, progress.steps * progress.epochs)
-            self._steps_per_epoch, self._total_steps = progress.steps, progress.steps * progress.epochs
+            self._steps_per_epoch = progress.steps
             if not self._history_f1:  # until the first epoch's line, which then stays
                 self.status.value = (
                     f"epoch {progress.epoch}/{progress.epochs}, step {progress.step}/{progress.steps}: "
@@ -386,7 +386,7 @@ class FineTuneWidget(QWidget):
             self._plot_timer.start()
 
     def _redraw(self):
-        self.plot.show(self._history_steps, self._history_f1, self._steps_per_epoch, self._total_steps)
+        self.plot.show(self._history_steps, self._history_f1, self._steps_per_epoch)
 
 
 def _train_in_thread(items, base, options, out, report, should_stop):
