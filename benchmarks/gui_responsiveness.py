@@ -88,10 +88,12 @@ def time_full_collections() -> None:
 
 
 def measure(what: str, start, done) -> dict:
-    """Start a run, serve the event loop until ``done()``; the heartbeat's record of it. The
-    viewer first finishes what came before (the last result's repaint, a CSV's boxes): each row
-    measures its own run."""
+    """Start a run, serve the event loop until ``done()`` (or for ``done`` seconds); the
+    heartbeat's record of it. The viewer first finishes what came before (the last result's
+    repaint, a CSV's boxes): each row measures its own run."""
     wait_until(_after(0.5))
+    if isinstance(done, (int, float)):
+        done = _after(done)
     HANDLED.clear()
     FULL_COLLECTIONS.clear()
     with Heartbeat(where=True) as beat:
@@ -160,8 +162,8 @@ def main():
         torch.set_num_threads(args.torch_threads)
     load = os.getloadavg()[0]
 
-    rows = [measure("nothing running (2 s)", lambda: None, _after(2.0))]
-    rows.append(measure("one repaint, nothing running (zoom in)", lambda: _zoom(viewer), _after(1.0)))
+    rows = [measure("nothing running (2 s)", lambda: None, 2.0)]
+    rows.append(measure("one repaint, nothing running (zoom in)", lambda: _zoom(viewer), 1.0))
     for run in range(1, args.detect_runs + 1):
         first = " (imports PyTorch, loads the model)" if run == 1 and torch_first else ""
         what = f"Detect {run}: {args.n} images, {'makes' if run == 1 else 'refills'} the clumps layers{first}"
