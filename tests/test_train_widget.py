@@ -192,3 +192,23 @@ def test_a_run_starting_or_ending_does_not_redraw_the_whole_plot(make_napari_vie
     qtbot.wait(200)
     assert widget.plot.canvas.size() == size
     assert widget.plot.whole_draws == draws
+
+
+def test_a_dock_added_under_another_gets_its_share_of_the_column(make_napari_viewer, qtbot):
+    """Qt gave a dock added under another only its minimum height: Fine-tune under Detect on a
+    900 px screen was an 89 px strip (its Train button out of sight) while Detect kept spare room.
+    The column is now shared by what each dock's content asks for, once, when the dock is shown."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    detect, train = DetectionWidget(viewer), FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(detect)
+    qtbot.wait(100)
+    viewer.window.add_dock_widget(train)
+    qtbot.wait(300)
+    docks = [widget.parentWidget() for widget in (detect, train)]
+    heights = [dock.height() for dock in docks]
+    wanted = [dock.sizeHint().height() for dock in docks]
+    assert docks[0].x() == docks[1].x() and docks[0].y() < docks[1].y()  # stacked, Detect on top
+    share = [height / sum(heights) for height in heights]
+    fair = [hint / sum(wanted) for hint in wanted]
+    assert share == pytest.approx(fair, abs=0.05), (heights, wanted)

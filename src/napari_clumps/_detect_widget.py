@@ -22,8 +22,8 @@ from magicgui.widgets import (
     PushButton,
     Select,
 )
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 from ._background import (
     Inbox,
@@ -262,7 +262,17 @@ def _forget(listener) -> None:
 
 class _ContentSizedScrollArea(QScrollArea):
     """Asks for its content's size when there is room, and shrinks in height (scrolling) when
-    there is not; never narrower than its content, so that it never scrolls sideways."""
+    there is not; never narrower than its content, so that it never scrolls sideways. The first
+    time it is shown docked under or over other docks, the column is shared among them
+    (:func:`share_dock_column`)."""
+
+    _column_shared = False
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        if not self._column_shared:
+            self._column_shared = True
+            QTimer.singleShot(0, lambda: share_dock_column(self))  # once napari has docked it
 
     def sizeHint(self):
         return self.widget().sizeHint() if self.widget() is not None else super().sizeHint()
@@ -272,6 +282,38 @@ class _ContentSizedScrollArea(QScrollArea):
         if self.widget() is not None:
             hint.setWidth(self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width())
         return hint
+
+
+def share_dock_column(widget: QWidget) -> None:
+    """Share the height of the column of docks that holds ``widget`` among the docks stacked in
+    it, in proportion to what each one's content asks for (never below a dock's minimum).
+
+    Why: Qt gives a dock added under another only its minimum height, the one above keeping the
+    rest: the Fine-tune widget docked under Detect on a 900 px screen got 89 px (a scrolling strip)
+    while Detect kept ~60 px spare. Done once, when the dock is first shown; after that the
+    split is the user's to drag.
+    """
+    dock = widget
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window = dock.parentWidget() if dock is not None else None
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return
+    area = window.dockWidgetArea(dock)
+    column = [
+        other
+        for other in window.findChildren(QDockWidget)
+        if other.isVisible()
+        and not other.isFloating()
+        and window.dockWidgetArea(other) == area
+        and other.x() == dock.x()  # stacked in the same column (not side by side)
+    ]
+    if len(column) < 2:
+        return
+    room = sum(other.height() for other in column)
+    wanted = [max(other.sizeHint().height(), 1) for other in column]
+    heights = [max(other.minimumSizeHint().height(), room * hint // sum(wanted)) for other, hint in zip(column, wanted)]
+    window.resizeDocks(column, heights, Qt.Orientation.Vertical)
 
 
 def scrolling_layout(widget: QWidget) -> QVBoxLayout:
