@@ -231,6 +231,64 @@ def test_an_image_that_fails_and_a_model_file_gone_before_the_run_leave_the_widg
     assert_idle(widget, widget.run_button, widget.progress)
 
 
+# ----------------------------------------------------------------------------- SAMP send
+
+
+@pytest.fixture
+def gated_send(monkeypatch):
+    """Stands in for ``samp.send_table`` (a hub can take seconds to answer): returns only once
+    the test sets ``go``; counts its calls."""
+    from napari_clumps import samp
+
+    class GatedSend:
+        calls = 0
+        go = threading.Event()
+
+        def send_table(self, table, name):
+            self.calls += 1
+            self.go.wait(timeout=20)
+            return ["TOPCAT"]
+
+    fake = GatedSend()
+    monkeypatch.setattr(samp, "send_table", fake.send_table)
+    yield fake
+    fake.go.set()  # no body left waiting on Qt's 2-thread pool
+
+
+@pytest.fixture
+def boxes_of_a(three_images):
+    viewer, widget, messages = three_images
+    table = detections_frame("a", [[10, 10, 20, 20]], ["clump"], 0.9)
+    widget._put_boxes_layer(table, viewer.layers["a"])
+    return viewer, widget, messages
+
+
+def test_send_pressed_twice_sends_once(boxes_of_a, gated_send, qtbot):
+    viewer, widget, messages = boxes_of_a
+    widget.send_to_topcat()
+    first = widget.send_worker
+    assert not widget.topcat_button.enabled and not widget.ds9_button.enabled
+    widget.send_to_topcat()  # a second press (a script, a double click that got through)
+    assert widget.send_worker is first and "a send over SAMP is still going" in widget.status.value
+    gated_send.go.set()
+    qtbot.waitUntil(lambda: widget.topcat_button.enabled and widget.ds9_button.enabled, timeout=10_000)
+    assert gated_send.calls == 1 and widget.send_worker is None
+    assert widget.status.value == "sent 1 clumps of 1 image(s) to TOPCAT"
+
+
+def test_closing_the_viewer_mid_send_shows_nothing_after(boxes_of_a, gated_send, qtbot):
+    viewer, widget, messages = boxes_of_a
+    widget.send_to_topcat()
+    finished = []
+    widget.send_worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    gated_send.go.set()  # the hub answers after the viewer is gone
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    qtbot.wait(50)  # the answer's signals are delivered now: none may touch the closed widget
+    assert gated_send.calls == 1
+    assert not [m for m in messages if "sent" in m or "Error" in m or "deleted" in m]
+
+
 # ----------------------------------------------------------------------------- fine-tuning
 
 
