@@ -197,6 +197,28 @@ def test_an_error_in_the_detection_worker_ends_the_run(three_images, qtbot, monk
     assert_idle(widget, widget.run_button, widget.progress)
 
 
+def test_an_error_after_some_images_keeps_its_line_at_the_end(three_images, qtbot, monkeypatch):
+    """Out of memory on the third image: the run ends with that line, not "done: 2 of 3 images"
+    (the closing summary wrote over it)."""
+    import torch
+
+    from napari_clumps import inference
+
+    def failing(items, *args, **kwargs):
+        for name in ("a", "b"):
+            yield ImageDetections(name, detections_frame(name, [[1, 1, 9, 9]], ["clump"], 0.9), width=64, height=64)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(inference, "iter_detections", failing)
+    viewer, widget, messages = three_images
+    widget.run()
+    wait_idle(widget, qtbot, widget.run_button)
+    assert widget.status.value.startswith("failed: out of memory on auto"), widget.status.value
+    assert any("detection failed: out of memory" in m for m in messages)
+    assert len(viewer.layers["a clumps"].data) == len(viewer.layers["b clumps"].data) == 1
+    assert_idle(widget, widget.run_button, widget.progress)
+
+
 def test_an_image_that_fails_and_a_model_file_gone_before_the_run_leave_the_widget_idle(
     three_images, qtbot, monkeypatch, tmp_path
 ):
@@ -274,6 +296,23 @@ def test_send_pressed_twice_sends_once(boxes_of_a, gated_send, qtbot):
     qtbot.waitUntil(lambda: widget.topcat_button.enabled and widget.ds9_button.enabled, timeout=10_000)
     assert gated_send.calls == 1 and widget.send_worker is None
     assert widget.status.value == "sent 1 clumps of 1 image(s) to TOPCAT"
+
+
+def test_an_unexpected_error_in_a_send_is_one_line_and_the_buttons_come_back(boxes_of_a, qtbot, monkeypatch):
+    """TOPCAT quitting between the hub's answer and the table's (an OSError from the socket): the
+    status said "sending..." for good, beside napari's traceback dialog."""
+    from napari_clumps import samp
+
+    def tool_gone(table, name):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(samp, "send_table", tool_gone)
+    viewer, widget, messages = boxes_of_a
+    widget.send_to_topcat()
+    qtbot.waitUntil(lambda: widget.topcat_button.enabled and widget.send_worker is None, timeout=10_000)
+    expected = "sending over SAMP failed: ConnectionRefusedError: [Errno 111] Connection refused"
+    assert widget.status.value == expected
+    assert any(expected in m for m in messages)
 
 
 def test_closing_the_viewer_mid_send_shows_nothing_after(boxes_of_a, gated_send, qtbot):

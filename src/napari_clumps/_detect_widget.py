@@ -756,6 +756,7 @@ class DetectionWidget(QWidget):
         from napari.utils.notifications import show_error
 
         show_error(f"napari-clumps: detection failed: {message}")
+        self._run.stopped = True  # the run ends here: its closing line is this one, not a "done"
         self.status.value = f"failed: {message}"
 
     def _end_run(self):
@@ -955,14 +956,18 @@ class DetectionWidget(QWidget):
 
 
 def _send_in_thread(send, *args) -> tuple:
-    """Worker body: ``("sent", tool names)``, or ``("error", one line)`` for what a user can act
-    on (no hub, no tool that takes it); anything else propagates and napari reports it."""
+    """Worker body: ``("sent", tool names)``, or ``("error", one line)``: what a user can act on
+    (no hub, no tool that takes it) as it is, anything else (the tool quit mid-send, a temporary
+    folder gone) as a crash line, its traceback to the log. Nothing propagates: the widget's status
+    line would stay at "sending..." beside napari's traceback dialog."""
     from .samp import SampError
 
     try:
         return "sent", send(*args)
     except SampError as error:
         return "error", str(error)
+    except Exception as error:  # noqa: BLE001 - one line in the widget; the traceback is logged
+        return "error", f"sending over SAMP failed: {crash_line(error)}"
 
 
 class _RunTally:
