@@ -571,6 +571,28 @@ def test_closing_the_viewer_mid_review_detection_saves_nothing_more(review_queue
     assert not [m for m in messages if "Error" in m or "deleted" in m]
 
 
+def test_a_review_correction_made_while_detection_runs_is_kept(review_queue, gated_review, qtbot):
+    """The user goes on reviewing while the model re-detects: a model box deleted in an unreviewed
+    image (not yet accepted) is kept; the result for that image is dropped with a status line."""
+    viewer, widget, messages, csv = review_queue
+    widget.detect_unreviewed()
+    gated_review.release(3)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    widget.detect_unreviewed()  # again (say, with another model)
+    widget.session.go_to(widget.session.index_of("b.png"))
+    widget.show_current()
+    layer = widget.boxes_layer()
+    layer.selected_data = {0}
+    layer.remove_selected()  # a false clump, deleted with napari's own tool
+    assert widget.session.item.n_boxes == 0
+    gated_review.release(3)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert [item.n_boxes for item in widget.session.items] == [1, 0, 1]
+    assert len(widget.boxes_layer().data) == 0
+    assert gated_review.calls == 2
+    assert any("kept your review of b.png: changed while the detection ran" in m for m in messages)
+
+
 def test_an_error_in_the_review_detection_ends_the_run(review_queue, qtbot, monkeypatch):
     from napari_clumps import inference
 

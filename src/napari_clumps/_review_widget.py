@@ -126,6 +126,8 @@ class ReviewWidget(QWidget):
         self.fine_tuned_path = None  # the last model fine-tuned here
         self._model_note = ""  # how it scored: shown under the queue's progress until the next one
         self._priorities = []  # the ranking's rows as they come (active learning)
+        self._boxes_before = {}  # each image's boxes when the running detection began: only unchanged ones are filled
+        self._boxes_at_fine_tuning = {}
         self.training_options = TrainingOptions()  # the library's fine-tuning defaults (docs/fine-tuning.md)
         self._stop_requested = threading.Event()
         self._inbox = Inbox(self)  # what the workers send, handled in order (see Inbox)
@@ -447,13 +449,19 @@ class ReviewWidget(QWidget):
         """Unreviewed and without hand-made boxes: the model's boxes would lose nobody's work."""
         return item.status != REVIEWED and HAND_MODEL not in item.models
 
-    def detect_unreviewed(self):
-        """Run the model over the detectable images in a worker thread; fill their boxes as they come."""
+    def detect_unreviewed(self, boxes_before: dict | None = None):
+        """Run the model over the detectable images in a worker thread; fill their boxes as they
+        come, each only if its boxes are still as they were when the run began (``boxes_before``:
+        as they were at an earlier moment, the start of a fine-tuning that led here): the user
+        reviews and corrects while the run goes on, and a correction is never written over."""
         from napari.qt.threading import create_worker
 
         if self._refuse_if_busy("detection"):
             return None
-        targets = [item for item in self.session.items if self._detectable(item)]
+        if boxes_before is None:
+            boxes_before = self._boxes_now()
+        self._boxes_before = boxes_before
+        targets = [item for item in self.session.items if self._detectable(item) and self._unchanged(item)]
         if not targets:
             self._update_status("no unreviewed image without hand-made boxes to detect in")
             return None
@@ -485,10 +493,26 @@ class ReviewWidget(QWidget):
             self._update_status(f"{result.name}: {result.error}")
             return
         item = self.session.items[self.session.index_of(result.name)]
-        if self._detectable(item):  # the user may have reviewed or edited it meanwhile
+        if self._detectable(item) and self._unchanged(item):
             self.session.set_boxes(result.name, result.table)
             self._refill(result.name)
             self._update_status()
+        else:  # reviewed or corrected while the run went on
+            from napari.utils.notifications import show_warning
+
+            kept = f"kept your review of {result.name}: changed while the detection ran"
+            show_warning(f"napari-clumps: {kept}")
+            self._update_status(kept)
+
+    def _boxes_now(self) -> dict:
+        """Each image's boxes and status as they are now (copies), by name."""
+        return {item.name: item.copy() for item in self.session.items}
+
+    def _unchanged(self, item) -> bool:
+        """Whether ``item``'s boxes and status are as they were when the running detection (or the
+        fine-tuning before it) began."""
+        before = self._boxes_before.get(item.name)
+        return before is not None and item.same_state(before)
 
     def _model_choice(self):
         """The chosen model as the core takes it: None for the packaged default, else a file."""
@@ -599,6 +623,7 @@ class ReviewWidget(QWidget):
             )
             return None
         self._stop_requested.clear()
+        self._boxes_at_fine_tuning = self._boxes_now()  # the detection after it keeps what changes meanwhile
         out = self.model_output_path()
         self._update_status(
             f"fine-tuning on {len(reviews)} reviewed image(s) ({n_boxes} boxes): reading them and loading the model..."
@@ -646,7 +671,7 @@ class ReviewWidget(QWidget):
         self._after_worker = self._detect_after_fine_tuning  # once this worker has finished
 
     def _detect_after_fine_tuning(self):
-        if self.session is not None and self.detect_unreviewed() is not None:
+        if self.session is not None and self.detect_unreviewed(self._boxes_at_fine_tuning) is not None:
             self._update_status("re-detecting the unreviewed images with it...")
 
     # ------------------------------------------------------------------ status

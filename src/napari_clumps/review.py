@@ -63,6 +63,17 @@ class ImageReview:
     def n_boxes(self) -> int:
         return len(self.boxes)
 
+    def same_state(self, other: ImageReview) -> bool:
+        """Whether ``other`` has the same boxes (labels, scores, model ids) and review status."""
+        return (
+            self.status == other.status
+            and self.labels == other.labels
+            and self.models == other.models
+            and self.boxes.shape == other.boxes.shape
+            and np.array_equal(self.boxes, other.boxes)
+            and np.array_equal(self.scores, other.scores)
+        )
+
 
 class ReviewSession:
     """A review queue over ``images`` (files and/or folders) saved to ``labels_csv``.
@@ -260,7 +271,7 @@ class ReviewSession:
     def _change(self, index: int, **values) -> None:
         before = self.items[index]
         after = replace(before.copy(), **values)
-        if _same_state(before, after):
+        if before.same_state(after):
             return  # e.g. a layer reporting the same edit twice: nothing to save or undo
         self._undo.append((index, before))
         self.items[index] = after
@@ -409,17 +420,6 @@ def training_images(reviews: list[ImageReview]):
         notes.extend(image_notes)
         labelled.append(LabelledImage(image, boxes, classes, review.name))
     return labelled, notes
-
-
-def _same_state(a: ImageReview, b: ImageReview) -> bool:
-    return (
-        a.status == b.status
-        and a.labels == b.labels
-        and a.models == b.models
-        and a.boxes.shape == b.boxes.shape
-        and np.array_equal(a.boxes, b.boxes)
-        and np.array_equal(a.scores, b.scores)
-    )
 
 
 def _int_or_none(value):
