@@ -593,6 +593,25 @@ def test_a_review_correction_made_while_detection_runs_is_kept(review_queue, gat
     assert any("kept your review of b.png: changed while the detection ran" in m for m in messages)
 
 
+def test_another_queue_is_not_opened_while_a_run_goes(review_queue, gated_review, qtbot, tmp_path):
+    """The run's results are for the queue it started on: opening another one meanwhile raised
+    in every later result (an image the new queue does not have) or wrote them into its CSV."""
+    from napari_clumps.detections import read_detections
+
+    viewer, widget, messages, csv = review_queue
+    session = widget.session
+    widget.detect_unreviewed()
+    assert not widget.open_button.enabled
+    other_csv = tmp_path / "other.csv"
+    assert widget.open_queue(csv.parent / "images", other_csv) is None  # same file names, another CSV
+    assert widget.session is session and "(another queue not started)" in widget.status.value
+    gated_review.release(3)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert not other_csv.exists() and len(read_detections(csv)) == 3
+    assert widget.open_button.enabled
+    assert widget.open_queue(csv.parent / "images", other_csv) is not None  # once it has ended
+
+
 def test_an_error_in_the_review_detection_ends_the_run(review_queue, qtbot, monkeypatch):
     from napari_clumps import inference
 

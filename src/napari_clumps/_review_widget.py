@@ -211,6 +211,7 @@ class ReviewWidget(QWidget):
             self.fine_tune_button,
         ):
             button.enabled = enabled and not self.busy
+        self.open_button.enabled = not self.busy  # a run's results are for the queue it started on
         self.stop_button.enabled = self.busy
 
     @property
@@ -242,6 +243,8 @@ class ReviewWidget(QWidget):
         from .detections import DetectionsFileError
         from .review import ReviewSession
 
+        if self._refuse_if_busy("another queue"):
+            return None
         try:
             session = ReviewSession(images, labels_csv)
         except (ValueError, DetectionsFileError) as error:
