@@ -612,6 +612,37 @@ def test_another_queue_is_not_opened_while_a_run_goes(review_queue, gated_review
     assert widget.open_queue(csv.parent / "images", other_csv) is not None  # once it has ended
 
 
+def test_stop_in_the_review_queue_says_how_each_run_ended(review_queue, gated_review, qtbot, monkeypatch):
+    """Stop during a fine-tuning: its own answer (the model file unchanged) is shown; superqt
+    dropped it when the widget also quit() the worker, leaving "stopping..." for good. Stop
+    during a detection: the line says it stopped."""
+    from napari_clumps import _review_widget
+
+    def fine_tune_until_stopped(reviews, base, options, out, report, should_stop):
+        while not should_stop():
+            threading.Event().wait(0.02)
+        return "cancelled", f"fine-tuning cancelled; {out.name} not written", None
+
+    monkeypatch.setattr(_review_widget, "_fine_tune_in_thread", fine_tune_until_stopped)
+    viewer, widget, messages, csv = review_queue
+    widget.session.set_boxes("a.png", [[10, 10, 20, 20]])
+    widget.session.go_to(0)
+    widget.accept()
+    assert widget.fine_tune_on_reviewed() is not None
+    widget.stop()
+    assert "stopping..." in widget.status.value
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert "fine-tuning cancelled;" in widget.status.value and "stopping" not in widget.status.value
+
+    widget.detect_unreviewed()
+    gated_review.release(1)
+    qtbot.waitUntil(lambda: gated_review.calls == 1 and widget.session.items[1].n_boxes == 1, timeout=20_000)
+    widget.stop()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert "detection stopped" in widget.status.value and "stopping" not in widget.status.value
+    assert widget.detect_button.enabled and widget.fine_tune_button.enabled
+
+
 def test_an_error_in_the_review_detection_ends_the_run(review_queue, qtbot, monkeypatch):
     from napari_clumps import inference
 

@@ -128,6 +128,7 @@ class ReviewWidget(QWidget):
         self._priorities = []  # the ranking's rows as they come (active learning)
         self._boxes_before = {}  # each image's boxes when the running detection began: only unchanged ones are filled
         self._boxes_at_fine_tuning = {}
+        self._stopped_note = ""  # the status line once a stopped detection or ranking has ended
         self.training_options = TrainingOptions()  # the library's fine-tuning defaults (docs/fine-tuning.md)
         self._stop_requested = threading.Event()
         self._inbox = Inbox(self)  # what the workers send, handled in order (see Inbox)
@@ -533,6 +534,9 @@ class ReviewWidget(QWidget):
     def _worker_finished(self):
         self.worker = None
         self._set_enabled(self.session is not None)
+        if self._stopped_note and self.session is not None:  # stopped: say so in place of "stopping..."
+            self._update_status(self._stopped_note)
+        self._stopped_note = ""
         then, self._after_worker = self._after_worker, None
         if then is not None:
             then()
@@ -542,10 +546,20 @@ class ReviewWidget(QWidget):
         current images); a stopped ranking leaves the queue's order as it was."""
         if self.worker is None:
             return
+        from napari.qt.threading import GeneratorWorker
+
+        ranking = self._after_worker == self._apply_ranking
         self._after_worker = None  # no partial ranking applied, no detection after a stopped fine-tuning
         self._stop_requested.set()
-        if hasattr(self.worker, "quit"):  # a detection: a generator worker
+        if isinstance(self.worker, GeneratorWorker):  # a detection or a ranking
             self.worker.quit()
+            self._stopped_note = (
+                "ranking stopped: the queue's order is as it was"
+                if ranking
+                else "detection stopped: the images done before Stop have their new boxes"
+            )
+        # a fine-tuning stops at its next step by itself and says what became of the model file; a
+        # quit() would make superqt drop that answer
         self._update_status("stopping...")
 
     # ------------------------------------------------------------------ active learning
@@ -671,7 +685,8 @@ class ReviewWidget(QWidget):
         self._model_note = f"model: {message}"
         show_info(f"napari-clumps: {message}")
         self._update_status()
-        self._after_worker = self._detect_after_fine_tuning  # once this worker has finished
+        if not self._stop_requested.is_set():  # Stop pressed as it was saved: the model is kept, no detection
+            self._after_worker = self._detect_after_fine_tuning  # once this worker has finished
 
     def _detect_after_fine_tuning(self):
         if self.session is not None and self.detect_unreviewed(self._boxes_at_fine_tuning) is not None:
