@@ -11,6 +11,7 @@ slot, which is what a crash mid-run would be.
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from napari_clumps import _detect_widget
@@ -175,6 +176,40 @@ def test_boxes_edited_while_detect_runs_are_kept(three_images, gated, qtbot):
     assert viewer.layers["b clumps"] is layer and len(layer.data) == 0
     assert any("kept your edited boxes of b" in m for m in messages)
     assert len(viewer.layers["a clumps"].data) == len(viewer.layers["c clumps"].data) == 1
+
+
+def test_a_loaded_csv_never_writes_over_edited_boxes_and_its_hand_boxes_outlive_detect(
+    three_images, gated, qtbot, tmp_path
+):
+    from napari_clumps.detections import HAND_MODEL, write_detections
+
+    viewer, widget, messages = three_images
+    widget.run()
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    edited = viewer.layers["b clumps"]
+    edited.selected_data = {0}
+    edited.remove_selected()  # b's correction: no clump there
+    path = tmp_path / "colleague.csv"
+    write_detections(
+        pd.concat(
+            [
+                detections_frame("a", [[1, 1, 5, 5], [30, 30, 40, 40]], ["clump", "odd_clump"], 1.0, model=HAND_MODEL),
+                detections_frame("b", [[2, 2, 6, 6]], ["clump"], 0.8, model="some model"),
+            ]
+        ),
+        path,
+    )
+    loaded = widget.import_csv(path)
+    assert [layer.name for layer in loaded] == ["a clumps"]
+    assert viewer.layers["b clumps"] is edited and len(edited.data) == 0
+    assert any("kept your edited boxes of 1 image(s), e.g. b;" in m for m in messages)
+    assert len(viewer.layers["a clumps"].data) == 2
+    widget.run()  # boxes a person drew, loaded from a file, are a correction too: Detect keeps them
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert len(viewer.layers["a clumps"].data) == 2 and len(edited.data) == 0
+    assert len(viewer.layers["c clumps"].data) == 1
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access"), KeyError("boxes")])

@@ -844,10 +844,12 @@ class DetectionWidget(QWidget):
         )
 
     def import_csv(self, path) -> list:
-        """Add the boxes of a detections CSV onto the open image layers they name."""
+        """Add the boxes of a detections CSV onto the open image layers they name; a clumps layer
+        the user edited is kept as it is (remove it to load the file's boxes). Loaded boxes drawn by
+        a person (model ``hand``) are kept by Detect as edits are."""
         from napari.utils.notifications import show_error, show_warning
 
-        from .detections import DetectionsFileError, read_detections
+        from .detections import HAND_MODEL, DetectionsFileError, read_detections
 
         try:
             table = read_detections(path)
@@ -855,15 +857,26 @@ class DetectionWidget(QWidget):
             show_error(f"napari-clumps: {error}")
             return []
         images = {image_name(layer): layer for _, layer in image_layer_choices(self.viewer)}
-        added, missing = [], []
+        added, missing, kept = [], [], []
         for name, rows in table.groupby("image", sort=False):
             image_layer = images.get(Path(name).name)
             if image_layer is None:
                 missing.append(name)
                 continue
-            added.append(self._put_boxes_layer(rows, image_layer))
+            if self._edited_boxes_of(image_layer):  # a correction is never written over
+                kept.append(image_layer.name)
+                continue
+            layer = self._put_boxes_layer(rows, image_layer)
+            if "model" in rows and (rows["model"] == HAND_MODEL).any():
+                layer.metadata["edited"] = True
+            added.append(layer)
         if missing:
             show_warning(f"napari-clumps: {path}: no open image for {len(missing)} image(s), e.g. {missing[0]}")
+        if kept:
+            show_warning(
+                f"napari-clumps: {path}: kept your edited boxes of {len(kept)} image(s), e.g. {kept[0]}; "
+                "remove their clumps layers to load the file's"
+            )
         return added
 
     # ------------------------------------------------------------------ SAMP (TOPCAT, DS9)
