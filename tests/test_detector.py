@@ -227,22 +227,17 @@ def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
 
     truth_table = pd.DataFrame(np.concatenate(mosaic_truth), columns=["x_min", "y_min", "x_max", "y_max"])
     truth_table["image"], truth_table["score"] = "mosaic", 1.0
-    row = scores_table(truth_table, found, thresholds=[0.5]).iloc[0]
-    assert row.completeness >= 0.5
-    # tiling loses at most a little against running each galaxy alone: the boxes found in each
-    # galaxy alone with a score well above the threshold, moved to their place in the mosaic, are
-    # found there. (Not every box found alone: those near the threshold come and go with what
-    # surrounds a galaxy, here its eight neighbours; seen lost: 0.54-0.60, while all 12 boxes
-    # scoring 0.7 or more were found. Nor a count: seen 24 in the mosaic against 18 alone.)
-    alone = per_tile.copy()
-    offsets = np.array([[200 * (k % 3), 200 * (k // 3)] for k in range(9)])
-    where = np.array([names.index(Path(image).name) for image in alone.image])
-    alone[["x_min", "x_max"]] += offsets[where, :1]
-    alone[["y_min", "y_max"]] += offsets[where, 1:]
-    alone["image"] = "mosaic"
-    confident = alone[alone.score >= 0.7]
-    kept = scores_table(confident, found, thresholds=[0.5]).iloc[0]
-    assert len(confident) >= 5 and kept.completeness >= 0.9, kept.to_dict()
+    in_mosaic = scores_table(truth_table, found, thresholds=[0.5]).iloc[0]
+    # tiling loses at most a little against running each galaxy alone, measured on the truth:
+    # boxes land on their clumps (IoU 0.5) as often. Not the same boxes one for one: those
+    # scoring near the threshold come and go with what surrounds a galaxy, here its eight
+    # neighbours (seen lost: 0.54-0.60 with one test model, 0.74-0.81 with another trained on a
+    # newer PyTorch, while the completeness on the truth was the same alone and tiled, 0.71).
+    per_tile["image"] = [Path(image).name for image in per_tile.image]
+    alone = scores_table(truth[truth.image.isin(names)], per_tile, thresholds=[0.5], images=names).iloc[0]
+    assert alone.n_truth == in_mosaic.n_truth >= 10
+    assert in_mosaic.completeness >= max(alone.completeness - 0.1, 0.5), (in_mosaic.to_dict(), alone.to_dict())
+    assert in_mosaic.purity >= alone.purity - 0.15, (in_mosaic.to_dict(), alone.to_dict())
     # and the tiles' overlaps leave no box twice
     overlaps = box_iou(box_array(found), box_array(found))
     assert not (np.triu(overlaps, k=1) > 0.5).any()
