@@ -212,6 +212,34 @@ def test_a_loaded_csv_never_writes_over_edited_boxes_and_its_hand_boxes_outlive_
     assert len(viewer.layers["c clumps"].data) == 1
 
 
+def test_renamed_layers_keep_their_boxes_and_a_new_image_of_the_old_name_gets_its_own(three_images, gated, qtbot):
+    viewer, widget, messages = three_images
+    widget.run()
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    boxes_of_a = viewer.layers["a clumps"]
+    viewer.layers["a"].name = "NGC 1"
+    boxes_of_a.name = "my clumps of NGC 1"
+    boxes_of_a.selected_data = {0}
+    boxes_of_a.remove_selected()  # a correction on the renamed layer
+    viewer.add_image(np.full((64, 64, 3), 40, np.uint8), name="a", rgb=True)  # another galaxy, the old name
+    widget.images.value = [viewer.layers[name] for name in ("NGC 1", "a")]
+    widget.run()
+    gated.release(2)
+    wait_idle(widget, qtbot, widget.run_button)
+    boxes = [layer for layer in viewer.layers if layer.metadata.get("napari_clumps_boxes")]
+    assert len(boxes) == 4  # one per image: none made twice, none taken from another image
+    assert viewer.layers["my clumps of NGC 1"] is boxes_of_a and len(boxes_of_a.data) == 0  # kept, not doubled
+    assert any("kept your edited boxes of NGC 1" in m for m in messages)
+    (new,) = [layer for layer in boxes if layer.name.startswith("a clumps")]
+    assert len(new.data) == 1
+    assert viewer.layers.index(new) == viewer.layers.index("a") + 1  # over its own galaxy
+    viewer.layers.selection.clear()
+    assert widget.image_to_send() is None  # several images open and none chosen in the list
+    viewer.layers.selection.active = boxes_of_a
+    assert widget.image_to_send() is viewer.layers["NGC 1"]  # the image under the chosen boxes
+
+
 @pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access"), KeyError("boxes")])
 def test_an_error_in_the_detection_worker_ends_the_run(three_images, qtbot, monkeypatch, error):
     """A RuntimeError from a generator is one superqt takes for a deleted worker: it emits no
@@ -441,6 +469,16 @@ def test_an_image_is_chosen_for_training_when_detect_refills_its_empty_layer(thr
     assert widget.images.value == [viewer.layers["a"]]
 
 
+def test_fine_tuning_trains_on_the_boxes_of_renamed_layers(boxed_images):
+    viewer, widget, messages = boxed_images
+    boxes_of_a = viewer.layers["a clumps"]
+    viewer.layers["a"].name = "NGC 1"  # an image held in memory: its CSV name follows the layer's
+    boxes_of_a.name = "my clumps"
+    viewer.add_image(np.full((64, 64, 3), 40, np.uint8), name="a", rgb=True)  # another galaxy, no boxes
+    assert widget.clump_layer_for(viewer.layers["NGC 1"]) is boxes_of_a
+    assert widget.clump_layer_for(viewer.layers["a"]) is None
+
+
 def test_train_pressed_twice_trains_once(boxed_images, gated_training, qtbot):
     viewer, widget, messages = boxed_images
     widget.start()
@@ -647,7 +685,17 @@ def test_another_queue_is_not_opened_while_a_run_goes(review_queue, gated_review
     assert widget.open_queue(csv.parent / "images", other_csv) is not None  # once it has ended
 
 
-def test_stop_in_the_review_queue_says_how_each_run_ended(review_queue, gated_review, qtbot, monkeypatch):
+@pytest.fixture
+def reviewed_with_a_box(review_queue):
+    """:func:`review_queue` with a.png accepted with one box (something to fine-tune on)."""
+    viewer, widget, messages, csv = review_queue
+    widget.session.set_boxes("a.png", [[10, 10, 20, 20]])
+    widget.session.go_to(0)
+    widget.accept()
+    return review_queue
+
+
+def test_stop_in_the_review_queue_says_how_each_run_ended(reviewed_with_a_box, gated_review, qtbot, monkeypatch):
     """Stop during a fine-tuning: its own answer (the model file unchanged) is shown; superqt
     dropped it when the widget also quit() the worker, leaving "stopping..." for good. Stop
     during a detection: the line says it stopped."""
@@ -659,10 +707,7 @@ def test_stop_in_the_review_queue_says_how_each_run_ended(review_queue, gated_re
         return "cancelled", f"fine-tuning cancelled; {out.name} not written", None
 
     monkeypatch.setattr(_review_widget, "_fine_tune_in_thread", fine_tune_until_stopped)
-    viewer, widget, messages, csv = review_queue
-    widget.session.set_boxes("a.png", [[10, 10, 20, 20]])
-    widget.session.go_to(0)
-    widget.accept()
+    viewer, widget, messages, csv = reviewed_with_a_box
     assert widget.fine_tune_on_reviewed() is not None
     widget.stop()
     assert "stopping..." in widget.status.value
@@ -691,3 +736,56 @@ def test_an_error_in_the_review_detection_ends_the_run(review_queue, qtbot, monk
     qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
     assert "detection failed: RuntimeError: CUDA error: device-side assert triggered" in widget.status.value
     assert widget.detect_button.enabled and not widget.stop_button.enabled
+
+
+def test_review_layers_removed_mid_detection_come_back_with_the_new_boxes(review_queue, gated_review, qtbot):
+    viewer, widget, messages, csv = review_queue
+    widget.detect_unreviewed()
+    galaxy, boxes = widget.current_layers()  # a.png's, shown as the run goes
+    viewer.layers.remove(boxes)  # the user removes the boxes: the image's layers go together
+    assert widget.boxes_layer() is None and galaxy not in viewer.layers
+    gated_review.release(3)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert [item.n_boxes for item in widget.session.items] == [1, 1, 1]  # a.png's result kept in the queue
+    widget.show_current()  # shown again: its layers are made again, with the boxes found meanwhile
+    assert len(widget.boxes_layer().data) == 1 and widget.boxes_layer() in viewer.layers
+    assert not [m for m in messages if "Error" in m or "deleted" in m]
+
+
+def test_an_error_in_the_review_fine_tuning_ends_it_with_one_line(reviewed_with_a_box, qtbot, monkeypatch):
+    from napari_clumps import _review_widget
+
+    def broken(reviews, base, options, out, report, should_stop):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(_review_widget, "_fine_tune_in_thread", broken)
+    viewer, widget, messages, csv = reviewed_with_a_box
+    widget.fine_tune_on_reviewed()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert "fine-tuning stopped: RuntimeError: CUDA error: an illegal memory access" in widget.status.value
+    assert any("fine-tuning stopped: RuntimeError" in m for m in messages)
+    assert widget.fine_tune_button.enabled and widget.detect_button.enabled and not widget.stop_button.enabled
+    assert widget.fine_tuned_path is None and not list(csv.parent.glob("*.safetensors"))
+
+
+def test_closing_the_viewer_mid_review_fine_tuning_stops_it_and_writes_nothing(reviewed_with_a_box, qtbot, monkeypatch):
+    from napari_clumps import _review_widget
+
+    told_to_stop = threading.Event()
+
+    def fine_tune_until_stopped(reviews, base, options, out, report, should_stop):
+        while not should_stop():
+            threading.Event().wait(0.02)
+        told_to_stop.set()
+        return "cancelled", f"fine-tuning cancelled; {out.name} not written", None
+
+    monkeypatch.setattr(_review_widget, "_fine_tune_in_thread", fine_tune_until_stopped)
+    viewer, widget, messages, csv = reviewed_with_a_box
+    worker = widget.fine_tune_on_reviewed()
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    qtbot.waitUntil(lambda: told_to_stop.is_set() and bool(finished), timeout=10_000)
+    qtbot.wait(50)  # what the worker sent before its end is delivered now: nothing may touch the closed widget
+    assert not list(csv.parent.glob("*.safetensors"))
+    assert not [m for m in messages if "Error" in m or "deleted" in m or "cancelled" in m]

@@ -38,15 +38,16 @@ from ._commands import show_raw_bands
 from ._layers import (
     apply_score_threshold,
     boxes_table,
-    clumps_layer_name,
+    clumps_layer_of,
     detections_layer_over,
     hand_box_features,
     image_name,
+    is_boxes_layer,
     label_colours,
     layer_to_galaxy_image,
     note_user_edit,
     refill_boxes_layer,
-    shown_with_image,
+    tie_to_image,
     with_score_threshold,
 )
 from ._sky_readout import show_sky_position
@@ -329,10 +330,6 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(area)
     return QVBoxLayout(content)
-
-
-def is_boxes_layer(layer) -> bool:
-    return layer.__class__.__name__ == "Shapes" and bool(layer.metadata.get("napari_clumps_boxes"))
 
 
 class DetectionWidget(QWidget):
@@ -653,8 +650,8 @@ class DetectionWidget(QWidget):
 
     def _edited_boxes_of(self, image_layer) -> bool:
         """Whether the clumps layer over ``image_layer`` holds the user's edits."""
-        name = clumps_layer_name(image_layer.name)
-        return name in self.viewer.layers and bool(self.viewer.layers[name].metadata.get("edited"))
+        layer = clumps_layer_of(self.viewer.layers, image_layer)
+        return layer is not None and bool(layer.metadata.get("edited"))
 
     def _put_boxes_layer(self, table, image_layer, filtered: bool = False):
         """The clumps layer of ``table`` over ``image_layer``, in place of any of the same name, and
@@ -671,8 +668,8 @@ class DetectionWidget(QWidget):
         data, kwargs, _ = detections_layer_over(table, image_layer, self.new_label.value)
         if filtered:  # before the layer is built: building it twice doubles its cost
             data, kwargs = with_score_threshold(data, kwargs, self.score.value, self.keep_off_host.value)
-        old = self.viewer.layers[kwargs["name"]] if kwargs["name"] in self.viewer.layers else None
-        if old is not None and is_boxes_layer(old) and _same_place(old, kwargs):
+        old = clumps_layer_of(self.viewer.layers, image_layer)  # a layer of another image is never touched
+        if old is not None and _same_place(old, kwargs):
             refill_boxes_layer(old, data, kwargs)
             layer = old
         else:
@@ -683,10 +680,10 @@ class DetectionWidget(QWidget):
             # just above its galaxy: napari draws the list bottom up, so the galaxies above cover
             # these boxes as they cover the galaxy, and boxes are never seen over another galaxy
             self.viewer.layers.insert(self.viewer.layers.index(image_layer) + 1, layer)
+        tie_to_image(layer, image_layer)
         if layer not in self._watched:
             self._watched.add(layer)
             layer.events.data.connect(lambda event: note_user_edit(layer, event))
-            shown_with_image(layer, image_layer)
         return layer
 
     def cancel(self):
@@ -910,9 +907,9 @@ class DetectionWidget(QWidget):
         if not image_layer.metadata.get("path"):
             show_warning(f"napari-clumps: {image_layer.name} was not opened from a file; DS9 opens FITS files")
             return
-        boxes_name = clumps_layer_name(image_layer.name)
-        if boxes_name in self.viewer.layers:
-            table = boxes_table(self.viewer.layers[boxes_name])
+        boxes_layer = clumps_layer_of(self.viewer.layers, image_layer)
+        if boxes_layer is not None:
+            table = boxes_table(boxes_layer)
         else:
             table = detections_frame(image_name(image_layer), [], [], [])
         what = f"{image_layer.name} with {len(table)} boxes"
@@ -927,7 +924,7 @@ class DetectionWidget(QWidget):
         if active in images:
             return active
         if active is not None and is_boxes_layer(active):
-            under = [layer for layer in images if image_name(layer) == active.metadata.get("image_name")]
+            under = [layer for layer in images if clumps_layer_of(self.viewer.layers, layer) is active]
             if len(under) == 1:
                 return under[0]
         return images[0] if len(images) == 1 else None

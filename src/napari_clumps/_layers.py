@@ -223,10 +223,26 @@ def detections_layer_over(table, image_layer, new_label: str = "clump") -> tuple
     )
 
 
-def shown_with_image(boxes_layer, image_layer) -> None:
-    """Show and hide a clumps layer with its image layer (from now on): with the galaxy hidden,
-    the one below shows, and these boxes over it would mark clumps it does not have. The boxes
-    can still be hidden alone."""
+#: Each clumps layer's image layer, held weakly on both sides; kept here, not in the layer's
+#: metadata, so that a duplicated clumps layer (napari copies the metadata) is not tied as well.
+_IMAGE_OF_BOXES = weakref.WeakKeyDictionary()
+
+
+def is_boxes_layer(layer) -> bool:
+    """Whether ``layer`` is a clumps layer (a Shapes layer of this plugin's boxes)."""
+    return layer.__class__.__name__ == "Shapes" and bool(layer.metadata.get("napari_clumps_boxes"))
+
+
+def tie_to_image(boxes_layer, image_layer) -> None:
+    """Make ``boxes_layer`` the clumps layer of ``image_layer`` (:func:`clumps_layer_of` finds it
+    under any name the user gives either), and show and hide it with the image from now on: with
+    the galaxy hidden, the one below shows, and these boxes over it would mark clumps it does not
+    have. The boxes can still be hidden alone. Tying a layer to the image it is tied to already
+    does nothing."""
+    tied = _IMAGE_OF_BOXES.get(boxes_layer)
+    if tied is not None and tied() is image_layer:
+        return
+    _IMAGE_OF_BOXES[boxes_layer] = weakref.ref(image_layer)
     boxes = weakref.ref(boxes_layer)  # a removed clumps layer is not kept alive by its image
 
     def follow(event=None):
@@ -236,6 +252,26 @@ def shown_with_image(boxes_layer, image_layer) -> None:
 
     follow()
     image_layer.events.visible.connect(follow)
+
+
+def clumps_layer_of(layers, image_layer):
+    """The clumps layer over ``image_layer`` among ``layers``, or None: the one tied to it
+    (:func:`tie_to_image`), else one tied to no open image that is named after it or whose boxes
+    are of its file (a detections file opened or loaded)."""
+    free = []
+    for layer in layers:
+        if not is_boxes_layer(layer):
+            continue
+        tied = _IMAGE_OF_BOXES.get(layer)
+        image = tied() if tied is not None else None
+        if image is image_layer:
+            return layer
+        if image is None or image not in layers:
+            free.append(layer)
+    name, file_name = clumps_layer_name(image_layer.name), image_name(image_layer)
+    by_name = [layer for layer in free if layer.name == name]
+    by_file = [layer for layer in free if layer.metadata.get("image_name") == file_name]
+    return next(iter(by_name + by_file), None)
 
 
 def boxes_table(shapes_layer):

@@ -32,7 +32,6 @@ from ._detect_widget import (
     _listeners,
     avoid_triton_llvm_clash,
     image_layer_choices,
-    is_boxes_layer,
     model_file_choices,
     model_menu,
     preselect,
@@ -40,7 +39,7 @@ from ._detect_widget import (
     remember_paths,
     scrolling_layout,
 )
-from ._layers import boxes_table, image_name, layer_to_galaxy_image
+from ._layers import boxes_table, clumps_layer_of, image_name, is_boxes_layer, layer_to_galaxy_image
 from ._loss_plot import TrainingPlot
 from .settings import load_settings, unused_file_name
 from .training import CROSS_VALIDATION_BELOW, CROSS_VALIDATION_FOLDS, TrainingOptions
@@ -200,11 +199,7 @@ class FineTuneWidget(QWidget):
 
     def clump_layer_for(self, image_layer):
         """The clump Shapes layer over ``image_layer``, or None."""
-        name = image_name(image_layer)
-        for layer in self.viewer.layers:
-            if is_boxes_layer(layer) and layer.metadata.get("image_name") == name:
-                return layer
-        return None
+        return clumps_layer_of(self.viewer.layers, image_layer)
 
     def training_items(self):
         """Labelled images from the chosen layers, and the notes on boxes that were repaired."""
