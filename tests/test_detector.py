@@ -231,13 +231,15 @@ def test_large_field_is_tiled_and_boxes_land_in_place(trained_model):
     # tiling loses at most a little against running each galaxy alone, measured on the truth:
     # boxes land on their clumps (IoU 0.5) as often. Not the same boxes one for one: those
     # scoring near the threshold come and go with what surrounds a galaxy, here its eight
-    # neighbours (seen lost: 0.54-0.60 with one test model, 0.74-0.81 with another trained on a
-    # newer PyTorch, while the completeness on the truth was the same alone and tiled, 0.71).
+    # neighbours (seen lost: 0.54-0.60 with one test model, 0.74-0.81 with another, while the
+    # completeness on the truth was the same alone and tiled, 0.71). Nor the purity: the
+    # neighbours' context adds false boxes with some models (seen: 24 boxes in the mosaic against
+    # 18 alone, the same 13 true) and none with others; what tiling itself must not add, a box
+    # found twice where tiles overlap, is checked below.
     per_tile["image"] = [Path(image).name for image in per_tile.image]
     alone = scores_table(truth[truth.image.isin(names)], per_tile, thresholds=[0.5], images=names).iloc[0]
     assert alone.n_truth == in_mosaic.n_truth >= 10
     assert in_mosaic.completeness >= max(alone.completeness - 0.1, 0.5), (in_mosaic.to_dict(), alone.to_dict())
-    assert in_mosaic.purity >= alone.purity - 0.15, (in_mosaic.to_dict(), alone.to_dict())
     # and the tiles' overlaps leave no box twice
     overlaps = box_iou(box_array(found), box_array(found))
     assert not (np.triu(overlaps, k=1) > 0.5).any()
