@@ -174,11 +174,11 @@ def test_boxes_edited_while_detect_runs_are_kept(three_images, gated, qtbot):
     gated.release(3)
     wait_idle(widget, qtbot, widget.run_button)
     assert viewer.layers["b clumps"] is layer and len(layer.data) == 0
-    assert any("kept your edited boxes of b" in m for m in messages)
+    assert any("kept your boxes of b: changed while Detect ran" in m for m in messages)
     assert len(viewer.layers["a clumps"].data) == len(viewer.layers["c clumps"].data) == 1
 
 
-def test_a_loaded_csv_never_writes_over_edited_boxes_and_its_hand_boxes_outlive_detect(
+def test_a_loaded_csv_never_writes_over_edited_boxes_and_detect_keeps_what_it_loaded(
     three_images, gated, qtbot, tmp_path
 ):
     from napari_clumps.detections import HAND_MODEL, write_detections
@@ -205,11 +205,28 @@ def test_a_loaded_csv_never_writes_over_edited_boxes_and_its_hand_boxes_outlive_
     assert viewer.layers["b clumps"] is edited and len(edited.data) == 0
     assert any("kept your edited boxes of 1 image(s), e.g. b;" in m for m in messages)
     assert len(viewer.layers["a clumps"].data) == 2
-    widget.run()  # boxes a person drew, loaded from a file, are a correction too: Detect keeps them
-    gated.release(3)
+    widget.run()  # a catalogue the user loaded is theirs, as an edit is: Detect keeps it
+    assert any("kept your boxes of a, b (edited, or loaded from a file)" in m for m in messages)
+    assert widget._run.total == 1  # c alone
+    gated.release(1)
     wait_idle(widget, qtbot, widget.run_button)
     assert len(viewer.layers["a clumps"].data) == 2 and len(edited.data) == 0
     assert len(viewer.layers["c clumps"].data) == 1
+
+
+def test_boxes_opened_with_napari_from_a_detections_file_are_kept_by_detect(three_images, gated, qtbot, tmp_path):
+    from napari_clumps.detections import write_detections
+
+    viewer, widget, messages = three_images
+    path = write_detections(
+        detections_frame("c", [[1, 1, 5, 5], [30, 30, 40, 40]], ["clump", "clump"], 0.7), tmp_path / "mine.clumps.csv"
+    )
+    (opened,) = viewer.open(path, plugin="napari-clumps")  # File > Open: napari's reader, not Load CSV
+    widget.run()
+    assert any("kept your boxes of c (edited, or loaded from a file)" in m for m in messages)
+    gated.release(2)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert len(opened.data) == 2 and [layer for layer in viewer.layers if layer.name.startswith("c clumps")] == [opened]
 
 
 def test_renamed_layers_keep_their_boxes_and_a_new_image_of_the_old_name_gets_its_own(three_images, gated, qtbot):
@@ -230,7 +247,7 @@ def test_renamed_layers_keep_their_boxes_and_a_new_image_of_the_old_name_gets_it
     boxes = [layer for layer in viewer.layers if layer.metadata.get("napari_clumps_boxes")]
     assert len(boxes) == 4  # one per image: none made twice, none taken from another image
     assert viewer.layers["my clumps of NGC 1"] is boxes_of_a and len(boxes_of_a.data) == 0  # kept, not doubled
-    assert any("kept your edited boxes of NGC 1" in m for m in messages)
+    assert any("kept your boxes of NGC 1 (edited" in m for m in messages)
     (new,) = [layer for layer in boxes if layer.name.startswith("a clumps")]
     assert len(new.data) == 1
     assert viewer.layers.index(new) == viewer.layers.index("a") + 1  # over its own galaxy
@@ -238,6 +255,60 @@ def test_renamed_layers_keep_their_boxes_and_a_new_image_of_the_old_name_gets_it
     assert widget.image_to_send() is None  # several images open and none chosen in the list
     viewer.layers.selection.active = boxes_of_a
     assert widget.image_to_send() is viewer.layers["NGC 1"]  # the image under the chosen boxes
+
+
+def test_edits_of_a_clumps_layer_detect_did_not_make_are_kept(three_images, gated, qtbot):
+    """A duplicated clumps layer (napari's "Duplicate Layer"), its original removed, then edited:
+    Detect noted the edit although it never made that layer."""
+    from napari.layers import Layer
+
+    viewer, widget, messages = three_images
+    widget.run()
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    original = viewer.layers["b clumps"]
+    copy = Layer.create(*original.as_layer_data_tuple())  # what napari's duplicate does
+    copy.name = "b clumps (mine)"
+    viewer.layers.remove(original)
+    viewer.layers.append(copy)
+    copy.selected_data = {0}
+    copy.remove_selected()
+    widget.run()
+    gated.release(2)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert any("kept your boxes of b (edited" in m for m in messages)
+    assert len(copy.data) == 0 and "b clumps" not in viewer.layers
+
+
+def test_a_clumps_layer_left_by_a_removed_image_is_not_taken_by_another_of_its_name(three_images, gated, qtbot):
+    viewer, widget, messages = three_images
+    widget.run()
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    left = viewer.layers["a clumps"]
+    left.metadata["image_name"] = "galaxy_a.fits"  # as for an image opened from a file
+    viewer.layers.remove("a")  # its boxes stay (the user removed only the image)
+    viewer.add_image(np.full((64, 64, 3), 90, np.uint8), name="a", rgb=True)  # another galaxy, the same name
+    widget.images.value = [viewer.layers["a"]]
+    widget.run()
+    gated.release(1)
+    wait_idle(widget, qtbot, widget.run_button)
+    assert len(left.data) == 1 and left.metadata["image_name"] == "galaxy_a.fits"  # untouched
+    assert viewer.layers["a clumps [1]"] is not left and len(viewer.layers["a clumps [1]"].data) == 1
+
+
+def test_detect_leaves_the_review_queues_layers_alone(review_queue, gated, qtbot):
+    """The review queue's layers save every change as a review: Detect must not choose its
+    images, nor refill or filter its boxes."""
+    viewer, widget, messages, csv = review_queue
+    widget.session.set_boxes("a.png", [[10, 10, 20, 20]], scores=0.3, models="a model")
+    widget._refill("a.png")  # as the queue's own detection shows a result
+    assert len(widget.boxes_layer().data) == 1
+    detect = DetectionWidget(viewer)
+    viewer.window.add_dock_widget(detect)
+    assert detect.images.value == [] and detect.boxes_layers() == []
+    detect.score.value = 0.9  # the slider would hide the 0.3 box and the queue save its removal
+    assert widget.session.items[0].n_boxes == 1 and len(widget.boxes_layer().data) == 1
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access"), KeyError("boxes")])
@@ -789,3 +860,34 @@ def test_closing_the_viewer_mid_review_fine_tuning_stops_it_and_writes_nothing(r
     qtbot.wait(50)  # what the worker sent before its end is delivered now: nothing may touch the closed widget
     assert not list(csv.parent.glob("*.safetensors"))
     assert not [m for m in messages if "Error" in m or "deleted" in m or "cancelled" in m]
+
+
+def test_the_detection_after_a_fine_tuning_says_which_changes_it_kept(
+    reviewed_with_a_box, gated_review, qtbot, monkeypatch
+):
+    from napari_clumps import _review_widget
+
+    trained = threading.Event()
+
+    def fine_tune_when_told(reviews, base, options, out, report, should_stop):
+        trained.wait(20)
+        out.write_bytes(b"a stand-in model file")
+        return "ok", f"saved {out}", out
+
+    monkeypatch.setattr(_review_widget, "_fine_tune_in_thread", fine_tune_when_told)
+    viewer, widget, messages, csv = reviewed_with_a_box
+    widget.session.set_boxes("b.png", [[30, 30, 40, 40]], scores=0.6, models="a model")  # detected earlier
+    widget._refill("b.png")  # as the queue's own detection shows a result
+    widget.fine_tune_on_reviewed()
+    widget.session.go_to(widget.session.index_of("b.png"))
+    widget.show_current()
+    layer = widget.boxes_layer()
+    layer.selected_data = {0}
+    layer.remove_selected()  # the user corrects b while the model trains
+    trained.set()
+    qtbot.waitUntil(lambda: gated_review.calls == 1, timeout=20_000)  # the detection after it: c alone
+    assert "detect in 1 unreviewed image(s)" in widget.status.value
+    assert "(kept your changes to 1 image(s) made during the fine-tuning)" in widget.status.value
+    gated_review.release(1)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert [item.n_boxes for item in widget.session.items] == [1, 0, 1]

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_clumps._review_widget import KEEP_LOADED, LAYER_KEY, ReviewWidget
+from napari_clumps._layers import REVIEW_LAYER_KEY
+from napari_clumps._review_widget import KEEP_LOADED, ReviewWidget
 from napari_clumps.detections import BOX_COLUMNS, HAND_MODEL, read_detections, read_images_list
 from napari_clumps.pixels import boxes_to_napari_rectangles
 from napari_clumps.simulate import write_dataset
@@ -30,7 +31,7 @@ def saved(csv):
 
 
 def visible_images(viewer):
-    return {layer.metadata[LAYER_KEY] for layer in viewer.layers if layer.visible}
+    return {layer.metadata[REVIEW_LAYER_KEY] for layer in viewer.layers if layer.visible}
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def test_forty_images_one_visible_at_a_time(make_napari_viewer, tmp_path):
     for step in range(12):
         assert visible_images(viewer) == (set() if step == 3 else {f"g{step:02d}.png"})
         assert ("cannot read" in widget.status.value) == (step == 3)
-        assert len({layer.metadata[LAYER_KEY] for layer in viewer.layers}) <= KEEP_LOADED
+        assert len({layer.metadata[REVIEW_LAYER_KEY] for layer in viewer.layers}) <= KEEP_LOADED
         press(viewer, "0" if step % 2 else "n")
     assert session.progress == (6, 40)
     assert saved(tmp_path / "labels.csv")[1]["g01.png"] == "reviewed"

@@ -41,8 +41,10 @@ from ._layers import (
     clumps_layer_of,
     detections_layer_over,
     hand_box_features,
+    holds_users_boxes,
     image_name,
     is_boxes_layer,
+    is_review_layer,
     label_colours,
     layer_to_galaxy_image,
     note_user_edit,
@@ -173,11 +175,14 @@ def remember_paths(**paths) -> None:
 
 
 def image_layer_choices(viewer) -> list[tuple]:
-    """(name, layer) of the image layers a detector can take: not the hidden raw-band layers."""
+    """(name, layer) of the image layers a detector can take: not the hidden raw-band layers, nor
+    the review queue's (it detects in its images itself)."""
     from napari.layers import Image
 
     return [
-        (layer.name, layer) for layer in viewer.layers if isinstance(layer, Image) and "band_name" not in layer.metadata
+        (layer.name, layer)
+        for layer in viewer.layers
+        if isinstance(layer, Image) and "band_name" not in layer.metadata and not is_review_layer(layer)
     ]
 
 
@@ -273,7 +278,11 @@ class _ContentSizedScrollArea(QScrollArea):
         super().showEvent(event)
         if not self._column_shared:
             self._column_shared = True
-            QTimer.singleShot(0, lambda: share_dock_column(self))  # once napari has docked it
+            QTimer.singleShot(0, self._share_column)  # once napari has docked it
+
+    def _share_column(self):
+        if not qt_deleted(self):  # the viewer may have closed before the event loop turned
+            share_dock_column(self)
 
     def sizeHint(self):
         return self.widget().sizeHint() if self.widget() is not None else super().sizeHint()
@@ -434,7 +443,8 @@ class DetectionWidget(QWidget):
             tooltip="class of the boxes you draw, and of the selected boxes when you change it",
         )
         self.run_button = PushButton(
-            text="Detect", tooltip="run the model on the chosen images (a layer you edited is kept as it is)"
+            text="Detect",
+            tooltip="run the model on the chosen images (boxes you edited or loaded from a file are kept as they are)",
         )
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="stop after the current batch")
         self.csv_path = FileEdit(
@@ -515,6 +525,9 @@ class DetectionWidget(QWidget):
         self.ds9_button.changed.connect(self.send_to_ds9)
         self.viewer.layers.events.inserted.connect(self._refresh_choices)
         self.viewer.layers.events.removed.connect(self._refresh_choices)
+        self.viewer.layers.events.inserted.connect(lambda event: self._watch_edits(event.value))
+        for layer in self.viewer.layers:
+            self._watch_edits(layer)
         self._use_model_threshold(self.model.value)
         if remembered.score_threshold is not None:
             self.score.value = max(remembered.score_threshold, SCORE_FLOOR)
@@ -583,16 +596,16 @@ class DetectionWidget(QWidget):
         if not layers:
             show_warning("napari-clumps: choose an image layer to detect clumps in")
             return
-        edited = [layer for layer in layers if self._edited_boxes_of(layer)]
-        if edited:  # a correction is never overwritten: the user removes the layer to start again
-            names = ", ".join(layer.name for layer in edited)
+        kept = [layer for layer in layers if self._users_boxes_of(layer)]
+        if kept:  # a correction is never overwritten: the user removes the layer to start again
+            names = ", ".join(layer.name for layer in kept)
             show_warning(
-                f"napari-clumps: kept your edited boxes of {names}: not detected again "
-                "(delete its clumps layer to detect it again)"
+                f"napari-clumps: kept your boxes of {names} (edited, or loaded from a file): not detected "
+                "again (delete its clumps layer to detect it again)"
             )
-            layers = [layer for layer in layers if layer not in edited]
+            layers = [layer for layer in layers if layer not in kept]
             if not layers:
-                self.status.value = f"kept your edited boxes of {names}; nothing else to detect"
+                self.status.value = f"kept your boxes of {names}; nothing else to detect"
                 return
         try:
             self._give_sky_positions(layers)
@@ -648,10 +661,11 @@ class DetectionWidget(QWidget):
                 height, width = layer.data.shape[:2]
                 layer.metadata["wcs"] = catalog.wcs_for(image_name(layer), width, height)
 
-    def _edited_boxes_of(self, image_layer) -> bool:
-        """Whether the clumps layer over ``image_layer`` holds the user's edits."""
+    def _users_boxes_of(self, image_layer) -> bool:
+        """Whether the clumps layer over ``image_layer`` holds the user's work (edited, or loaded
+        from a file): Detect never writes over it."""
         layer = clumps_layer_of(self.viewer.layers, image_layer)
-        return layer is not None and bool(layer.metadata.get("edited"))
+        return layer is not None and holds_users_boxes(layer)
 
     def _put_boxes_layer(self, table, image_layer, filtered: bool = False):
         """The clumps layer of ``table`` over ``image_layer``, in place of any of the same name, and
@@ -681,10 +695,15 @@ class DetectionWidget(QWidget):
             # these boxes as they cover the galaxy, and boxes are never seen over another galaxy
             self.viewer.layers.insert(self.viewer.layers.index(image_layer) + 1, layer)
         tie_to_image(layer, image_layer)
-        if layer not in self._watched:
+        self._watch_edits(layer)
+        return layer
+
+    def _watch_edits(self, layer) -> None:
+        """Note the user's edits of a clumps layer from now on (:func:`~napari_clumps._layers.note_user_edit`):
+        every one in the viewer, also those Detect did not make (opened from a file, duplicated)."""
+        if is_boxes_layer(layer) and layer not in self._watched:
             self._watched.add(layer)
             layer.events.data.connect(lambda event: note_user_edit(layer, event))
-        return layer
 
     def cancel(self):
         if self.worker is not None:
@@ -737,10 +756,10 @@ class DetectionWidget(QWidget):
             self._run.dropped += 1
             self.status.value = f"{counter}{image_layer.name} was removed from the viewer; its boxes are dropped"
             return
-        if self._edited_boxes_of(image_layer):  # edited while the run went on: a correction is never overwritten
+        if self._users_boxes_of(image_layer):  # edited or loaded while the run went on: never overwritten
             self._run.kept += 1
-            self.status.value = f"{counter}kept your edited boxes of {image_layer.name}"
-            show_warning(f"napari-clumps: kept your edited boxes of {image_layer.name}: edited while Detect ran")
+            self.status.value = f"{counter}kept your boxes of {image_layer.name}"
+            show_warning(f"napari-clumps: kept your boxes of {image_layer.name}: changed while Detect ran")
             return
         layer = self._put_boxes_layer(result.table, image_layer, filtered=True)
         self._run.shown += len(layer.data)
@@ -842,11 +861,11 @@ class DetectionWidget(QWidget):
 
     def import_csv(self, path) -> list:
         """Add the boxes of a detections CSV onto the open image layers they name; a clumps layer
-        the user edited is kept as it is (remove it to load the file's boxes). Loaded boxes drawn by
-        a person (model ``hand``) are kept by Detect as edits are."""
+        the user edited is kept as it is (remove it to load the file's boxes). Detect keeps the
+        loaded boxes as it keeps edits (:func:`~napari_clumps._layers.holds_users_boxes`)."""
         from napari.utils.notifications import show_error, show_warning
 
-        from .detections import HAND_MODEL, DetectionsFileError, read_detections
+        from .detections import DetectionsFileError, read_detections
 
         try:
             table = read_detections(path)
@@ -860,12 +879,12 @@ class DetectionWidget(QWidget):
             if image_layer is None:
                 missing.append(name)
                 continue
-            if self._edited_boxes_of(image_layer):  # a correction is never written over
+            boxes = clumps_layer_of(self.viewer.layers, image_layer)
+            if boxes is not None and boxes.metadata.get("edited"):  # a correction is never written over
                 kept.append(image_layer.name)
                 continue
             layer = self._put_boxes_layer(rows, image_layer)
-            if "model" in rows and (rows["model"] == HAND_MODEL).any():
-                layer.metadata["edited"] = True
+            layer.metadata["loaded_from"] = str(path)  # the user's catalogue: Detect keeps it
             added.append(layer)
         if missing:
             show_warning(f"napari-clumps: {path}: no open image for {len(missing)} image(s), e.g. {missing[0]}")
@@ -993,7 +1012,7 @@ class _RunTally:
         """The closing line of a run that gave results; None keeps the last line (an error)."""
         if self.done <= 1 or self.stopped:
             return None  # one image: its own line says it all; an error's line stays
-        counts = ((self.failed, "failed"), (self.dropped, "dropped (image removed)"), (self.kept, "kept as edited"))
+        counts = ((self.failed, "failed"), (self.dropped, "dropped (image removed)"), (self.kept, "kept (yours)"))
         notes = "".join(f", {n} {what}" for n, what in counts if n)
         return f"done: {self.done} of {self.total} images{notes}, {self.shown} clumps shown; {self.device_text}"
 

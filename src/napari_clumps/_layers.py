@@ -228,9 +228,31 @@ def detections_layer_over(table, image_layer, new_label: str = "clump") -> tuple
 _IMAGE_OF_BOXES = weakref.WeakKeyDictionary()
 
 
+#: Metadata key of the layers the review queue shows (its value: the image's name in the queue).
+#: They are the queue's own: Detect, Fine-tune and the score slider leave them alone, since every
+#: change to them is saved to the queue's labels CSV as a review.
+REVIEW_LAYER_KEY = "napari_clumps_review"
+
+
+def is_review_layer(layer) -> bool:
+    return REVIEW_LAYER_KEY in layer.metadata
+
+
 def is_boxes_layer(layer) -> bool:
-    """Whether ``layer`` is a clumps layer (a Shapes layer of this plugin's boxes)."""
-    return layer.__class__.__name__ == "Shapes" and bool(layer.metadata.get("napari_clumps_boxes"))
+    """Whether ``layer`` is a clumps layer of Detect and Fine-tune (a Shapes layer of this
+    plugin's boxes, not one of the review queue's)."""
+    return (
+        layer.__class__.__name__ == "Shapes"
+        and bool(layer.metadata.get("napari_clumps_boxes"))
+        and not is_review_layer(layer)
+    )
+
+
+def holds_users_boxes(layer) -> bool:
+    """Whether a clumps layer's boxes are the user's work, which Detect never writes over: edited
+    in the viewer, or loaded from a detections file (a catalogue the user brought, maybe corrected
+    by hand before)."""
+    return bool(layer.metadata.get("edited") or layer.metadata.get("loaded_from"))
 
 
 def tie_to_image(boxes_layer, image_layer) -> None:
@@ -256,8 +278,9 @@ def tie_to_image(boxes_layer, image_layer) -> None:
 
 def clumps_layer_of(layers, image_layer):
     """The clumps layer over ``image_layer`` among ``layers``, or None: the one tied to it
-    (:func:`tie_to_image`), else one tied to no open image that is named after it or whose boxes
-    are of its file (a detections file opened or loaded)."""
+    (:func:`tie_to_image`), else one tied to no open image whose boxes are of its file (opened
+    from a detections file, or left by an image removed and opened again). Not by the layer's
+    name: a layer the user renamed, or one left by another image of that name, would be taken."""
     free = []
     for layer in layers:
         if not is_boxes_layer(layer):
@@ -268,10 +291,8 @@ def clumps_layer_of(layers, image_layer):
             return layer
         if image is None or image not in layers:
             free.append(layer)
-    name, file_name = clumps_layer_name(image_layer.name), image_name(image_layer)
-    by_name = [layer for layer in free if layer.name == name]
-    by_file = [layer for layer in free if layer.metadata.get("image_name") == file_name]
-    return next(iter(by_name + by_file), None)
+    file_name = image_name(image_layer)
+    return next((layer for layer in free if layer.metadata.get("image_name") == file_name), None)
 
 
 def boxes_table(shapes_layer):
@@ -387,6 +408,7 @@ def refill_boxes_layer(shapes_layer, data, kwargs: dict) -> None:
     clumps layer of the same image, in place of its own (new boxes, not the user's edits)."""
     metadata = shapes_layer.metadata
     metadata.pop("edited", None)
+    metadata.pop("loaded_from", None)
     metadata.update(kwargs["metadata"])
     replace_boxes(shapes_layer, data, kwargs["features"], kwargs["edge_color"], kwargs["feature_defaults"])
 

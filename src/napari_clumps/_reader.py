@@ -78,5 +78,7 @@ def read_clumps_csv(path) -> list[tuple]:
         height = heights.get(name)
         height = int(height) if height is not None and pd.notna(height) else None
         transform = display_transform(is_fits_path(name) and height is not None, height or 0)
-        layers.append(detections_layer(rows, image_name=name, transform=transform, height=height))
+        data, kwargs, kind = detections_layer(rows, image_name=name, transform=transform, height=height)
+        kwargs["metadata"]["loaded_from"] = str(path)  # the user's catalogue: Detect keeps it
+        layers.append((data, kwargs, kind))
     return layers

@@ -30,6 +30,7 @@ from ._detect_widget import (
     scrolling_layout,
 )
 from ._layers import (
+    REVIEW_LAYER_KEY,
     boxes_table,
     clumps_layer_name,
     detections_layer,
@@ -47,9 +48,6 @@ from .training import TrainingOptions
 
 #: Images kept loaded (the current one and the last ones visited); others are unloaded.
 KEEP_LOADED = 3
-#: Marks the layers this widget made: metadata key -> the image's CSV name.
-LAYER_KEY = "napari_clumps_review"
-
 #: Key -> (widget method, what it does). Bound on the viewer and on each boxes layer, where they
 #: win over napari's own Shapes keys (``p`` polygon, ``b`` send to back, ``a`` select all).
 #: Boxes are deleted with napari's own Delete / Backspace / remove button: those edits reach
@@ -318,7 +316,7 @@ class ReviewWidget(QWidget):
         boxes = Layer.create(data, kwargs, kind)
         layers.append(boxes)
         for layer in layers:
-            layer.metadata[LAYER_KEY] = item.name
+            layer.metadata[REVIEW_LAYER_KEY] = item.name
             self.viewer.layers.append(layer)
         boxes.events.data.connect(lambda event, layer=boxes: self._layer_edited(layer, event))
         boxes.events.features.connect(lambda event, layer=boxes: self._layer_edited(layer, event))
@@ -329,7 +327,7 @@ class ReviewWidget(QWidget):
     def _layer_removed(self, event):
         """The user removed one of an image's layers: forget the image's layers (loaded again when
         the image is shown again), so that no action edits a layer that is gone."""
-        name = event.value.metadata.get(LAYER_KEY) if hasattr(event.value, "metadata") else None
+        name = event.value.metadata.get(REVIEW_LAYER_KEY) if hasattr(event.value, "metadata") else None
         if name in self._loaded and not self._unloading:
             self._unload(name)
 
@@ -372,7 +370,7 @@ class ReviewWidget(QWidget):
             return  # "adding", "changing" ...: the edit is not finished
         if len(layer.features) != len(layer.data):
             return  # mid-update: shapes and features not yet in step
-        name = layer.metadata[LAYER_KEY]
+        name = layer.metadata[REVIEW_LAYER_KEY]
         known = self.session.items[self.session.index_of(name)].n_boxes
         if str(action) == "added" and len(layer.data) > known:
             self._mark_drawn_by_hand(layer, range(known, len(layer.data)))
@@ -465,12 +463,15 @@ class ReviewWidget(QWidget):
         if boxes_before is None:
             boxes_before = self._boxes_now()
         self._boxes_before = boxes_before
-        targets = [item for item in self.session.items if self._detectable(item) and self._unchanged(item)]
+        detectable = [item for item in self.session.items if self._detectable(item)]
+        targets = [item for item in detectable if self._unchanged(item)]
+        changed = len(detectable) - len(targets)  # since the fine-tuning before this began
+        kept = f" (kept your changes to {changed} image(s) made during the fine-tuning)" if changed else ""
         if not targets:
-            self._update_status("no unreviewed image without hand-made boxes to detect in")
+            self._update_status(f"no unreviewed image without hand-made boxes to detect in{kept}")
             return None
         self._stop_requested.clear()
-        self._update_status(f"loading the model to detect in {len(targets)} unreviewed image(s)...")
+        self._update_status(f"loading the model to detect in {len(targets)} unreviewed image(s)...{kept}")
         from .inference import iter_detections
 
         self.worker = create_worker(  # starts at once, since handlers are connected here
@@ -689,8 +690,8 @@ class ReviewWidget(QWidget):
             self._after_worker = self._detect_after_fine_tuning  # once this worker has finished
 
     def _detect_after_fine_tuning(self):
-        if self.session is not None and self.detect_unreviewed(self._boxes_at_fine_tuning) is not None:
-            self._update_status("re-detecting the unreviewed images with it...")
+        if self.session is not None:  # its status line says what it detects in, and what it keeps
+            self.detect_unreviewed(self._boxes_at_fine_tuning)
 
     # ------------------------------------------------------------------ status
 
