@@ -150,6 +150,35 @@ def test_fine_tune_widget_refuses_a_broken_base_and_leaves_the_output(
     assert widget.base.value != DEFAULT_CHOICE
 
 
+def test_review_queue_refuses_a_broken_file_when_chosen_and_when_it_loads(
+    make_napari_viewer, model_files, messages, qtbot, tmp_path
+):
+    from PIL import Image
+
+    from napari_clumps._review_widget import ReviewWidget
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in "ab":
+        Image.fromarray(np.full((64, 64, 3), 40, np.uint8)).save(folder / f"{name}.png")
+    for name in ("good", "truncated", "nan"):
+        register_model_file(model_files[name])  # as if remembered earlier
+    widget = ReviewWidget(make_napari_viewer())
+    widget.open_queue(folder, tmp_path / "labels.csv")
+    good, nan = str(model_files["good"].resolve()), str(model_files["nan"].resolve())
+    widget.model.value = good
+    widget.model.value = str(model_files["truncated"].resolve())  # refused when chosen
+    assert any(f"{model_files['truncated'].resolve()}: truncated: " in m for m in messages), messages
+    assert widget.model.value == good and str(model_files["truncated"].resolve()) not in _remembered()
+    widget.model.value = nan  # its header is fine: refused when the worker loads it
+    widget.detect_unreviewed()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert any(m.startswith("napari-clumps: detection failed: ") and "NaN or infinite" in m for m in messages)
+    assert widget.model.value == good and nan not in _remembered() and nan not in widget.model.choices
+    assert f"the model is back to {widget.model.current_choice}" in widget.status.value
+    assert [item.n_boxes for item in widget.session.items] == [0, 0] and widget.detect_button.enabled
+
+
 def test_fine_tune_widget_shows_a_trainer_note(make_napari_viewer, messages):
     """What the trainer had to do (out of GPU memory: fewer images at a time) is a notification
     and the status line, not an epoch of the plot."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton
@@ -19,6 +20,7 @@ from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 from ._background import Inbox, as_gui_worker, busy_message, collect_removed_layers, crash_line, stop_when_closed
 from ._detect_widget import (
     DEFAULT_CHOICE,
+    ModelChoiceGuard,
     _forget,
     _listeners,
     avoid_triton_llvm_clash,
@@ -48,6 +50,16 @@ from .training import TrainingOptions
 
 #: Images kept loaded (the current one and the last ones visited); others are unloaded.
 KEEP_LOADED = 3
+
+
+class ModelRefused(NamedTuple):
+    """What a review worker yields when the chosen model file does not load (NaN weights, another
+    architecture): the widget says why and goes back to the model before it."""
+
+    message: str
+    model: object
+
+
 #: Key -> (widget method, what it does). Bound on the viewer and on each boxes layer, where they
 #: win over napari's own Shapes keys (``p`` polygon, ``b`` send to back, ``a`` select all).
 #: Boxes are deleted with napari's own Delete / Backspace / remove button: those edits reach
@@ -183,6 +195,7 @@ class ReviewWidget(QWidget):
         # model files registered later (a fine-tune, the detection widget) become choices here too
         _listeners.append(self.model.reset_choices)
         self.destroyed.connect(lambda *_, reset=self.model.reset_choices: _forget(reset))
+        self._model_guard = ModelChoiceGuard(self.model)  # a broken file: refused, the model before it kept
         stop_when_closed(self, self._stop_for_close)
 
     # ------------------------------------------------------------------ keys
@@ -491,7 +504,7 @@ class ReviewWidget(QWidget):
         return self.worker
 
     def _on_detected(self, result):
-        if isinstance(result, str | Exception):  # a model or device error, or an unexpected one
+        if isinstance(result, str | Exception | ModelRefused):  # a model or device error, or an unexpected one
             self._worker_failed("detection failed", result)
             return
         if result.error:
@@ -528,7 +541,11 @@ class ReviewWidget(QWidget):
         then makes the widget ready again)."""
         from napari.utils.notifications import show_error
 
-        line = crash_line(error) if isinstance(error, Exception) else str(error)
+        if isinstance(error, ModelRefused):  # back to the model before it; the file is forgotten
+            self._model_guard.refuse(error.model)
+            line = f"{error.message}; the model is back to {self.model.current_choice}"
+        else:
+            line = crash_line(error) if isinstance(error, Exception) else str(error)
         show_error(f"napari-clumps: {what}: {line}")
         self._update_status(f"{what}: {line}")
 
@@ -599,7 +616,7 @@ class ReviewWidget(QWidget):
         return self.worker
 
     def _on_ranked(self, row):
-        if isinstance(row, str | Exception):  # a model or device error, or an unexpected one
+        if isinstance(row, str | Exception | ModelRefused):  # a model or device error, or an unexpected one
             self._after_worker = None  # a ranking cut short is not applied
             self._worker_failed("ranking failed", row)
             return
@@ -715,14 +732,21 @@ def _fine_tune_in_thread(reviews, base, options, out, report, should_stop):
 
 def _per_image_in_thread(per_image, paths, names, model, **options):
     """Worker body: yields what ``per_image`` (:func:`~napari_clumps.inference.iter_detections`,
-    :func:`~napari_clumps.active.iter_priorities`) yields per image, or a message for the
-    failures a user can act on (a bad model file, no such device), or the exception of any other
+    :func:`~napari_clumps.active.iter_priorities`) yields per image, or :class:`ModelRefused` (the
+    chosen model file does not load), or a message for the other failures a user can act on (no
+    such device), or the exception of any other
     failure: nothing propagates, since superqt takes a RuntimeError from a generator for a
     deleted worker and then never says "finished" (the widget would stay busy for good)."""
-    from .model import ModelError, select_device
+    from .model import ModelError, get_detector, select_device
 
     try:
-        yield from per_image(paths, model, names=names, device=str(select_device("auto")), **options)
+        device = str(select_device("auto"))
+        try:
+            detector = get_detector(model, device)
+        except ModelError as error:  # the chosen file's own fault (a device's is not)
+            yield ModelRefused(str(error), model)
+            return
+        yield from per_image(paths, detector, names=names, device=device, **options)
     except ModelError as error:
         yield str(error)
     except Exception as error:  # noqa: BLE001 - reported in the widget with its type; traceback to the log
