@@ -236,6 +236,8 @@ def test_renamed_layers_keep_their_boxes_and_a_new_image_of_the_old_name_gets_it
     wait_idle(widget, qtbot, widget.run_button)
     boxes_of_a = viewer.layers["a clumps"]
     viewer.layers["a"].name = "NGC 1"
+    assert sorted(widget.images.native.item(i).text() for i in range(3)) == ["NGC 1", "b", "c"]  # the list shows it
+    assert sorted(layer.name for layer in widget.images.value) == ["NGC 1", "b", "c"]  # still chosen
     boxes_of_a.name = "my clumps of NGC 1"
     boxes_of_a.selected_data = {0}
     boxes_of_a.remove_selected()  # a correction on the renamed layer
@@ -548,6 +550,7 @@ def test_fine_tuning_trains_on_the_boxes_of_renamed_layers(boxed_images):
     viewer.add_image(np.full((64, 64, 3), 40, np.uint8), name="a", rgb=True)  # another galaxy, no boxes
     assert widget.clump_layer_for(viewer.layers["NGC 1"]) is boxes_of_a
     assert widget.clump_layer_for(viewer.layers["a"]) is None
+    assert sorted(layer.name for layer in widget.images.value) == ["NGC 1", "b", "c"]  # renamed, still chosen
 
 
 def test_train_pressed_twice_trains_once(boxed_images, gated_training, qtbot):

@@ -225,10 +225,29 @@ def model_choice(setting: str) -> str:
     return DEFAULT_CHOICE if setting == DEFAULT_MODEL else setting
 
 
+#: The layer lists of the open widgets, and the layers whose renaming they follow.
+_LAYER_SELECTS: weakref.WeakSet = weakref.WeakSet()
+_RENAMES_FOLLOWED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _show_new_layer_names(_event=None) -> None:
+    for select in list(_LAYER_SELECTS):
+        if not qt_deleted(select.native):
+            chosen = list(select.value)
+            select.reset_choices()  # a renamed layer's item is made again, unchosen: chosen again here
+            select.value = [layer for layer in chosen if layer in select.choices]
+
+
 def preselect(select: Select, candidates, offered: weakref.WeakSet) -> None:
     """Add to ``select``'s value the ``candidates`` (layers) not offered before, so that a layer is
-    chosen once, when it first qualifies, and a user's deselection afterwards stands."""
+    chosen once, when it first qualifies, and a user's deselection afterwards stands. The list
+    shows a layer's new name when the user renames it."""
     select.reset_choices()
+    _LAYER_SELECTS.add(select)
+    for layer in select.choices:
+        if layer not in _RENAMES_FOLLOWED:
+            _RENAMES_FOLLOWED.add(layer)
+            layer.events.name.connect(_show_new_layer_names)
     new = [layer for layer in candidates if layer not in offered and layer in select.choices]
     offered.update(new)
     if new:
