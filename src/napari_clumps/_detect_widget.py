@@ -47,6 +47,7 @@ from ._layers import (
     is_review_layer,
     label_colours,
     layer_to_galaxy_image,
+    mark_loaded_from,
     note_user_edit,
     refill_boxes_layer,
     tie_to_image,
@@ -687,8 +688,9 @@ class DetectionWidget(QWidget):
         return layer is not None and holds_users_boxes(layer)
 
     def _put_boxes_layer(self, table, image_layer, filtered: bool = False):
-        """The clumps layer of ``table`` over ``image_layer``, in place of any of the same name, and
-        watched for the user's edits (:func:`~napari_clumps._layers.note_user_edit`); ``filtered``:
+        """The clumps layer of ``table`` over ``image_layer``, in place of the image's own
+        (:func:`~napari_clumps._layers.clumps_layer_of`), tied to it; watched for the user's edits
+        as every clumps layer inserted in the viewer is (:meth:`_watch_edits`); ``filtered``:
         with the score and host filter applied before it reaches the viewer, so that what listens
         to new layers (the fine-tuning widget's choice of images) sees the boxes shown.
 
@@ -714,7 +716,6 @@ class DetectionWidget(QWidget):
             # these boxes as they cover the galaxy, and boxes are never seen over another galaxy
             self.viewer.layers.insert(self.viewer.layers.index(image_layer) + 1, layer)
         tie_to_image(layer, image_layer)
-        self._watch_edits(layer)
         return layer
 
     def _watch_edits(self, layer) -> None:
@@ -903,7 +904,7 @@ class DetectionWidget(QWidget):
                 kept.append(image_layer.name)
                 continue
             layer = self._put_boxes_layer(rows, image_layer)
-            layer.metadata["loaded_from"] = str(path)  # the user's catalogue: Detect keeps it
+            mark_loaded_from(layer.metadata, path)
             added.append(layer)
         if missing:
             show_warning(f"napari-clumps: {path}: no open image for {len(missing)} image(s), e.g. {missing[0]}")

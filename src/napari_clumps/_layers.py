@@ -248,6 +248,12 @@ def is_boxes_layer(layer) -> bool:
     )
 
 
+def mark_loaded_from(metadata: dict, path) -> None:
+    """Mark a clumps layer's ``metadata`` as holding the boxes of the detections file ``path``:
+    the user's catalogue, which Detect keeps (:func:`holds_users_boxes`)."""
+    metadata["loaded_from"] = str(path)
+
+
 def holds_users_boxes(layer) -> bool:
     """Whether a clumps layer's boxes are the user's work, which Detect never writes over: edited
     in the viewer, or loaded from a detections file (a catalogue the user brought, maybe corrected

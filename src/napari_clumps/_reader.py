@@ -65,7 +65,7 @@ def read_clumps_csv(path) -> list[tuple]:
     """
     import pandas as pd
 
-    from ._layers import detections_layer, display_transform
+    from ._layers import detections_layer, display_transform, mark_loaded_from
     from .detections import read_detections, read_images_list
     from .io import is_fits_path
 
@@ -79,6 +79,6 @@ def read_clumps_csv(path) -> list[tuple]:
         height = int(height) if height is not None and pd.notna(height) else None
         transform = display_transform(is_fits_path(name) and height is not None, height or 0)
         data, kwargs, kind = detections_layer(rows, image_name=name, transform=transform, height=height)
-        kwargs["metadata"]["loaded_from"] = str(path)  # the user's catalogue: Detect keeps it
+        mark_loaded_from(kwargs["metadata"], path)
         layers.append((data, kwargs, kind))
     return layers

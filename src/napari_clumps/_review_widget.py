@@ -60,6 +60,11 @@ class ModelRefused(NamedTuple):
     model: object
 
 
+#: What a review worker yields in place of a result when it failed: a model or device error
+#: (a message, or :class:`ModelRefused`), or an unexpected exception.
+WORKER_FAILURES = (str, Exception, ModelRefused)
+
+
 #: Key -> (widget method, what it does). Bound on the viewer and on each boxes layer, where they
 #: win over napari's own Shapes keys (``p`` polygon, ``b`` send to back, ``a`` select all).
 #: Boxes are deleted with napari's own Delete / Backspace / remove button: those edits reach
@@ -504,7 +509,7 @@ class ReviewWidget(QWidget):
         return self.worker
 
     def _on_detected(self, result):
-        if isinstance(result, str | Exception | ModelRefused):  # a model or device error, or an unexpected one
+        if isinstance(result, WORKER_FAILURES):
             self._worker_failed("detection failed", result)
             return
         if result.error:
@@ -616,7 +621,7 @@ class ReviewWidget(QWidget):
         return self.worker
 
     def _on_ranked(self, row):
-        if isinstance(row, str | Exception | ModelRefused):  # a model or device error, or an unexpected one
+        if isinstance(row, WORKER_FAILURES):
             self._after_worker = None  # a ranking cut short is not applied
             self._worker_failed("ranking failed", row)
             return
