@@ -46,6 +46,12 @@ def stop_when_closed(widget, stop) -> None:
     widget.destroyed.connect(lambda *_: stop())
 
 
+#: How long (ms) the Inbox waits after an item that asked for a frame (:meth:`Inbox.after_a_frame`):
+#: Qt draws a window's pending update a few ms after it is asked for (5 ms idle time on X11 and
+#: Wayland), so by then the repaint has run, in a pass of its own.
+FRAME_MS = 20
+
+
 class Inbox:
     """What a worker's signals ask of a widget, done in order, one item per pass of the event
     loop, never one inside another.
@@ -62,6 +68,7 @@ class Inbox:
     def __init__(self, widget):
         self._items = deque()
         self._running = False
+        self._wait_a_frame = False
         self._timer = QTimer(widget)
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
@@ -72,11 +79,23 @@ class Inbox:
         if qt_deleted(self._timer):
             return
         self._items.append((handler, args))
-        self._timer.start()
+        if not self._timer.isActive():  # a frame's wait (:meth:`after_a_frame`) is not cut short
+            self._timer.start(0)
 
     def later(self, handler):
         """A slot that puts its call to ``handler`` here: ``worker.finished.connect(inbox.later(f))``."""
         return lambda *args: self.put(handler, *args)
+
+    def after_a_frame(self, handler, *args) -> None:
+        """Call ``handler(*args)`` before anything queued, once the viewer has drawn what the item
+        running now changed: one item's work for the GUI thread split in two stalls, each with a
+        repaint of its own, instead of one stall holding both (docs/reliability.md)."""
+        self._items.appendleft((handler, args))
+        self.wait_a_frame()
+
+    def wait_a_frame(self) -> None:
+        """Run the next item only once the viewer has drawn what the item running now changed."""
+        self._wait_a_frame = True
 
     def clear(self) -> None:
         self._items.clear()
@@ -90,8 +109,9 @@ class Inbox:
             handler(*args)
         finally:  # also after a bug in one handler: the next ones (the run's end among them) still run
             self._running = False
+            wait, self._wait_a_frame = self._wait_a_frame, False
             if self._items and not qt_deleted(self._timer):
-                self._timer.start()
+                self._timer.start(FRAME_MS if wait else 0)
 
 
 _import_lock = threading.Lock()

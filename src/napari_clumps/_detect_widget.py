@@ -6,6 +6,7 @@ layers is :mod:`napari_clumps._layers`, the CSV is :mod:`napari_clumps.detection
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from pathlib import Path
@@ -50,6 +51,8 @@ from ._layers import (
     mark_loaded_from,
     note_user_edit,
     refill_boxes_layer,
+    selection_kept,
+    show_with_image,
     tie_to_image,
     with_score_threshold,
 )
@@ -637,6 +640,7 @@ class DetectionWidget(QWidget):
         by_name = {layer.name: layer for layer in layers}
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self._run = _RunTally(len(images))
+        self._run.selection = _selection_of(self.viewer.layers)
         self.progress.busy(
             f"loading the model ({self.model.current_choice}) for {len(images)} image(s); "
             "the first run in a session also starts PyTorch, which takes a while..."
@@ -687,35 +691,40 @@ class DetectionWidget(QWidget):
         layer = clumps_layer_of(self.viewer.layers, image_layer)
         return layer is not None and holds_users_boxes(layer)
 
-    def _put_boxes_layer(self, table, image_layer, filtered: bool = False):
+    def _put_boxes_layer(self, table, image_layer, in_a_run: bool = False):
         """The clumps layer of ``table`` over ``image_layer``, in place of the image's own
         (:func:`~napari_clumps._layers.clumps_layer_of`), tied to it; watched for the user's edits
-        as every clumps layer inserted in the viewer is (:meth:`_watch_edits`); ``filtered``:
-        with the score and host filter applied before it reaches the viewer, so that what listens
-        to new layers (the fine-tuning widget's choice of images) sees the boxes shown.
+        as every clumps layer inserted in the viewer is (:meth:`_watch_edits`).
 
         A clumps layer of the same image already there is refilled, not replaced: napari frees a
         removed layer with a full ``gc.collect()``, which takes most of a second once PyTorch is
         loaded, in the GUI thread, for every image of a run (docs/benchmarks/gui_responsiveness.md).
+
+        ``in_a_run`` (a Detect run's result): the score and host filter are applied before the
+        layer reaches the viewer, so that what listens to new layers (the fine-tuning widget's
+        choice of images) sees the boxes shown; and a new layer takes neither the user's selection
+        nor, yet, its first drawing: it goes in hidden, and :meth:`_show_result` shows it a frame
+        later, so that napari's work for a new layer and vispy's for its first drawing are two
+        stalls of the GUI thread, not one twice as long (docs/reliability.md).
         """
         from napari.layers import Shapes
 
         data, kwargs, _ = detections_layer_over(table, image_layer, self.new_label.value)
-        if filtered:  # before the layer is built: building it twice doubles its cost
+        if in_a_run:  # before the layer is built: building it twice doubles its cost
             data, kwargs = with_score_threshold(data, kwargs, self.score.value, self.keep_off_host.value)
         old = clumps_layer_of(self.viewer.layers, image_layer)  # a layer of another image is never touched
         if old is not None and _same_place(old, kwargs):
             refill_boxes_layer(old, data, kwargs)
-            layer = old
-        else:
-            layer = Shapes(data, **kwargs)  # built first: if it fails, the old layer is still there
-            if old is not None:
-                self.viewer.layers.remove(old)
-        if layer is not old:
-            # just above its galaxy: napari draws the list bottom up, so the galaxies above cover
-            # these boxes as they cover the galaxy, and boxes are never seen over another galaxy
+            return old
+        # built first: if it fails, the old layer is still there
+        layer = Shapes(data, **kwargs, **({"visible": False} if in_a_run else {}))
+        if old is not None:
+            self.viewer.layers.remove(old)
+        # just above its galaxy: napari draws the list bottom up, so the galaxies above cover
+        # these boxes as they cover the galaxy, and boxes are never seen over another galaxy
+        with selection_kept(self.viewer.layers) if in_a_run else contextlib.nullcontext():
             self.viewer.layers.insert(self.viewer.layers.index(image_layer) + 1, layer)
-        tie_to_image(layer, image_layer)
+        tie_to_image(layer, image_layer, show_now=not in_a_run)
         return layer
 
     def _watch_edits(self, layer) -> None:
@@ -781,7 +790,13 @@ class DetectionWidget(QWidget):
             self.status.value = f"{counter}kept your boxes of {image_layer.name}"
             show_warning(f"napari-clumps: kept your boxes of {image_layer.name}: changed while Detect ran")
             return
-        layer = self._put_boxes_layer(result.table, image_layer, filtered=True)
+        made = clumps_layer_of(self.viewer.layers, image_layer)
+        layer = self._put_boxes_layer(result.table, image_layer, in_a_run=True)
+        if layer is not made:  # drawn a frame later, then the next result (see _put_boxes_layer)
+            self._run.made.append(layer)
+            self._inbox.after_a_frame(show_with_image, layer)
+        else:  # the refill's repaint before the next result, not in the same stall
+            self._inbox.wait_a_frame()
         self._run.shown += len(layer.data)
         self.status.value = (
             f"{counter}{image_layer.name}: {len(layer.data)} clumps shown "
@@ -797,6 +812,11 @@ class DetectionWidget(QWidget):
 
     def _end_run(self):
         self.worker = None
+        made = [layer for layer in self._run.made if layer in self.viewer.layers]
+        if made and _selection_of(self.viewer.layers) == self._run.selection:
+            # napari's way with a new layer (selected, ready to edit), once for the run rather than
+            # once per image while the user may be working on another layer (see _put_boxes_layer)
+            self.viewer.layers.selection.active = made[-1]
         self.progress.done("cancelled" if self._stop.is_set() else self._run.summary())
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
@@ -1019,6 +1039,10 @@ def _send_in_thread(send, *args) -> tuple:
         return "error", f"sending over SAMP failed: {crash_line(error)}"
 
 
+def _selection_of(layers) -> tuple:
+    return frozenset(layers.selection), layers.selection.active
+
+
 class _RunTally:
     """What one Detect run has done so far, for the status line."""
 
@@ -1027,6 +1051,8 @@ class _RunTally:
         self.dropped = 0  # results for images removed from the viewer during the run
         self.kept = 0  # results not shown over boxes the user edited during the run
         self.stopped = False  # an unexpected error ended the run
+        self.made = []  # the clumps layers it made (not refilled), in order
+        self.selection = None  # the viewer's layer selection when it started: (layers, active)
 
     def summary(self) -> str | None:
         """The closing line of a run that gave results; None keeps the last line (an error)."""

@@ -261,12 +261,13 @@ def holds_users_boxes(layer) -> bool:
     return bool(layer.metadata.get("edited") or layer.metadata.get("loaded_from"))
 
 
-def tie_to_image(boxes_layer, image_layer) -> None:
+def tie_to_image(boxes_layer, image_layer, show_now: bool = True) -> None:
     """Make ``boxes_layer`` the clumps layer of ``image_layer`` (:func:`clumps_layer_of` finds it
     under any name the user gives either), and show and hide it with the image from now on: with
     the galaxy hidden, the one below shows, and these boxes over it would mark clumps it does not
     have. The boxes can still be hidden alone. Tying a layer to the image it is tied to already
-    does nothing."""
+    does nothing. ``show_now=False``: the layer keeps its visibility until the image's next change
+    or :func:`show_with_image` (a layer shown a frame after it was inserted)."""
     tied = _IMAGE_OF_BOXES.get(boxes_layer)
     if tied is not None and tied() is image_layer:
         return
@@ -276,10 +277,38 @@ def tie_to_image(boxes_layer, image_layer) -> None:
     def follow(event=None):
         layer = boxes()
         if layer is not None:
-            layer.visible = image_layer.visible
+            show_with_image(layer)
 
-    follow()
+    if show_now:
+        follow()
     image_layer.events.visible.connect(follow)
+
+
+def show_with_image(boxes_layer) -> None:
+    """Show or hide a clumps layer as its image is (:func:`tie_to_image`)."""
+    tied = _IMAGE_OF_BOXES.get(boxes_layer)
+    image_layer = tied() if tied is not None else None
+    if image_layer is not None:
+        boxes_layer.visible = image_layer.visible
+
+
+@contextlib.contextmanager
+def selection_kept(layers):
+    """Insert layers into ``layers`` (a viewer's layer list) without selecting them.
+
+    napari makes every layer it inserts the selected one, which swaps the layer controls under
+    the user's hand: once per image while Detect runs, taking the layer the user was working on
+    (and ~35 ms of the GUI thread each). napari has no public switch for it: its list's own flag
+    is turned off meanwhile, where the list has it (else napari selects as before).
+    """
+    if not hasattr(layers, "_activate_on_insert"):
+        yield
+        return
+    before, layers._activate_on_insert = layers._activate_on_insert, False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = before
 
 
 def clumps_layer_of(layers, image_layer):
