@@ -792,9 +792,9 @@ class DetectionWidget(QWidget):
             return
         made = clumps_layer_of(self.viewer.layers, image_layer)
         layer = self._put_boxes_layer(result.table, image_layer, in_a_run=True)
-        if layer is not made:  # drawn a frame later, then the next result (see _put_boxes_layer)
+        if layer is not made:  # shown once its insertion is drawn (see _put_boxes_layer)
             self._run.made.append(layer)
-            self._inbox.after_a_frame(show_with_image, layer)
+            self._inbox.after_a_frame(self._show_new_layer, layer)
         else:  # the refill's repaint before the next result, not in the same stall
             self._inbox.wait_a_frame()
         self._run.shown += len(layer.data)
@@ -802,6 +802,12 @@ class DetectionWidget(QWidget):
             f"{counter}{image_layer.name}: {len(layer.data)} clumps shown "
             f"({len(result.table)} with score >= {SCORE_FLOOR} on or off the host); {device_text}"
         )
+
+    def _show_new_layer(self, layer):
+        """Show a clumps layer a run made hidden (as its image is shown); its first drawing
+        happens before the next result is handled, in a stall of its own."""
+        show_with_image(layer)
+        self._inbox.wait_a_frame()
 
     def _failed(self, message: str):
         from napari.utils.notifications import show_error
