@@ -259,6 +259,28 @@ def test_renamed_layers_keep_their_boxes_and_a_new_image_of_the_old_name_gets_it
     assert widget.image_to_send() is viewer.layers["NGC 1"]  # the image under the chosen boxes
 
 
+def test_a_renamed_image_renames_its_clumps_layer_unless_the_user_named_it(three_images, gated, qtbot, tmp_path):
+    """The clumps layer follows its image's new name, and so does the image its boxes are of (the
+    CSV's `image` column) when the image has no file; a name the user gave the boxes stays."""
+    from napari_clumps.detections import read_detections
+
+    viewer, widget, messages = three_images
+    widget.run()
+    gated.release(3)
+    wait_idle(widget, qtbot, widget.run_button)
+    boxes_of_a, boxes_of_b = viewer.layers["a clumps"], viewer.layers["b clumps"]
+    viewer.layers["a"].name = "NGC 1"
+    assert boxes_of_a.name == "NGC 1 clumps" and boxes_of_a.metadata["image_name"] == "NGC 1"
+    boxes_of_b.name = "my boxes"
+    viewer.layers["b"].name = "NGC 2"
+    assert boxes_of_b.name == "my boxes" and boxes_of_b.metadata["image_name"] == "NGC 2"
+    viewer.layers["c"].metadata["path"] = str(tmp_path / "c.fits")  # an image with a file keeps its file name
+    viewer.layers["c"].name = "NGC 3"
+    assert viewer.layers["NGC 3 clumps"].metadata["image_name"] == "c"
+    widget.export_csv(tmp_path / "out.csv")
+    assert sorted(set(read_detections(tmp_path / "out.csv").image)) == ["NGC 1", "NGC 2", "c"]
+
+
 def test_edits_of_a_clumps_layer_detect_did_not_make_are_kept(three_images, gated, qtbot):
     """A duplicated clumps layer (napari's "Duplicate Layer"), its original removed, then edited:
     Detect noted the edit although it never made that layer."""

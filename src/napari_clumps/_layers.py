@@ -265,9 +265,11 @@ def tie_to_image(boxes_layer, image_layer, show_now: bool = True) -> None:
     """Make ``boxes_layer`` the clumps layer of ``image_layer`` (:func:`clumps_layer_of` finds it
     under any name the user gives either), and show and hide it with the image from now on: with
     the galaxy hidden, the one below shows, and these boxes over it would mark clumps it does not
-    have. The boxes can still be hidden alone. Tying a layer to the image it is tied to already
-    does nothing. ``show_now=False``: the layer keeps its visibility until the image's next change
-    or :func:`show_with_image` (a layer shown a frame after it was inserted)."""
+    have. The boxes can still be hidden alone. A renamed image renames its clumps layer (unless
+    the user named that layer) and, for an image with no file, the image its boxes are of. Tying
+    a layer to the image it is tied to already does nothing. ``show_now=False``: the layer keeps
+    its visibility until the image's next change or :func:`show_with_image` (a layer shown a
+    frame after it was inserted)."""
     tied = _IMAGE_OF_BOXES.get(boxes_layer)
     if tied is not None and tied() is image_layer:
         return
@@ -279,9 +281,23 @@ def tie_to_image(boxes_layer, image_layer, show_now: bool = True) -> None:
         if layer is not None:
             show_with_image(layer)
 
+    last_name = [image_layer.name]
+
+    def follow_name(event=None):
+        layer, old, new = boxes(), last_name[0], image_layer.name
+        last_name[0] = new
+        tie = _IMAGE_OF_BOXES.get(layer) if layer is not None else None
+        if tie is None or tie() is not image_layer:
+            return
+        if layer.name == clumps_layer_name(old):  # a name the user gave the boxes stays
+            layer.name = clumps_layer_name(new)
+        if not image_layer.metadata.get("path") and layer.metadata.get("image_name") == old:
+            layer.metadata["image_name"] = new  # no file: the layer's name is the CSV's image
+
     if show_now:
         follow()
     image_layer.events.visible.connect(follow)
+    image_layer.events.name.connect(follow_name)
 
 
 def show_with_image(boxes_layer) -> None:
