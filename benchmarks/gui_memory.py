@@ -17,10 +17,10 @@ import gc
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gui_responsiveness import wait_until  # noqa: E402
 from report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,17 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def resident_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def wait_until(condition, timeout: float = 900.0) -> None:
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError("the run did not end")
-        QApplication.processEvents()
-        time.sleep(0.005)
 
 
 def main():
