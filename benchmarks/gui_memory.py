@@ -26,9 +26,20 @@ from report import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
+def resident_mib(pid="self") -> float:
+    """A process's resident memory; 0 for none (no detection process yet)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def detection_process_pid():
+    """The pid of the session's detection process (napari_clumps.detection_process), if started."""
+    from napari_clumps import detection_process
+
+    shared = detection_process._shared
+    return shared.pid if shared is not None and shared.is_alive() else None
 
 
 def main():
@@ -57,8 +68,8 @@ def main():
 
     def note(what):
         frozen = gc.get_freeze_count()
-        rows.append((what, resident_mib(), frozen))
-        print(f"{what}: {rows[-1][1]:.0f} MiB, {frozen} frozen", flush=True)
+        rows.append((what, resident_mib(), resident_mib(detection_process_pid()), frozen))
+        print(f"{what}: {rows[-1][1]:.0f} MiB (detection process {rows[-1][2]:.0f} MiB), {frozen} frozen", flush=True)
 
     note("before any run")
     for run in range(1, args.runs + 1):
@@ -78,11 +89,12 @@ def main():
     lines = [
         f"{args.n} simulated galaxies, {args.runs} Detect runs, packaged model, viewer not shown. Made by "
         f"`python benchmarks/gui_memory.py --n {args.n} --runs {args.runs}`. Resident memory from /proc; "
-        "frozen: the objects the collector skips (gc.get_freeze_count()).",
+        "frozen: the objects the collector skips (gc.get_freeze_count()), in the GUI process. Detect runs the "
+        "model in a process of its own (napari_clumps.detection_process), whose memory is its own column.",
         "",
-        "| after | resident memory (MiB) | objects frozen |",
-        "|---|---|---|",
-        *(f"| {what} | {mib:.0f} | {frozen} |" for what, mib, frozen in rows),
+        "| after | resident memory (MiB) | detection process (MiB) | objects frozen |",
+        "|---|---|---|---|",
+        *(f"| {what} | {mib:.0f} | {child:.0f} | {frozen} |" for what, mib, child, frozen in rows),
         "",
         f"A full collection before unfreezing found {unfrozen_garbage} unreachable objects; after, "
         f"{frozen_garbage} (what the frozen reference cycles were), and resident memory fell by {freed:.0f} MiB "

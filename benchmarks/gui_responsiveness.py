@@ -165,7 +165,7 @@ def main():
     rows = [measure("nothing running (2 s)", lambda: None, 2.0)]
     rows.append(measure("one repaint, nothing running (zoom in)", lambda: _zoom(viewer), 1.0))
     for run in range(1, args.detect_runs + 1):
-        first = " (imports PyTorch, loads the model)" if run == 1 and torch_first else ""
+        first = " (starts the detection process: PyTorch, the model)" if run == 1 and torch_first else ""
         what = f"Detect {run}: {args.n} images, {'makes' if run == 1 else 'refills'} the clumps layers{first}"
         rows.append(measure(what, detect.run, lambda: detect.run_button.enabled))
     names = sorted(p.name for p in folder.glob("*.fits"))[: args.train_images]
@@ -175,7 +175,8 @@ def main():
     for run in range(1, args.train_runs + 1):
         train.output.value = folder / f"tuned{run}.safetensors"
         epochs = f"{args.train_epochs} epoch{'s' if args.train_epochs > 1 else ''}"
-        what = f"Fine-tune {run}: {epochs} on {len(names)} images"
+        first = " (imports PyTorch in the GUI process)" if "torch" not in sys.modules else ""
+        what = f"Fine-tune {run}: {epochs} on {len(names)} images{first}"
         rows.append(measure(what, train.start, lambda: train.train_button.enabled))
     viewer.close()
 

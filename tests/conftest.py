@@ -359,3 +359,13 @@ def samp_tools(samp_hub):
     yield make
     for tool in tools:
         tool.close()
+
+
+@pytest.fixture
+def detection_in_this_process(monkeypatch):
+    """Detect runs its model in this process (a worker thread), where a stand-in for
+    ``napari_clumps.inference.iter_detections`` is seen; by default it runs in a process of its
+    own (napari_clumps.detection_process), where a stand-in set here is not."""
+    from napari_clumps import _detect_widget
+
+    monkeypatch.setattr(_detect_widget, "DETECT_IN_A_PROCESS", False)

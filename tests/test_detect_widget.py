@@ -82,6 +82,7 @@ def test_run_gives_shapes_matching_the_core_detections(widget_on_galaxy, qtbot):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("detection_in_this_process")  # where the stand-in below would see a re-run
 def test_threshold_slider_hides_and_restores_without_rerunning(widget_on_galaxy, qtbot, monkeypatch):
     viewer, widget, *_ = widget_on_galaxy
     widget.score.value = SCORE_FLOOR
@@ -227,6 +228,7 @@ def test_widget_finds_held_out_clumps(make_napari_viewer, trained_model, qtbot, 
     assert row.completeness >= 0.6 and row.purity >= 0.5, row.to_dict()
 
 
+@pytest.mark.usefixtures("detection_in_this_process")  # where the spy below sees the options
 def test_off_host_boxes_hidden_until_asked_and_psf_options_reach_the_detector(
     make_napari_viewer, qtbot, galaxy_with_pasted_clump, monkeypatch
 ):

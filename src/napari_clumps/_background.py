@@ -11,7 +11,6 @@ import functools
 import gc
 import inspect
 import logging
-import os
 import threading
 from collections import deque
 from contextlib import contextmanager
@@ -172,12 +171,13 @@ def while_workers_run():
         log.debug("napari-clumps: importing PyTorch ahead of the run failed", exc_info=True)
     import torch
 
+    from .detection_process import cores_beside_a_gui
+
     global _workers, _torch_threads_before
     with _workers_lock:
         if _workers == 0:
             _torch_threads_before = torch.get_num_threads()
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, min(_torch_threads_before, cores - 1)))
+            torch.set_num_threads(min(_torch_threads_before, cores_beside_a_gui()))
         _workers += 1
         gc.freeze()
     try:

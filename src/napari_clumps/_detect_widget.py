@@ -28,12 +28,13 @@ from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxL
 
 from ._background import (
     Inbox,
-    as_gui_worker,
     collect_removed_layers,
     crash_line,
+    log,
     qt_deleted,
     say_refused,
     stop_when_closed,
+    while_workers_run,
 )
 from ._commands import show_raw_bands
 from ._layers import (
@@ -646,7 +647,7 @@ class DetectionWidget(QWidget):
             "the first run in a session also starts PyTorch, which takes a while..."
         )
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            as_gui_worker(_detect_in_thread),
+            _detect_in_thread,
             images,
             [layer.name for layer in layers],
             self.selected_model(),
@@ -1103,52 +1104,41 @@ def avoid_triton_llvm_clash() -> None:
         sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
 
 
+#: Whether Detect runs the model in a process of its own (:mod:`napari_clumps.detection_process`):
+#: then PyTorch's import and work never hold the GUI process's GIL. Tests that stand a fake in for
+#: :func:`~napari_clumps.inference.iter_detections` in this process turn it off.
+DETECT_IN_A_PROCESS = True
+
+
 def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fwhm=None, pixel_scale=None):
-    """Worker body: yields ``("ready", device text)`` once the model is loaded, then ``("result",
-    layer name, ImageDetections, device text)`` per image, or ``("model failed", message, model)``
-    when the model does not load, or ``("error", message)`` for the other failures a user can act
-    on (no GPU, out of memory), or ``("crash", exception)`` for anything else (a bug, a torch
-    error). Nothing propagates: superqt takes a RuntimeError from a generator for a deleted worker
-    and then never says "finished", which would leave the widget busy for good."""
-    import torch
+    """Worker body: the items of :func:`napari_clumps.detection_process.detection_items`, made in
+    the session's detection process, or in this thread where no process can be started (or
+    :data:`DETECT_IN_A_PROCESS` is off). Nothing propagates: superqt takes a RuntimeError from a
+    generator for a deleted worker and then never says "finished", which would leave the widget
+    busy for good."""
+    import gc
 
-    from .inference import iter_detections
-    from .model import ModelError, get_detector, select_device
-    from .scale import unused_psf_note
+    from .detection_process import detection_items, shared_detection_process
 
-    try:
-        torch_device = select_device(device)
+    run = dict(
+        images=images,
+        names=names,
+        model=model,
+        device=device,
+        nms_iou=nms_iou,
+        psf_fwhm=psf_fwhm,
+        pixel_scale=pixel_scale,
+        score_floor=SCORE_FLOOR,
+    )
+    process = None
+    if DETECT_IN_A_PROCESS:
         try:
-            detector = get_detector(model, str(torch_device))
-        except ModelError as error:  # the chosen model file's own fault (a device's is not)
-            yield "model failed", str(error), model
-            return
-        device_text = f"{detector.model_id} on {torch_device}" + (" (auto)" if device == "auto" else "")
-        yield "ready", device_text
-        note = unused_psf_note(detector.config, psf_fwhm, pixel_scale)
-        if note:
-            device_text += f"; {note}"
-        results = iter_detections(
-            images,
-            detector,
-            names=[image_name_of(i) for i in images],
-            device=str(torch_device),
-            score_threshold=SCORE_FLOOR,
-            nms_iou=nms_iou,
-            keep_off_host=True,
-            psf_fwhm=psf_fwhm,
-            pixel_scale=pixel_scale,
-            should_stop=should_stop,
-        )
-        for name, result in zip(names, results):
-            yield "result", name, result, device_text
-    except ModelError as error:
-        yield "error", str(error)
-    except torch.OutOfMemoryError:
-        yield "error", f"out of memory on {device}; lower the number of images per run or use the CPU"
-    except Exception as error:  # noqa: BLE001 - reported in the widget with its type; traceback to the log
-        yield "crash", error
-
-
-def image_name_of(image) -> str:
-    return Path(image.path).name
+            process = shared_detection_process()
+        except Exception as error:  # noqa: BLE001 - any failure to start one: the thread does the work
+            log.warning("napari-clumps: detection runs in the GUI process: no process of its own (%s)", error)
+    if process is not None:
+        gc.freeze()  # as a thread's run does (see _background.while_workers_run), PyTorch or not
+        yield from process.items(should_stop, **run)
+    else:
+        with while_workers_run():
+            yield from detection_items(should_stop=should_stop, **run)

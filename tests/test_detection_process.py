@@ -1,0 +1,143 @@
+"""Detection in a process of its own (napari_clumps.detection_process): what the detection widget
+runs by default, so that PyTorch never holds the GUI process's GIL (docs/reliability.md).
+
+The tests share one process (starting one takes seconds: it imports PyTorch and loads the
+model), but those that kill the session's process or look from a fresh interpreter."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from napari_clumps.detection_process import (
+    DetectionProcess,
+    DetectionProcessEnded,
+    _sendable,
+    detection_items,
+    shared_detection_process,
+)
+from napari_clumps.io import read_image
+
+
+@pytest.fixture(scope="module")
+def two_galaxies(simulated):
+    folder, _ = simulated
+    return [read_image(path) for path in sorted(folder.glob("*.fits"))[:2]]
+
+
+def _run(galaxies, model=None, **options):
+    return dict(
+        images=galaxies,
+        names=[f"layer {i}" for i in range(len(galaxies))],
+        model=model,
+        device="cpu",
+        nms_iou=0.3,
+        score_floor=0.05,
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def process():
+    started = DetectionProcess()
+    yield started
+    started.close()
+
+
+def _never():
+    return False
+
+
+def test_the_process_gives_what_a_thread_gives(process, two_galaxies):
+    there = list(process.items(_never, **_run(two_galaxies)))
+    here = list(detection_items(should_stop=_never, **_run(two_galaxies)))
+    assert [item[0] for item in there] == ["ready", "result", "result"], there
+    assert [item[0] for item in here] == [item[0] for item in there]
+    assert there[0] == here[0] and there[0][1].endswith(" on cpu")
+    for (_, name, result, _), (_, name_here, result_here, _) in zip(there[1:], here[1:]):
+        assert name == name_here and not result.error
+        assert len(result.table) > 0, "the simulated galaxies have clumps to find"
+        # the same up to float rounding: the process runs PyTorch on one thread fewer
+        pd.testing.assert_frame_equal(result.table, result_here.table, rtol=1e-4)
+
+
+def test_stopping_ends_the_run_between_images_and_the_process_serves_the_next(process, two_galaxies):
+    seen = []
+
+    def once_the_model_is_loaded():  # asked here, between looks at the pipe; read in the process
+        return bool(seen)
+
+    for item in process.items(once_the_model_is_loaded, **_run(two_galaxies * 4)):
+        seen.append(item)
+    assert [item[0] for item in seen] == ["ready"], "stopped before its first image"
+    again = list(process.items(_never, **_run(two_galaxies[:1])))
+    assert [item[0] for item in again] == ["ready", "result"]
+    assert process.is_alive()
+
+
+def test_a_run_given_up_half_way_leaves_nothing_for_the_next(process, two_galaxies):
+    run = process.items(_never, **_run(two_galaxies * 2))
+    assert next(run)[0] == "ready"
+    run.close()  # as a quit worker's generator is closed: the process stops that run
+    names = [item[1] for item in process.items(_never, **_run(two_galaxies[:1])) if item[0] == "result"]
+    assert names == ["layer 0"], "only the new run's own result"
+
+
+def test_a_model_file_that_does_not_load_is_reported_as_such(process, two_galaxies, tmp_path):
+    broken = tmp_path / "truncated.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+    items = list(process.items(_never, **_run(two_galaxies, model=str(broken))))
+    assert len(items) == 1 and items[0][0] == "model failed", items
+    assert "truncated.safetensors" in items[0][1] and items[0][2] == str(broken)
+
+
+def test_a_process_killed_mid_run_ends_the_run_with_a_crash_and_a_new_one_starts(two_galaxies):
+    first = shared_detection_process()
+    assert shared_detection_process() is first, "one process for the session"
+    run = first.items(_never, **_run(two_galaxies * 4))
+    assert next(run)[0] == "ready"
+    os.kill(first.pid, signal.SIGKILL)
+    rest = list(run)
+    assert rest[-1][0] == "crash" and isinstance(rest[-1][1], DetectionProcessEnded)
+    assert f"exit code {-signal.SIGKILL}" in str(rest[-1][1])
+    second = shared_detection_process()
+    assert second is not first and second.pid != first.pid
+    assert [item[0] for item in second.items(_never, **_run(two_galaxies[:1]))] == ["ready", "result"]
+    second.close()
+
+
+def test_a_crash_crosses_the_pipe_even_when_its_exception_does_not_pickle(capsys):
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    kind, error = _sendable(("crash", Unpicklable("deep in torch")))
+    assert kind == "crash" and str(pickle.loads(pickle.dumps(error))) == "Unpicklable: deep in torch"
+    assert "deep in torch" in capsys.readouterr().err, "its traceback is printed in the process"
+    same = KeyError("boxes")
+    assert _sendable(("crash", same)) == ("crash", same)
+    assert _sendable(("error", "out of memory")) == ("error", "out of memory")
+
+
+def test_the_calling_process_never_imports_pytorch(simulated):
+    """The point of the process: the GUI's never pays PyTorch's import (or its GIL)."""
+    folder, _ = simulated
+    script = f"""
+import sys
+from pathlib import Path
+from napari_clumps.detection_process import shared_detection_process
+from napari_clumps.io import read_image
+images = [read_image(p) for p in sorted(Path({str(folder)!r}).glob("*.fits"))[:1]]
+process = shared_detection_process()
+kinds = [item[0] for item in process.items(lambda: False, images=images, names=["a"], model=None,
+         device="cpu", nms_iou=0.3)]
+process.close()
+print(kinds, "torch" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[-2] == "['ready', 'result'] False", run.stdout
