@@ -35,10 +35,10 @@ def resident_mib(pid="self") -> float:
 
 
 def detection_process_pid():
-    """The pid of the session's detection process (napari_clumps.detection_process), if started."""
-    from napari_clumps import detection_process
+    """The pid of the session's detection process (napari_clumps.model_process), if started."""
+    from napari_clumps import model_process
 
-    shared = detection_process._shared
+    shared = model_process._shared.get("detect")
     return shared.pid if shared is not None and shared.is_alive() else None
 
 
@@ -90,7 +90,7 @@ def main():
         f"{args.n} simulated galaxies, {args.runs} Detect runs, packaged model, viewer not shown. Made by "
         f"`python benchmarks/gui_memory.py --n {args.n} --runs {args.runs}`. Resident memory from /proc; "
         "frozen: the objects the collector skips (gc.get_freeze_count()), in the GUI process. Detect runs the "
-        "model in a process of its own (napari_clumps.detection_process), whose memory is its own column.",
+        "model in a process of its own (napari_clumps.model_process), whose memory is its own column.",
         "",
         "| after | resident memory (MiB) | detection process (MiB) | objects frozen |",
         "|---|---|---|---|",

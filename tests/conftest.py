@@ -362,10 +362,10 @@ def samp_tools(samp_hub):
 
 
 @pytest.fixture
-def detection_in_this_process(monkeypatch):
-    """Detect runs its model in this process (a worker thread), where a stand-in for
-    ``napari_clumps.inference.iter_detections`` is seen; by default it runs in a process of its
-    own (napari_clumps.detection_process), where a stand-in set here is not."""
-    from napari_clumps import _detect_widget
+def model_in_this_process(monkeypatch):
+    """Detect and Fine-tune run the model in this process (a worker thread), where a stand-in for
+    a core function (``inference.iter_detections``, ``training.fine_tune``) is seen; by default
+    they run it in a process of its own (napari_clumps.model_process), where one set here is not."""
+    from napari_clumps import _background
 
-    monkeypatch.setattr(_detect_widget, "DETECT_IN_A_PROCESS", False)
+    monkeypatch.setattr(_background, "MODEL_IN_A_PROCESS", False)

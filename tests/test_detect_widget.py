@@ -82,7 +82,7 @@ def test_run_gives_shapes_matching_the_core_detections(widget_on_galaxy, qtbot):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("detection_in_this_process")  # where the stand-in below would see a re-run
+@pytest.mark.usefixtures("model_in_this_process")  # where the stand-in below would see a re-run
 def test_threshold_slider_hides_and_restores_without_rerunning(widget_on_galaxy, qtbot, monkeypatch):
     viewer, widget, *_ = widget_on_galaxy
     widget.score.value = SCORE_FLOOR
@@ -228,7 +228,7 @@ def test_widget_finds_held_out_clumps(make_napari_viewer, trained_model, qtbot, 
     assert row.completeness >= 0.6 and row.purity >= 0.5, row.to_dict()
 
 
-@pytest.mark.usefixtures("detection_in_this_process")  # where the spy below sees the options
+@pytest.mark.usefixtures("model_in_this_process")  # where the spy below sees the options
 def test_off_host_boxes_hidden_until_asked_and_psf_options_reach_the_detector(
     make_napari_viewer, qtbot, galaxy_with_pasted_clump, monkeypatch
 ):
@@ -442,3 +442,51 @@ def test_each_clumps_layer_sits_above_its_galaxy_and_hides_with_it(make_napari_v
     assert boxes.visible
     boxes.visible = False  # the boxes alone can still be hidden
     assert galaxy.visible and not boxes.visible
+
+
+def test_the_model_process_killed_mid_run_ends_it_with_one_line_and_the_next_run_starts_another(
+    make_napari_viewer, qtbot, simulated
+):
+    """Detect runs the model in a process of its own (napari_clumps.model_process); killed (as
+    the kernel's out-of-memory killer would), the run ends like any failed run, what it showed
+    stays, and Detect works again."""
+    import os
+    import signal
+
+    from napari_clumps.model_process import shared_model_process
+
+    folder, _ = simulated
+    viewer = make_napari_viewer()
+    for path in sorted(folder.glob("*.fits")):
+        viewer.open(path, plugin="napari-clumps")
+    widget = DetectionWidget(viewer)
+    widget.images.value = list(viewer.layers)[:8]
+    first = shared_model_process("detect")
+    widget.run()
+    qtbot.waitUntil(lambda: widget._run.device_text != "", timeout=120_000)  # the model is loaded
+    os.kill(first.pid, signal.SIGKILL)
+    _wait_until_done(widget, qtbot)
+    assert widget.status.value.startswith("detection stopped: ModelProcessEnded: the detect process ended"), (
+        widget.status.value
+    )
+    assert widget._run.done < 8 and widget.run_button.enabled and not widget.cancel_button.enabled
+    widget.images.value = [viewer.layers["sim_00000.fits"]]
+    for layer in [layer for layer in viewer.layers if layer.name.endswith("clumps")]:
+        viewer.layers.remove(layer)
+    _run_and_wait(widget, qtbot)
+    assert "on cpu" in widget.status.value and "sim_00000.fits clumps" in viewer.layers
+    assert shared_model_process("detect").pid != first.pid
+
+
+def test_where_no_process_can_be_started_detect_runs_in_its_thread(hubble_in_viewer, qtbot, monkeypatch, caplog):
+    from napari_clumps import model_process
+
+    def refused(job):
+        raise OSError("[Errno 11] Resource temporarily unavailable")
+
+    monkeypatch.setattr(model_process, "shared_model_process", refused)
+    viewer, widget, _ = hubble_in_viewer
+    with caplog.at_level("WARNING", logger="napari_clumps"):
+        _run_and_wait(widget, qtbot)
+    assert "detect runs in the GUI process: no process of its own ([Errno 11]" in caplog.text
+    assert "on cpu" in widget.status.value and len(viewer.layers["hubble clumps"].data) >= 1

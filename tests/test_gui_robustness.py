@@ -401,7 +401,7 @@ def test_detect_leaves_the_review_queues_layers_alone(review_queue, gated, qtbot
     assert widget.session.items[0].n_boxes == 1 and len(widget.boxes_layer().data) == 1
 
 
-@pytest.mark.usefixtures("detection_in_this_process")
+@pytest.mark.usefixtures("model_in_this_process")
 @pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access"), KeyError("boxes")])
 def test_an_error_in_the_detection_worker_ends_the_run(three_images, qtbot, monkeypatch, error):
     """A RuntimeError from a generator is one superqt takes for a deleted worker: it emits no
@@ -422,7 +422,7 @@ def test_an_error_in_the_detection_worker_ends_the_run(three_images, qtbot, monk
     assert_idle(widget, widget.run_button, widget.progress)
 
 
-@pytest.mark.usefixtures("detection_in_this_process")
+@pytest.mark.usefixtures("model_in_this_process")
 def test_an_error_after_some_images_keeps_its_line_at_the_end(three_images, qtbot, monkeypatch):
     """Out of memory on the third image: the run ends with that line, not "done: 2 of 3 images"
     (the closing summary wrote over it)."""
@@ -445,7 +445,7 @@ def test_an_error_after_some_images_keeps_its_line_at_the_end(three_images, qtbo
     assert_idle(widget, widget.run_button, widget.progress)
 
 
-@pytest.mark.usefixtures("detection_in_this_process")
+@pytest.mark.usefixtures("model_in_this_process")
 def test_an_image_that_fails_and_a_model_file_gone_before_the_run_leave_the_widget_idle(
     three_images, qtbot, monkeypatch, tmp_path
 ):
@@ -591,7 +591,7 @@ class GatedTraining:
 
 
 @pytest.fixture
-def gated_training(monkeypatch):
+def gated_training(monkeypatch, model_in_this_process):
     from napari_clumps import training
 
     fake = GatedTraining()

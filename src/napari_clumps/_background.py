@@ -171,7 +171,7 @@ def while_workers_run():
         log.debug("napari-clumps: importing PyTorch ahead of the run failed", exc_info=True)
     import torch
 
-    from .detection_process import cores_beside_a_gui
+    from .model_process import cores_beside_a_gui
 
     global _workers, _torch_threads_before
     with _workers_lock:
@@ -201,6 +201,30 @@ def collect_removed_layers(viewer) -> None:
     memory for the session. Connected ahead of napari's handler (napari calls the last connected
     first); once per viewer however many widgets ask (napari ignores a second connection)."""
     viewer.layers.events.removed.connect(_unfreeze)
+
+
+#: Whether the widgets run the model (Detect, Fine-tune) in a process of its own
+#: (:mod:`napari_clumps.model_process`): then PyTorch's import and work never hold the GUI
+#: process's GIL. Tests that stand a fake in for the core's functions in this process turn it off.
+MODEL_IN_A_PROCESS = True
+
+
+def model_process_for(job: str):
+    """The session's process for ``job`` (:func:`napari_clumps.model_process.shared_model_process`),
+    or None where the work is to be done in the worker's thread: :data:`MODEL_IN_A_PROCESS` is
+    off, or no process could be started (logged). A run in a process freezes the collector at
+    its start as a run in a thread does (:func:`while_workers_run`), PyTorch or not."""
+    if not MODEL_IN_A_PROCESS:
+        return None
+    from .model_process import shared_model_process
+
+    try:
+        process = shared_model_process(job)
+    except Exception as error:  # noqa: BLE001 - any failure to start one: the thread does the work
+        log.warning("napari-clumps: %s runs in the GUI process: no process of its own (%s)", job, error)
+        return None
+    gc.freeze()
+    return process
 
 
 def as_gui_worker(body):

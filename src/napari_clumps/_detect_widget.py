@@ -30,7 +30,7 @@ from ._background import (
     Inbox,
     collect_removed_layers,
     crash_line,
-    log,
+    model_process_for,
     qt_deleted,
     say_refused,
     stop_when_closed,
@@ -1104,21 +1104,13 @@ def avoid_triton_llvm_clash() -> None:
         sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
 
 
-#: Whether Detect runs the model in a process of its own (:mod:`napari_clumps.detection_process`):
-#: then PyTorch's import and work never hold the GUI process's GIL. Tests that stand a fake in for
-#: :func:`~napari_clumps.inference.iter_detections` in this process turn it off.
-DETECT_IN_A_PROCESS = True
-
-
 def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fwhm=None, pixel_scale=None):
-    """Worker body: the items of :func:`napari_clumps.detection_process.detection_items`, made in
-    the session's detection process, or in this thread where no process can be started (or
-    :data:`DETECT_IN_A_PROCESS` is off). Nothing propagates: superqt takes a RuntimeError from a
-    generator for a deleted worker and then never says "finished", which would leave the widget
-    busy for good."""
-    import gc
-
-    from .detection_process import detection_items, shared_detection_process
+    """Worker body: the items of :func:`napari_clumps.model_process.detection_items`, made in
+    the session's detection process, or in this thread where there is none
+    (:func:`~napari_clumps._background.model_process_for`). Nothing propagates: superqt takes a
+    RuntimeError from a generator for a deleted worker and then never says "finished", which
+    would leave the widget busy for good."""
+    from .model_process import detection_items
 
     run = dict(
         images=images,
@@ -1130,14 +1122,8 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
         pixel_scale=pixel_scale,
         score_floor=SCORE_FLOOR,
     )
-    process = None
-    if DETECT_IN_A_PROCESS:
-        try:
-            process = shared_detection_process()
-        except Exception as error:  # noqa: BLE001 - any failure to start one: the thread does the work
-            log.warning("napari-clumps: detection runs in the GUI process: no process of its own (%s)", error)
+    process = model_process_for("detect")
     if process is not None:
-        gc.freeze()  # as a thread's run does (see _background.while_workers_run), PyTorch or not
         yield from process.items(should_stop, **run)
     else:
         with while_workers_run():

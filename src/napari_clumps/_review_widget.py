@@ -669,7 +669,7 @@ class ReviewWidget(QWidget):
             f"fine-tuning on {len(reviews)} reviewed image(s) ({n_boxes} boxes): reading them and loading the model..."
         )
         self.worker = create_worker(
-            as_gui_worker(_fine_tune_in_thread),
+            _fine_tune_in_thread,
             reviews,
             self.model.value,
             self.training_options,

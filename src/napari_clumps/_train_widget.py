@@ -17,12 +17,13 @@ from qtpy.QtWidgets import QWidget
 
 from ._background import (
     Inbox,
-    as_gui_worker,
     collect_removed_layers,
     crash_line,
+    model_process_for,
     qt_deleted,
     say_refused,
     stop_when_closed,
+    while_workers_run,
 )
 from ._detect_widget import (
     DEFAULT_CHOICE,
@@ -273,7 +274,7 @@ class FineTuneWidget(QWidget):
             "(the first run in a session also starts PyTorch)..."
         )
         self.worker = create_worker(
-            as_gui_worker(_train_in_thread),
+            _train_in_thread,
             items,
             self.base.value,
             options,
@@ -385,29 +386,23 @@ class FineTuneWidget(QWidget):
 
 
 def _train_in_thread(items, base, options, out, report, should_stop):
-    """Worker body; returns ``(kind, message, path)`` with kind ok / cancelled / error; ``path``:
-    the model file written (ok), or the base model file that did not load (error), else None."""
-    from .model import DEFAULT_MODEL, ModelError, get_detector
-    from .training import TrainingCancelled, TrainingError, fine_tune, validation_summary
+    """Worker body: the outcome of :func:`napari_clumps.model_process.fine_tuning_outcome`
+    (``(kind, message, path)``), trained in the session's fine-tuning process, or in this thread
+    where there is none (:func:`~napari_clumps._background.model_process_for`); ``report`` gets
+    its progress. ``base``: the base model menu's choice."""
+    from .model_process import fine_tuning_outcome
 
-    try:
-        name = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
-        try:
-            detector = get_detector(DEFAULT_MODEL if name is None else name, "cpu")
-        except ModelError as error:  # a file's own fault goes back with it (not a hub's, nor the default's)
-            return "error", str(error), base if name is not None and not base.startswith("new:") else None
-        report(f"{detector.model_id} loaded; the first training step comes next...")
-        trained = fine_tune(
-            detector,
-            items,
-            options,
-            out=out,
-            callback=report,
-            should_stop=should_stop,
-            data_description=f"{len(items)} images corrected in napari",
-        )
-    except TrainingCancelled as stop:  # its message says that ``out`` is unchanged, and where the best epoch is
-        return "cancelled", str(stop), None
-    except (ModelError, TrainingError, ValueError) as error:
-        return "error", str(error), None
-    return "ok", f"saved {out} ({trained.provenance['epochs_run']} epochs; {validation_summary(trained)})", str(out)
+    model = base.removeprefix("new:") if base.startswith("new:") else (None if base == DEFAULT_CHOICE else base)
+    run = dict(items=items, model=model, options=options, out=out)
+    process = model_process_for("fine-tune")
+    if process is None:
+        with while_workers_run():
+            return fine_tuning_outcome(report=report, should_stop=should_stop, **run)
+    for kind, *payload in process.items(should_stop, **run):
+        if kind == "report":
+            report(payload[0])
+        elif kind == "returned":
+            return payload[0]
+        else:  # "crash": an unexpected error, ended as one in this thread would be
+            raise payload[0]
+    raise RuntimeError("the fine-tuning process sent no outcome")

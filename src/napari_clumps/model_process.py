@@ -1,22 +1,26 @@
-"""Detection in a process of its own, for a GUI that must keep serving (docs/reliability.md).
+"""The model's work in a process of its own, for a GUI that must keep serving (docs/reliability.md).
 
 Why a process and not a thread: the GUI thread needs Python's GIL for every event it serves, and
 PyTorch holds it for 100-210 ms at a time while it is imported and its C extension starts (more
 on a cold disk or a busy machine), in whichever thread imports it. A process has a GIL of its
-own: the GUI process then never imports PyTorch for detection at all.
+own: the GUI process then never imports PyTorch for the widgets' runs at all.
 
-One process serves every run of a session (:func:`shared_detection_process`): it imports PyTorch
-once, when the first run starts, and keeps the model it loaded for the next runs
-(:func:`napari_clumps.model.get_detector` caches it). Runs go through it one at a time, in order;
-what a run yields comes back through a pipe image by image, as it is made. A run that is stopped
-ends at its next check (between images), as in a thread; a process that dies (killed, out of
-memory) ends its run with a ``("crash", error)`` item, and the next run starts a new one.
+Two jobs: ``"detect"`` (the items of :func:`detection_items`) and ``"fine-tune"`` (the progress of
+:func:`fine_tuning_outcome`, then its outcome). Each has one process for the session
+(:func:`shared_model_process`), so that a detection and a training go on side by side as they
+did in threads: it imports PyTorch when its first run starts and keeps what it loaded for the
+next runs (:func:`napari_clumps.model.get_detector` caches the model). Runs of one job go
+through its process one at a time, in order; what a run yields comes back through a pipe item by
+item, as it is made. A run that is stopped ends at its next check (between images, or training
+steps), as in a thread; a process that dies (killed, out of memory) ends its run with a
+``("crash", error)`` item, and the next run starts a new process.
 
-Core: no napari, no Qt. The items are those of :func:`detection_items`.
+Core: no napari, no Qt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -99,12 +103,45 @@ def detection_items(
         yield "crash", error
 
 
-class DetectionProcessEnded(RuntimeError):
-    """The detection process ended in the middle of a run (killed, out of memory, crashed)."""
+def fine_tuning_outcome(items, model, options, out, report, should_stop, description=""):
+    """Fine-tune ``model`` (None: the packaged default; an architecture; a model file) on
+    ``items`` into ``out``, for a caller that shows it (the Fine-tune and Review widgets):
+    ``report`` gets each :class:`~napari_clumps.training.TrainingProgress` and the line
+    "... loaded; the first training step comes next..."; the outcome is ``(kind, message,
+    path)`` with kind "ok" (``path``: the file written), "cancelled" (the message says that
+    ``out`` is unchanged, and where the best epoch is) or "error" (``path``: the model file that
+    did not load, or None)."""
+    from .model import BACKBONES, DEFAULT_MODEL, ModelError, get_detector
+    from .training import TrainingCancelled, TrainingError, fine_tune, validation_summary
+
+    try:
+        try:
+            detector = get_detector(DEFAULT_MODEL if model is None else model, "cpu")
+        except ModelError as error:  # a file's own fault goes back with it (not a hub's, nor the default's)
+            return "error", str(error), None if model is None or model in BACKBONES else model
+        report(f"{detector.model_id} loaded; the first training step comes next...")
+        trained = fine_tune(
+            detector,
+            items,
+            options,
+            out=out,
+            callback=report,
+            should_stop=should_stop,
+            data_description=description or f"{len(items)} images corrected in napari",
+        )
+    except TrainingCancelled as stop:
+        return "cancelled", str(stop), None
+    except (ModelError, TrainingError, ValueError) as error:
+        return "error", str(error), None
+    return "ok", f"saved {out} ({trained.provenance['epochs_run']} epochs; {validation_summary(trained)})", str(out)
 
 
-class DetectionProcess:
-    """A process that runs :func:`detection_items` for the runs sent to it (see the module).
+class ModelProcessEnded(RuntimeError):
+    """The process ended in the middle of a run (killed, out of memory, crashed)."""
+
+
+class ModelProcess:
+    """A process that runs one job (see the module) for the runs sent to it.
 
     Runs are numbered; a thread here reads everything the process sends and hands each item to
     its run's queue. Nothing is locked while a run's items are consumed, so a run whose consumer
@@ -112,9 +149,12 @@ class DetectionProcess:
     the process finishes it and its items are dropped with its queue.
     """
 
-    def __init__(self):
+    def __init__(self, job: str):
         import multiprocessing
 
+        if job not in _JOBS:
+            raise ValueError(f"{job}: no such job; the jobs are {', '.join(_JOBS)}")
+        self.job = job
         # spawn, not fork: a forked copy of a GUI process (Qt, OpenGL, threads) is not safe
         context = multiprocessing.get_context("spawn")
         self._connection, child_end = context.Pipe()
@@ -122,7 +162,7 @@ class DetectionProcess:
         # so that a later run cannot un-stop an earlier one still ending
         self._stopped_up_to = context.Value("q", 0)
         self._process = context.Process(
-            target=_serve, args=(child_end, self._stopped_up_to), name="napari-clumps detection", daemon=True
+            target=_serve, args=(job, child_end, self._stopped_up_to), name=f"napari-clumps {job}", daemon=True
         )
         self._process.start()
         child_end.close()  # the process's end is its own: a dead process reads as end-of-file here
@@ -130,7 +170,7 @@ class DetectionProcess:
         self._runs: dict[int, queue.SimpleQueue] = {}
         self._runs_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._ended: DetectionProcessEnded | None = None
+        self._ended: ModelProcessEnded | None = None
         threading.Thread(target=self._read, name="napari-clumps detection results", daemon=True).start()
 
     @property
@@ -141,7 +181,7 @@ class DetectionProcess:
         return self._ended is None and self._process.is_alive()
 
     def items(self, should_stop, **run):
-        """The items of :func:`detection_items` for ``run`` (its arguments but ``should_stop``),
+        """The items of this process's job for ``run`` (the job's arguments but ``should_stop``),
         made in the process. ``should_stop()`` is asked here, between two looks for the next
         item, and passed on; closing this generator early (a quit worker) stops the run too."""
         results = queue.SimpleQueue()
@@ -155,8 +195,8 @@ class DetectionProcess:
             return
         try:
             try:
-                with self._send_lock:
-                    self._connection.send((number, run))
+                with self._send_lock:  # with this process's folder: a relative path means the same there
+                    self._connection.send((number, os.getcwd(), run))
             except OSError as error:  # the process is gone (a broken pipe)
                 self._end(error)
             while True:
@@ -190,8 +230,8 @@ class DetectionProcess:
     def _end(self, error: BaseException) -> None:
         """The process is gone: each run waiting on it ends with a crash saying so."""
         self._process.join(timeout=1)
-        ended = DetectionProcessEnded(
-            f"the detection process ended (exit code {self._process.exitcode}): {error or 'pipe closed'}"
+        ended = ModelProcessEnded(
+            f"the {self.job} process ended (exit code {self._process.exitcode}): {error or 'pipe closed'}"
         )
         with self._runs_lock:
             if self._ended is None:
@@ -219,23 +259,23 @@ class DetectionProcess:
             self._process.join(timeout)
 
 
-_shared: DetectionProcess | None = None
+_shared: dict[str, ModelProcess] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_detection_process() -> DetectionProcess:
-    """The session's detection process, started on first use, and again if it died."""
-    global _shared
+def shared_model_process(job: str) -> ModelProcess:
+    """The session's process for ``job``, started on first use, and again if it died."""
     with _shared_lock:
-        if _shared is None or not _shared.is_alive():
-            _shared = DetectionProcess()
-        return _shared
+        process = _shared.get(job)
+        if process is None or not process.is_alive():
+            process = _shared[job] = ModelProcess(job)
+        return process
 
 
 # ----------------------------------------------------------------------------- in the process
 
 
-def _serve(connection, stopped_up_to) -> None:
+def _serve(job: str, connection, stopped_up_to) -> None:
     """The process's body: run what arrives, until ``None`` or the GUI process is gone."""
     from .model import import_libraries
 
@@ -250,17 +290,41 @@ def _serve(connection, stopped_up_to) -> None:
             return
         if message is None:
             return
-        number, run = message
+        number, folder, run = message
+        with contextlib.suppress(OSError):  # the GUI's folder is gone: its relative paths fail there too
+            os.chdir(folder)
         try:
-            _run(connection, number, run, stopped_up_to)
+            _run(_JOBS[job], connection, number, run, stopped_up_to)
         except (BrokenPipeError, ConnectionResetError):  # the GUI process ended
             return
 
 
-def _run(connection, number: int, run: dict, stopped_up_to) -> None:
-    for item in detection_items(**run, should_stop=lambda: stopped_up_to.value >= number):
+def _run(job, connection, number: int, run: dict, stopped_up_to) -> None:
+    def send(item):
         connection.send((number, _sendable(item)))
+
+    try:
+        job(send, lambda: stopped_up_to.value >= number, **run)
+    except (BrokenPipeError, ConnectionResetError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a bug or a torch error: the run's last item says it
+        send(("crash", error))
     connection.send((number, _DONE))
+
+
+def _detect(send, should_stop, **run) -> None:
+    for item in detection_items(should_stop=should_stop, **run):
+        send(item)
+
+
+def _fine_tune(send, should_stop, **run) -> None:
+    def report(progress):
+        send(("report", progress))
+
+    send(("returned", fine_tuning_outcome(report=report, should_stop=should_stop, **run)))
+
+
+_JOBS = {"detect": _detect, "fine-tune": _fine_tune}
 
 
 def _sendable(item):

@@ -1,5 +1,6 @@
-"""Detection in a process of its own (napari_clumps.detection_process): what the detection widget
-runs by default, so that PyTorch never holds the GUI process's GIL (docs/reliability.md).
+"""The model's work in a process of its own (napari_clumps.model_process): what the Detect and
+Fine-tune widgets run by default, so that PyTorch never holds the GUI process's GIL
+(docs/reliability.md).
 
 The tests share one process (starting one takes seconds: it imports PyTorch and loads the
 model), but those that kill the session's process or look from a fresh interpreter."""
@@ -9,18 +10,19 @@ import pickle
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from napari_clumps.detection_process import (
-    DetectionProcess,
-    DetectionProcessEnded,
+from napari_clumps.io import read_image
+from napari_clumps.model_process import (
+    ModelProcess,
+    ModelProcessEnded,
     _sendable,
     detection_items,
-    shared_detection_process,
+    shared_model_process,
 )
-from napari_clumps.io import read_image
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def _run(galaxies, model=None, **options):
 
 @pytest.fixture(scope="module")
 def process():
-    started = DetectionProcess()
+    started = ModelProcess("detect")
     yield started
     started.close()
 
@@ -96,15 +98,15 @@ def test_a_model_file_that_does_not_load_is_reported_as_such(process, two_galaxi
 
 
 def test_a_process_killed_mid_run_ends_the_run_with_a_crash_and_a_new_one_starts(two_galaxies):
-    first = shared_detection_process()
-    assert shared_detection_process() is first, "one process for the session"
+    first = shared_model_process("detect")
+    assert shared_model_process("detect") is first, "one process for the session"
     run = first.items(_never, **_run(two_galaxies * 4))
     assert next(run)[0] == "ready"
     os.kill(first.pid, signal.SIGKILL)
     rest = list(run)
-    assert rest[-1][0] == "crash" and isinstance(rest[-1][1], DetectionProcessEnded)
+    assert rest[-1][0] == "crash" and isinstance(rest[-1][1], ModelProcessEnded)
     assert f"exit code {-signal.SIGKILL}" in str(rest[-1][1])
-    second = shared_detection_process()
+    second = shared_model_process("detect")
     assert second is not first and second.pid != first.pid
     assert [item[0] for item in second.items(_never, **_run(two_galaxies[:1]))] == ["ready", "result"]
     second.close()
@@ -129,10 +131,10 @@ def test_the_calling_process_never_imports_pytorch(simulated):
     script = f"""
 import sys
 from pathlib import Path
-from napari_clumps.detection_process import shared_detection_process
+from napari_clumps.model_process import shared_model_process
 from napari_clumps.io import read_image
 images = [read_image(p) for p in sorted(Path({str(folder)!r}).glob("*.fits"))[:1]]
-process = shared_detection_process()
+process = shared_model_process("detect")
 kinds = [item[0] for item in process.items(lambda: False, images=images, names=["a"], model=None,
          device="cpu", nms_iou=0.3)]
 process.close()
@@ -141,3 +143,74 @@ print(kinds, "torch" in sys.modules)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[-2] == "['ready', 'result'] False", run.stdout
+
+
+@pytest.fixture(scope="module")
+def two_labelled(simulated, tmp_path_factory):
+    from napari_clumps.detections import write_detections
+    from napari_clumps.training import load_labelled_images
+
+    folder, truth = simulated
+    paths = sorted(folder.glob("*.fits"))[:2]
+    csv = write_detections(truth[truth.image.isin([p.name for p in paths])], tmp_path_factory.mktemp("l") / "t.csv")
+    return load_labelled_images(paths, csv)[0]
+
+
+@pytest.fixture(scope="module")
+def fine_tuning():
+    started = ModelProcess("fine-tune")
+    yield started
+    started.close()
+
+
+def test_a_fine_tuning_in_the_process_reports_its_steps_and_writes_the_file(
+    fine_tuning, two_labelled, tmp_path, monkeypatch
+):
+    from napari_clumps.model import load_model
+    from napari_clumps.training import TrainingOptions, TrainingProgress
+
+    monkeypatch.chdir(tmp_path)  # after the process started: a relative path is this folder's there too
+    out = Path("tuned.safetensors")
+    options = TrainingOptions(epochs=1, val_fraction=0.0)
+    items = list(fine_tuning.items(_never, items=two_labelled, model=None, options=options, out=out))
+    kinds = [kind for kind, _ in items]
+    assert kinds[0] == "report" and kinds[-1] == "returned" and set(kinds) == {"report", "returned"}, kinds
+    steps = [payload for kind, payload in items if isinstance(payload, TrainingProgress) and payload.kind == "step"]
+    assert steps and steps[-1].epoch == 1
+    kind, message, path = items[-1][1]
+    assert kind == "ok" and path == str(out) and message.startswith(f"saved {out} (1 epochs"), items[-1]
+    assert load_model(out).provenance["epochs_run"] == 1
+
+
+def test_a_fine_tuning_stopped_in_the_process_leaves_the_file_alone(fine_tuning, two_labelled, tmp_path):
+    from napari_clumps.training import TrainingOptions
+
+    out = tmp_path / "tuned.safetensors"
+    out.write_bytes(b"the model before")
+    seen = []
+
+    def at_the_first_step():
+        return any(getattr(payload, "kind", None) == "step" for _, payload in seen)
+
+    for item in fine_tuning.items(
+        at_the_first_step, items=two_labelled, model=None, options=TrainingOptions(epochs=20, val_fraction=0.0), out=out
+    ):
+        seen.append(item)
+    kind, message, path = seen[-1][1]
+    assert kind == "cancelled" and path is None and "unchanged" in message, seen[-1]
+    assert out.read_bytes() == b"the model before"
+
+
+def test_a_base_model_file_that_does_not_load_is_named_in_the_outcome(fine_tuning, two_labelled, tmp_path):
+    from napari_clumps.training import TrainingOptions
+
+    broken = tmp_path / "nan.safetensors"
+    broken.write_bytes(b"not a model")
+    run = dict(items=two_labelled, model=str(broken), options=TrainingOptions(epochs=1), out=tmp_path / "o.safetensors")
+    [(kind, (outcome, message, path))] = list(fine_tuning.items(_never, **run))
+    assert (kind, outcome, path) == ("returned", "error", str(broken)) and "nan.safetensors" in message
+
+
+def test_there_is_no_such_job():
+    with pytest.raises(ValueError, match="train: no such job; the jobs are detect, fine-tune"):
+        ModelProcess("train")
