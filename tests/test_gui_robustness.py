@@ -768,7 +768,7 @@ class GatedPerImage:
 
 
 @pytest.fixture
-def gated_review(monkeypatch):
+def gated_review(monkeypatch, model_in_this_process):
     from napari_clumps import inference
 
     fake = GatedPerImage()
@@ -888,6 +888,7 @@ def test_stop_in_the_review_queue_says_how_each_run_ended(reviewed_with_a_box, g
     assert widget.detect_button.enabled and widget.fine_tune_button.enabled
 
 
+@pytest.mark.usefixtures("model_in_this_process")
 def test_an_error_in_the_review_detection_ends_the_run(review_queue, qtbot, monkeypatch):
     from napari_clumps import inference
 

@@ -120,8 +120,9 @@ def test_a_crash_crosses_the_pipe_even_when_its_exception_does_not_pickle(capsys
     kind, error = _sendable(("crash", Unpicklable("deep in torch")))
     assert kind == "crash" and str(pickle.loads(pickle.dumps(error))) == "Unpicklable: deep in torch"
     assert "deep in torch" in capsys.readouterr().err, "its traceback is printed in the process"
+    assert str(_sendable(Unpicklable("a review item"))) == "Unpicklable: a review item"  # yielded bare
     same = KeyError("boxes")
-    assert _sendable(("crash", same)) == ("crash", same)
+    assert _sendable(("crash", same)) == ("crash", same) and _sendable(same) is same
     assert _sendable(("error", "out of memory")) == ("error", "out of memory")
 
 
@@ -214,3 +215,26 @@ def test_a_base_model_file_that_does_not_load_is_named_in_the_outcome(fine_tunin
 def test_there_is_no_such_job():
     with pytest.raises(ValueError, match="train: no such job; the jobs are detect, fine-tune"):
         ModelProcess("train")
+
+
+def test_the_review_job_ranks_and_detects_and_refuses_a_broken_model(simulated, tmp_path):
+    from napari_clumps.model_process import ModelRefused
+
+    folder, _ = simulated
+    paths = [str(p) for p in sorted(folder.glob("*.fits"))[:2]]
+    review = ModelProcess("review")
+    try:
+        ranked = list(review.items(_never, per_image="priorities", paths=paths, names=["a", "b"], model=None))
+        assert [row["image"] for row in ranked] == ["a", "b"] and all(row["priority"] >= 0 for row in ranked)
+        found = list(review.items(_never, per_image="detections", paths=paths[:1], names=["a"], model=None))
+        assert len(found) == 1 and found[0].name == "a" and not found[0].error
+        broken = tmp_path / "broken.safetensors"
+        broken.write_bytes(b"not a model")
+        [refused] = list(review.items(_never, per_image="detections", paths=paths, names=["a", "b"], model=str(broken)))
+        assert (
+            isinstance(refused, ModelRefused)
+            and refused.model == str(broken)
+            and "broken.safetensors" in refused.message
+        )
+    finally:
+        review.close()

@@ -300,6 +300,7 @@ def test_a_rectangle_drawn_with_the_mouse_is_a_hand_clump(make_napari_viewer, ga
     assert all(r[2] == "some-model" for r in rows[:-1])
 
 
+@pytest.mark.usefixtures("model_in_this_process")
 def test_order_by_what_teaches_most_reorders_the_queue_and_says_why(make_napari_viewer, galaxies, qtbot, monkeypatch):
     """The ranking (stubbed here: napari_clumps.active has its own tests) reaches the queue: it
     starts at rank 1, shows the reason, accept goes on by rank, and reopening keeps the order."""
@@ -334,6 +335,7 @@ def test_order_by_what_teaches_most_reorders_the_queue_and_says_why(make_napari_
     assert again.session.item.name == "sim_00000.jpg"  # the first unreviewed in the ranked order
 
 
+@pytest.mark.usefixtures("model_in_this_process")
 def test_a_stopped_ranking_leaves_the_order_as_it_was(make_napari_viewer, galaxies, qtbot, monkeypatch):
     import threading
 

@@ -11,13 +11,20 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from types import SimpleNamespace
-from typing import NamedTuple
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 from qtpy.QtWidgets import QLabel, QSizePolicy, QWidget
 
-from ._background import Inbox, as_gui_worker, busy_message, collect_removed_layers, crash_line, stop_when_closed
+from ._background import (
+    Inbox,
+    busy_message,
+    collect_removed_layers,
+    crash_line,
+    model_process_for,
+    stop_when_closed,
+    while_workers_run,
+)
 from ._detect_widget import (
     DEFAULT_CHOICE,
     ModelChoiceGuard,
@@ -45,19 +52,12 @@ from ._layers import (
 from ._sky_readout import show_sky_position
 from ._train_widget import _Relay, _train_in_thread
 from .detections import HAND_MODEL, REVIEWED
+from .model_process import ModelRefused
 from .settings import unused_file_name
 from .training import TrainingOptions
 
 #: Images kept loaded (the current one and the last ones visited); others are unloaded.
 KEEP_LOADED = 3
-
-
-class ModelRefused(NamedTuple):
-    """What a review worker yields when the chosen model file does not load (NaN weights, another
-    architecture): the widget says why and goes back to the model before it."""
-
-    message: str
-    model: object
 
 
 #: What a review worker yields in place of a result when it failed: a model or device error
@@ -490,11 +490,10 @@ class ReviewWidget(QWidget):
             return None
         self._stop_requested.clear()
         self._update_status(f"loading the model to detect in {len(targets)} unreviewed image(s)...{kept}")
-        from .inference import iter_detections
 
         self.worker = create_worker(  # starts at once, since handlers are connected here
-            as_gui_worker(_per_image_in_thread),
-            iter_detections,
+            _per_image_in_thread,
+            "detections",
             [item.path for item in targets],
             [item.name for item in targets],
             self._model_choice(),
@@ -601,11 +600,10 @@ class ReviewWidget(QWidget):
         self._stop_requested.clear()
         self._priorities = []
         self._update_status(f"loading the model to rank {len(waiting)} unreviewed image(s)...")
-        from .active import iter_priorities
 
         self.worker = create_worker(
-            as_gui_worker(_per_image_in_thread),
-            iter_priorities,
+            _per_image_in_thread,
+            "priorities",
             [item.path for item in waiting],
             [item.name for item in waiting],
             self._model_choice(),
@@ -735,27 +733,19 @@ def _fine_tune_in_thread(reviews, base, options, out, report, should_stop):
     return _train_in_thread(items, base, options, out, report, should_stop)
 
 
-def _per_image_in_thread(per_image, paths, names, model, **options):
-    """Worker body: yields what ``per_image`` (:func:`~napari_clumps.inference.iter_detections`,
-    :func:`~napari_clumps.active.iter_priorities`) yields per image, or :class:`ModelRefused` (the
-    chosen model file does not load), or a message for the other failures a user can act on (no
-    such device), or the exception of any other
-    failure: nothing propagates, since superqt takes a RuntimeError from a generator for a
-    deleted worker and then never says "finished" (the widget would stay busy for good)."""
-    from .model import ModelError, get_detector, select_device
+def _per_image_in_thread(per_image: str, paths, names, model, should_stop):
+    """Worker body: the items of :func:`napari_clumps.model_process.per_image_items`, made in the
+    session's review process, or in this thread where there is none
+    (:func:`~napari_clumps._background.model_process_for`)."""
+    from .model_process import per_image_items
 
-    try:
-        device = str(select_device("auto"))
-        try:
-            detector = get_detector(model, device)
-        except ModelError as error:  # the chosen file's own fault (a device's is not)
-            yield ModelRefused(str(error), model)
-            return
-        yield from per_image(paths, detector, names=names, device=device, **options)
-    except ModelError as error:
-        yield str(error)
-    except Exception as error:  # noqa: BLE001 - reported in the widget with its type; traceback to the log
-        yield error
+    run = dict(per_image=per_image, paths=paths, names=names, model=model)
+    process = model_process_for("review")
+    if process is not None:
+        yield from process.items(should_stop, **run)
+    else:
+        with while_workers_run():
+            yield from per_image_items(should_stop=should_stop, **run)
 
 
 def _unbind_keys(viewer) -> None:

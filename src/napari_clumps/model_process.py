@@ -5,8 +5,10 @@ PyTorch holds it for 100-210 ms at a time while it is imported and its C extensi
 on a cold disk or a busy machine), in whichever thread imports it. A process has a GIL of its
 own: the GUI process then never imports PyTorch for the widgets' runs at all.
 
-Two jobs: ``"detect"`` (the items of :func:`detection_items`) and ``"fine-tune"`` (the progress of
-:func:`fine_tuning_outcome`, then its outcome). Each has one process for the session
+Three jobs: ``"detect"`` (the items of :func:`detection_items`: the Detect widget),
+``"fine-tune"`` (the progress of :func:`fine_tuning_outcome`, then its outcome: the Fine-tune
+widget and the review queue) and ``"review"`` (the items of :func:`per_image_items`: the review
+queue's detection and ranking). Each has one process for the session
 (:func:`shared_model_process`), so that a detection and a training go on side by side as they
 did in threads: it imports PyTorch when its first run starts and keeps what it loaded for the
 next runs (:func:`napari_clumps.model.get_detector` caches the model). Runs of one job go
@@ -30,6 +32,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger("napari_clumps")
 
@@ -101,6 +104,44 @@ def detection_items(
         yield "error", f"out of memory on {device}; lower the number of images per run or use the CPU"
     except Exception as error:  # noqa: BLE001 - reported by the caller with its type
         yield "crash", error
+
+
+class ModelRefused(NamedTuple):
+    """What :func:`per_image_items` yields when the chosen model file does not load (NaN weights,
+    another architecture): the review queue says why and goes back to the model before it."""
+
+    message: str
+    model: object
+
+
+#: What :func:`per_image_items` can run: its name -> (module of this package, function).
+PER_IMAGE = {"detections": ("inference", "iter_detections"), "priorities": ("active", "iter_priorities")}
+
+
+def per_image_items(per_image: str, paths, names, model, should_stop):
+    """Yields what ``per_image`` (:data:`PER_IMAGE`: :func:`~napari_clumps.inference.iter_detections`,
+    :func:`~napari_clumps.active.iter_priorities`) yields per image, or :class:`ModelRefused` (the
+    chosen model file does not load), or a message for the other failures a user can act on (no
+    such device), or the exception of any other failure. Nothing propagates (see
+    :func:`detection_items`)."""
+    import importlib
+
+    from .model import ModelError, get_detector, select_device
+
+    module, function = PER_IMAGE[per_image]
+    run = getattr(importlib.import_module(f".{module}", __package__), function)  # at call time: as patched
+    try:
+        device = str(select_device("auto"))
+        try:
+            detector = get_detector(model, device)
+        except ModelError as error:  # the chosen file's own fault (a device's is not)
+            yield ModelRefused(str(error), model)
+            return
+        yield from run(paths, detector, names=names, device=device, should_stop=should_stop)
+    except ModelError as error:
+        yield str(error)
+    except Exception as error:  # noqa: BLE001 - reported by the caller with its type
+        yield error
 
 
 def fine_tuning_outcome(items, model, options, out, report, should_stop, description=""):
@@ -324,18 +365,28 @@ def _fine_tune(send, should_stop, **run) -> None:
     send(("returned", fine_tuning_outcome(report=report, should_stop=should_stop, **run)))
 
 
-_JOBS = {"detect": _detect, "fine-tune": _fine_tune}
+def _review(send, should_stop, **run) -> None:
+    for item in per_image_items(should_stop=should_stop, **run):
+        send(item)
+
+
+_JOBS = {"detect": _detect, "fine-tune": _fine_tune, "review": _review}
 
 
 def _sendable(item):
-    """``item``, with a crash's exception replaced by one that pickles when it does not; its
-    traceback is printed here (it does not cross the pipe)."""
-    if item[0] != "crash":
-        return item
-    error = item[1]
+    """``item``, with an exception in it (a crash's, or a review item's) replaced by one that
+    pickles when it does not; its traceback is printed here (it does not cross the pipe)."""
+    if isinstance(item, BaseException):
+        return _picklable(item)
+    if isinstance(item, tuple) and len(item) == 2 and item[0] == "crash":
+        return "crash", _picklable(item[1])
+    return item
+
+
+def _picklable(error: BaseException) -> BaseException:
     traceback.print_exception(error, file=sys.stderr)
     try:
         pickle.loads(pickle.dumps(error))
     except Exception:  # noqa: BLE001 - any exception can fail to pickle in its own way
-        error = RuntimeError(f"{type(error).__name__}: {error}")
-    return "crash", error
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
