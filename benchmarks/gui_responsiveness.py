@@ -175,7 +175,7 @@ def main():
     for run in range(1, args.train_runs + 1):
         train.output.value = folder / f"tuned{run}.safetensors"
         epochs = f"{args.train_epochs} epoch{'s' if args.train_epochs > 1 else ''}"
-        first = " (imports PyTorch in the GUI process)" if "torch" not in sys.modules else ""
+        first = " (starts the fine-tuning process: PyTorch, the model)" if run == 1 and torch_first else ""
         what = f"Fine-tune {run}: {epochs} on {len(names)} images{first}"
         rows.append(measure(what, train.start, lambda: train.train_button.enabled))
     viewer.close()

@@ -238,3 +238,19 @@ def test_the_review_job_ranks_and_detects_and_refuses_a_broken_model(simulated, 
         )
     finally:
         review.close()
+
+
+def test_a_fine_tuning_process_killed_mid_training_leaves_the_file_alone(two_labelled, tmp_path):
+    from napari_clumps.training import TrainingOptions
+
+    out = tmp_path / "tuned.safetensors"
+    out.write_bytes(b"the model before")
+    training = ModelProcess("fine-tune")
+    items = []
+    run = dict(items=two_labelled, model=None, options=TrainingOptions(epochs=20, val_fraction=0.0), out=out)
+    for item in training.items(_never, **run):
+        items.append(item)
+        if getattr(item[1], "kind", None) == "step":
+            os.kill(training.pid, signal.SIGKILL)
+    assert items[-1][0] == "crash" and "the fine-tune process ended (exit code -9)" in str(items[-1][1])
+    assert out.read_bytes() == b"the model before"

@@ -41,6 +41,10 @@ POLL_S = 0.05
 
 _DONE = "done"  # a run's last message from the process
 
+#: How much lower than the GUI's the processes' CPU priority is (``os.nice``): the scheduler's
+#: weight of a process at niceness 10 is about a tenth of one at 0.
+NICENESS = 10
+
 
 def cores_beside_a_gui() -> int:
     """PyTorch's threads beside a GUI: all cores but one (at least one). On 2 cores, PyTorch's
@@ -320,6 +324,10 @@ def _serve(job: str, connection, stopped_up_to) -> None:
     """The process's body: run what arrives, until ``None`` or the GUI process is gone."""
     from .model import import_libraries
 
+    with contextlib.suppress(AttributeError, OSError):  # not on Windows; refused: runs as it is
+        # below the GUI's priority: where cores are few, the GUI's drawing (on the CPU under
+        # software OpenGL) goes first, and the model takes what is left
+        os.nice(NICENESS)
     import_libraries()
     import torch
 
