@@ -1,10 +1,11 @@
 """How long the GUI thread stalls while the Detect and Fine-tune widgets run (target: < 200 ms).
 
 usage: xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/gui_responsiveness.py
-       [--n 8] [--detect-runs 3] [--train-images 4] [--train-epochs 1] [--train-runs 2] [--torch-threads N]
+       [--n 8] [--detect-runs 3] [--train-images 4] [--train-epochs 1] [--train-runs 2]
        [--label NAME] [--out docs/benchmarks/gui_responsiveness.md]
 
-In a fresh process (so that the first run also imports PyTorch, as a user's first click does): a
+In a fresh process (so that each widget's first run also starts the process its model runs in,
+napari_clumps.model_process, as a user's first click does): a
 shown napari viewer with ``--n`` simulated 200 px FITS galaxies, both widgets docked. A heartbeat
 timer ticks every 10 ms on the GUI thread (tests/heartbeat.py); the gap between two ticks less
 10 ms is a stall. Measured: Detect on every image ``--detect-runs`` times (the first makes the
@@ -14,7 +15,7 @@ with nothing running (what the machine itself costs). For the longest stall of e
 the GUI thread was doing (sampled every 100 ms by a watchdog thread).
 
 Under Xvfb, OpenGL is Mesa's llvmpipe (drawing on the CPU): repaints cost far more than on a GPU,
-and on 2 cores the GUI thread shares them with PyTorch's threads; the stalls here are upper
+and on 2 cores the GUI thread shares them with the model's process; the stalls here are upper
 bounds of what a desktop sees. ``--label`` names the section written (several labels share the
 page: e.g. the code before a change).
 """
@@ -126,7 +127,6 @@ def main():
     parser.add_argument("--train-images", type=int, default=4)
     parser.add_argument("--train-epochs", type=int, default=1)
     parser.add_argument("--train-runs", type=int, default=2)
-    parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads first (0: torch's own)")
     parser.add_argument("--label", default="current")
     parser.add_argument("--out", default=ROOT / "docs/benchmarks/gui_responsiveness.md")
     args = parser.parse_args()
@@ -155,17 +155,12 @@ def main():
     viewer.window.add_dock_widget(detect, name="Detect clumps")
     viewer.window.add_dock_widget(train, name="Fine-tune")
     wait_until(_after(1.0))  # shown and painted once before anything is measured
-    torch_first = "torch" not in sys.modules and not args.torch_threads
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
     load = os.getloadavg()[0]
 
     rows = [measure("nothing running (2 s)", lambda: None, 2.0)]
     rows.append(measure("one repaint, nothing running (zoom in)", lambda: _zoom(viewer), 1.0))
     for run in range(1, args.detect_runs + 1):
-        first = " (starts the detection process: PyTorch, the model)" if run == 1 and torch_first else ""
+        first = " (starts the detection process: PyTorch, the model)" if run == 1 else ""
         what = f"Detect {run}: {args.n} images, {'makes' if run == 1 else 'refills'} the clumps layers{first}"
         rows.append(measure(what, detect.run, lambda: detect.run_button.enabled))
     names = sorted(p.name for p in folder.glob("*.fits"))[: args.train_images]
@@ -175,16 +170,19 @@ def main():
     for run in range(1, args.train_runs + 1):
         train.output.value = folder / f"tuned{run}.safetensors"
         epochs = f"{args.train_epochs} epoch{'s' if args.train_epochs > 1 else ''}"
-        first = " (starts the fine-tuning process: PyTorch, the model)" if run == 1 and torch_first else ""
+        first = " (starts the fine-tuning process: PyTorch, the model)" if run == 1 else ""
         what = f"Fine-tune {run}: {epochs} on {len(names)} images{first}"
         rows.append(measure(what, train.start, lambda: train.train_button.enabled))
     viewer.close()
 
     import torch
 
+    from napari_clumps.model_process import NICENESS, cores_beside_a_gui
+
     lines = [
         f"{platform.machine()}, {os.cpu_count()} cores (load average {load:.1f} at the start), "
-        f"torch {torch.__version__} on {torch.get_num_threads()} threads, napari {napari.__version__}, "
+        f"torch {torch.__version__} on {cores_beside_a_gui()} threads in the model's processes (niceness "
+        f"{NICENESS}), napari {napari.__version__}, "
         f"display {os.environ.get('DISPLAY', '?')} (Xvfb: Mesa llvmpipe). Made by "
         + f"`python {shlex.join(['benchmarks/gui_responsiveness.py', *sys.argv[1:]])}`. A stall is a gap between "
         "two ticks of a 10 ms timer on the GUI thread, less 10 ms; the widgets' longest handler is the longest "
