@@ -227,6 +227,18 @@ def model_process_for(job: str):
     return process
 
 
+def model_items(job: str, items_here, should_stop, **run):
+    """What the generator ``items_here(should_stop=..., **run)`` yields (a core function that
+    :mod:`napari_clumps.model_process` runs as ``job``), made in the session's process for
+    ``job``, or in this thread where there is none (:func:`model_process_for`)."""
+    process = model_process_for(job)
+    if process is not None:
+        yield from process.items(should_stop, **run)
+    else:
+        with while_workers_run():
+            yield from items_here(should_stop=should_stop, **run)
+
+
 def as_gui_worker(body):
     """``body`` (a worker's function or generator function) run within :func:`while_workers_run`."""
     if inspect.isgeneratorfunction(body):

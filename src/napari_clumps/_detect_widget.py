@@ -30,11 +30,10 @@ from ._background import (
     Inbox,
     collect_removed_layers,
     crash_line,
-    model_process_for,
+    model_items,
     qt_deleted,
     say_refused,
     stop_when_closed,
-    while_workers_run,
 )
 from ._commands import show_raw_bands
 from ._layers import (
@@ -1112,7 +1111,10 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
     would leave the widget busy for good."""
     from .model_process import detection_items
 
-    run = dict(
+    yield from model_items(
+        "detect",
+        detection_items,
+        should_stop,
         images=images,
         names=names,
         model=model,
@@ -1122,9 +1124,3 @@ def _detect_in_thread(images, names, model, device, nms_iou, should_stop, psf_fw
         pixel_scale=pixel_scale,
         score_floor=SCORE_FLOOR,
     )
-    process = model_process_for("detect")
-    if process is not None:
-        yield from process.items(should_stop, **run)
-    else:
-        with while_workers_run():
-            yield from detection_items(should_stop=should_stop, **run)

@@ -21,9 +21,8 @@ from ._background import (
     busy_message,
     collect_removed_layers,
     crash_line,
-    model_process_for,
+    model_items,
     stop_when_closed,
-    while_workers_run,
 )
 from ._detect_widget import (
     DEFAULT_CHOICE,
@@ -739,13 +738,9 @@ def _per_image_in_thread(per_image: str, paths, names, model, should_stop):
     (:func:`~napari_clumps._background.model_process_for`)."""
     from .model_process import per_image_items
 
-    run = dict(per_image=per_image, paths=paths, names=names, model=model)
-    process = model_process_for("review")
-    if process is not None:
-        yield from process.items(should_stop, **run)
-    else:
-        with while_workers_run():
-            yield from per_image_items(should_stop=should_stop, **run)
+    yield from model_items(
+        "review", per_image_items, should_stop, per_image=per_image, paths=paths, names=names, model=model
+    )
 
 
 def _unbind_keys(viewer) -> None:
