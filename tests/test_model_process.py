@@ -68,25 +68,38 @@ def test_the_process_gives_what_a_thread_gives(process, two_galaxies):
 
 
 def test_stopping_ends_the_run_between_images_and_the_process_serves_the_next(process, two_galaxies):
-    seen = []
-
-    def once_the_model_is_loaded():  # asked here, between looks at the pipe; read in the process
-        return bool(seen)
-
-    for item in process.items(once_the_model_is_loaded, **_run(two_galaxies * 4)):
-        seen.append(item)
-    assert [item[0] for item in seen] == ["ready"], "stopped before its first image"
+    items = list(process.items(lambda: True, **_run(two_galaxies * 4)))  # stopped as soon as it is sent
+    results = [item for item in items if item[0] == "result"]
+    assert len(results) < 8, "stopped before its last image (two batches of 4)"
     again = list(process.items(_never, **_run(two_galaxies[:1])))
-    assert [item[0] for item in again] == ["ready", "result"]
+    assert [item[0] for item in again] == ["ready", "result"], "the next run is not stopped"
     assert process.is_alive()
 
 
-def test_a_run_given_up_half_way_leaves_nothing_for_the_next(process, two_galaxies):
+def test_a_run_given_up_half_way_is_stopped_and_leaves_nothing_for_the_next(process, two_galaxies, monkeypatch):
+    sent = []
+    send = process._send
+    monkeypatch.setattr(process, "_send", lambda message: (sent.append(message), send(message)))
     run = process.items(_never, **_run(two_galaxies * 2))
     assert next(run)[0] == "ready"
-    run.close()  # as a quit worker's generator is closed: the process stops that run
+    run.close()  # as a quit worker's generator is closed
+    [number] = [message[1] for message in sent if message[0] == "run"]
+    assert ("stop", number) in sent, "the process is told to drop the run"
     names = [item[1] for item in process.items(_never, **_run(two_galaxies[:1])) if item[0] == "result"]
     assert names == ["layer 0"], "only the new run's own result"
+
+
+def test_stopping_one_run_leaves_the_others_of_the_process_alone(process, two_galaxies):
+    """Two widgets may share a job's process (Fine-tune and the review queue): a run's stop is its own."""
+    import threading
+
+    stopped = threading.Event()
+    first = process.items(stopped.is_set, **_run(two_galaxies * 4))
+    assert next(first)[0] == "ready"
+    second = process.items(_never, **_run(two_galaxies[:1]))  # waits in the process behind the first
+    stopped.set()
+    assert len([item for item in first if item[0] == "result"]) < 8
+    assert [item[0] for item in second] == ["ready", "result"]
 
 
 def test_a_model_file_that_does_not_load_is_reported_as_such(process, two_galaxies, tmp_path):
@@ -120,9 +133,11 @@ def test_a_crash_crosses_the_pipe_even_when_its_exception_does_not_pickle(capsys
     kind, error = _sendable(("crash", Unpicklable("deep in torch")))
     assert kind == "crash" and str(pickle.loads(pickle.dumps(error))) == "Unpicklable: deep in torch"
     assert "deep in torch" in capsys.readouterr().err, "its traceback is printed in the process"
+    assert any("in the model's process" in note for note in error.__notes__), "and goes with it"
     assert str(_sendable(Unpicklable("a review item"))) == "Unpicklable: a review item"  # yielded bare
-    same = KeyError("boxes")
-    assert _sendable(("crash", same)) == ("crash", same) and _sendable(same) is same
+    built_in = _sendable(("crash", KeyError("boxes")))[1]
+    assert type(built_in) is KeyError and built_in.args == ("boxes",)
+    assert type(_sendable(OSError(28, "No space left on device"))) is OSError
     assert _sendable(("error", "out of memory")) == ("error", "out of memory")
 
 
@@ -250,7 +265,7 @@ def test_a_fine_tuning_process_killed_mid_training_leaves_the_file_alone(two_lab
     run = dict(items=two_labelled, model=None, options=TrainingOptions(epochs=20, val_fraction=0.0), out=out)
     for item in training.items(_never, **run):
         items.append(item)
-        if getattr(item[1], "kind", None) == "step":
+        if getattr(item[1], "kind", None) == "step" and training.is_alive():
             os.kill(training.pid, signal.SIGKILL)
     assert items[-1][0] == "crash" and "the fine-tune process ended (exit code -9)" in str(items[-1][1])
     assert out.read_bytes() == b"the model before"

@@ -36,8 +36,11 @@ from typing import NamedTuple
 
 log = logging.getLogger("napari_clumps")
 
-#: Seconds between two looks at the user's stop request while a run waits for its next image.
+#: Seconds between two looks at the runs' stop requests (``should_stop``), here in the GUI process.
 POLL_S = 0.05
+
+#: Seconds a new process has to connect back (Python's start and this module's import only).
+CONNECT_S = 60.0
 
 _DONE = "done"  # a run's last message from the process
 
@@ -182,126 +185,188 @@ def fine_tuning_outcome(items, model, options, out, report, should_stop, descrip
 
 
 class ModelProcessEnded(RuntimeError):
-    """The process ended in the middle of a run (killed, out of memory, crashed)."""
+    """The process ended in the middle of a run (killed, out of memory, crashed), or at its start."""
+
+
+class _Run:
+    def __init__(self, should_stop):
+        self.results = queue.SimpleQueue()
+        self.should_stop = should_stop
+        self.stop_sent = False
 
 
 class ModelProcess:
     """A process that runs one job (see the module) for the runs sent to it.
 
-    Runs are numbered; a thread here reads everything the process sends and hands each item to
-    its run's queue. Nothing is locked while a run's items are consumed, so a run whose consumer
-    is gone without closing it (a worker left in a frozen reference cycle) holds up no other:
-    the process finishes it and its items are dropped with its queue.
+    Started as ``python -c`` (not with multiprocessing's spawn, which runs the user's main script
+    again in the child: a napari script without a ``__main__`` guard would open a second viewer
+    there); it connects back through a :class:`multiprocessing.connection.Listener` with a
+    one-time key. Here, a thread reads everything the process sends and hands each item to its
+    run's queue, and another asks each run's ``should_stop()`` every :data:`POLL_S` and sends the
+    stop of that run alone: a run's stop never reaches another, and it reaches the process even
+    when the run's consumer is gone without closing it (a quit worker whose generator is never
+    resumed). Nothing is locked while a run's items are consumed.
     """
 
     def __init__(self, job: str):
-        import multiprocessing
+        import secrets
+        import subprocess
+        from multiprocessing.connection import Listener
 
         if job not in _JOBS:
             raise ValueError(f"{job}: no such job; the jobs are {', '.join(_JOBS)}")
         self.job = job
-        # spawn, not fork: a forked copy of a GUI process (Qt, OpenGL, threads) is not safe
-        context = multiprocessing.get_context("spawn")
-        self._connection, child_end = context.Pipe()
-        # the highest run number stopped: the process reads it between images; never lowered,
-        # so that a later run cannot un-stop an earlier one still ending
-        self._stopped_up_to = context.Value("q", 0)
-        self._process = context.Process(
-            target=_serve, args=(job, child_end, self._stopped_up_to), name=f"napari-clumps {job}", daemon=True
-        )
-        self._process.start()
-        child_end.close()  # the process's end is its own: a dead process reads as end-of-file here
+        key = secrets.token_bytes(32)
+        with Listener(authkey=key) as listener:
+            command = f"from napari_clumps.model_process import main; main({job!r}, {listener.address!r})"
+            self._process = subprocess.Popen([sys.executable, "-c", command], stdin=subprocess.PIPE)
+            with self._process.stdin as key_pipe:  # not in the command line, which others can read
+                key_pipe.write(key.hex().encode() + b"\n")
+            self._connection = self._accept(listener)
         self._run_numbers = itertools.count(1)
-        self._runs: dict[int, queue.SimpleQueue] = {}
+        self._runs: dict[int, _Run] = {}
         self._runs_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._ended: ModelProcessEnded | None = None
-        threading.Thread(target=self._read, name="napari-clumps detection results", daemon=True).start()
+        threading.Thread(target=self._read, name=f"napari-clumps {job} results", daemon=True).start()
+        threading.Thread(target=self._watch_stops, name=f"napari-clumps {job} stops", daemon=True).start()
+
+    def _accept(self, listener):
+        """The process's connection, once it has connected back; ModelProcessEnded if it exited
+        first or did not connect within :data:`CONNECT_S`."""
+        accepted = queue.SimpleQueue()
+
+        def accept():
+            try:
+                accepted.put(listener.accept())
+            except Exception as error:  # noqa: BLE001 - closed below, or a wrong key
+                accepted.put(error)
+
+        threading.Thread(target=accept, name="napari-clumps accept", daemon=True).start()
+        waited = 0.0
+        while True:
+            try:
+                got = accepted.get(timeout=0.1)
+            except queue.Empty:
+                waited += 0.1
+                if self._process.poll() is not None or waited > CONNECT_S:
+                    self._process.kill()
+                    self._process.wait()
+                    raise ModelProcessEnded(
+                        f"the {self.job} process did not start (exit code {self._process.returncode})"
+                    ) from None
+                continue
+            if isinstance(got, Exception):
+                self._process.kill()
+                raise ModelProcessEnded(f"the {self.job} process did not connect: {got}") from got
+            return got
 
     @property
     def pid(self) -> int:
         return self._process.pid
 
     def is_alive(self) -> bool:
-        return self._ended is None and self._process.is_alive()
+        return self._ended is None and self._process.poll() is None
 
     def items(self, should_stop, **run):
         """The items of this process's job for ``run`` (the job's arguments but ``should_stop``),
-        made in the process. ``should_stop()`` is asked here, between two looks for the next
-        item, and passed on; closing this generator early (a quit worker) stops the run too."""
-        results = queue.SimpleQueue()
+        made in the process. ``should_stop()`` is asked by a thread here and passed on; closing
+        this generator early (a quit worker) stops the run too."""
+        this = _Run(should_stop)
         with self._runs_lock:
             ended = self._ended
             number = next(self._run_numbers)
             if ended is None:
-                self._runs[number] = results
+                self._runs[number] = this
         if ended is not None:
             yield "crash", ended
             return
         try:
             try:
-                with self._send_lock:  # with this process's folder: a relative path means the same there
-                    self._connection.send((number, os.getcwd(), run))
+                folder = os.getcwd()
+            except OSError:  # the GUI's folder was removed: its relative paths fail here too
+                folder = None
+            try:
+                self._send(("run", number, folder, run))
             except OSError as error:  # the process is gone (a broken pipe)
                 self._end(error)
+            except Exception as error:  # noqa: BLE001 - a run that does not pickle: this run's failure
+                yield "crash", error
+                return
             while True:
-                if should_stop():
-                    self._stop(number)
-                try:
-                    item = results.get(timeout=POLL_S)
-                except queue.Empty:
-                    continue
+                item = this.results.get()
                 if item == _DONE:
                     return
                 yield item
         finally:
             with self._runs_lock:
                 self._runs.pop(number, None)
-            self._stop(number)  # given up half-way: the process drops the rest (ended: changes nothing)
+            if not this.stop_sent:  # given up half-way: the process drops the rest (ended: nothing)
+                self._send_stop(number)
+
+    def _send(self, message) -> None:
+        with self._send_lock:
+            self._connection.send(message)
+
+    def _send_stop(self, number: int) -> None:
+        with contextlib.suppress(OSError):
+            self._send(("stop", number))
+
+    def _watch_stops(self) -> None:
+        """The stop watcher's body: each run whose ``should_stop()`` says so is told to stop."""
+        while self.is_alive():
+            with self._runs_lock:
+                runs = list(self._runs.items())
+            for number, run in runs:
+                if not run.stop_sent and run.should_stop():
+                    run.stop_sent = True
+                    self._send_stop(number)
+            threading.Event().wait(POLL_S)
 
     def _read(self) -> None:
         """The reading thread's body: every item to its run's queue, until the process ends."""
         while True:
             try:
                 number, item = self._connection.recv()
-            except (EOFError, OSError) as error:  # the process ended, or this end was closed
+            except Exception as error:  # noqa: BLE001 - ended, or an item that does not unpickle here
                 self._end(error)
                 return
             with self._runs_lock:
-                results = self._runs.get(number)
-            if results is not None:
-                results.put(item)
+                run = self._runs.get(number)
+            if run is not None:
+                run.results.put(item)
 
     def _end(self, error: BaseException) -> None:
-        """The process is gone: each run waiting on it ends with a crash saying so."""
-        self._process.join(timeout=1)
-        ended = ModelProcessEnded(
-            f"the {self.job} process ended (exit code {self._process.exitcode}): {error or 'pipe closed'}"
-        )
+        """The process is gone, or its pipe is broken: it is ended, and each run waiting on it
+        ends with a crash saying so."""
+        if self._process.poll() is None:
+            with contextlib.suppress(OSError):
+                self._process.kill()
+        with contextlib.suppress(Exception):
+            self._process.wait(timeout=5)
+        why = str(error) or type(error).__name__
+        ended = ModelProcessEnded(f"the {self.job} process ended (exit code {self._process.returncode}): {why}")
         with self._runs_lock:
             if self._ended is None:
                 self._ended = ended
-            for results in self._runs.values():
-                results.put(("crash", self._ended))
-                results.put(_DONE)
+            for run in self._runs.values():
+                run.results.put(("crash", self._ended))
+                run.results.put(_DONE)
             self._runs.clear()
-
-    def _stop(self, number: int) -> None:
-        with self._stopped_up_to.get_lock():
-            self._stopped_up_to.value = max(self._stopped_up_to.value, number)
 
     def close(self, timeout: float = 5.0) -> None:
         """End the process: at once if it is idle, after its current image otherwise."""
-        self._stop(sys.maxsize >> 1)
+        with self._runs_lock:
+            numbers = list(self._runs)
+        for number in numbers:
+            self._send_stop(number)
+        with contextlib.suppress(OSError):
+            self._send(None)
         try:
-            with self._send_lock:
-                self._connection.send(None)
-        except OSError:
-            pass
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout)
+            self._process.wait(timeout)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+            self._process.kill()
+            self._process.wait(timeout)
 
 
 _shared: dict[str, ModelProcess] = {}
@@ -320,41 +385,80 @@ def shared_model_process(job: str) -> ModelProcess:
 # ----------------------------------------------------------------------------- in the process
 
 
-def _serve(job: str, connection, stopped_up_to) -> None:
-    """The process's body: run what arrives, until ``None`` or the GUI process is gone."""
-    from .model import import_libraries
+def main(job: str, address) -> None:
+    """The process's body (started by :class:`ModelProcess`): connect back with the key read
+    from stdin, then run what arrives, one run at a time, until ``None`` or the GUI process is
+    gone."""
+    import signal
+    from multiprocessing.connection import Client
 
+    connection = Client(address, authkey=bytes.fromhex(sys.stdin.readline().strip()))
+    with contextlib.suppress(AttributeError, ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the GUI's terminal is the GUI's
     with contextlib.suppress(AttributeError, OSError):  # not on Windows; refused: runs as it is
         # below the GUI's priority: where cores are few, the GUI's drawing (on the CPU under
         # software OpenGL) goes first, and the model takes what is left
         os.nice(NICENESS)
-    import_libraries()
-    import torch
+    runs = queue.SimpleQueue()
+    stopped: set[int] = set()
+    threading.Thread(target=_receive, args=(connection, runs, stopped), daemon=True).start()
+    started = False
+    while True:
+        message = runs.get()
+        if message is None:
+            return
+        _, number, folder, run = message
+        if folder is not None:
+            with contextlib.suppress(OSError):  # the GUI's folder is gone: its relative paths fail there too
+                os.chdir(folder)
+        if not started:  # here, not at the start: a failed import is the first run's crash, said in the GUI
+            started = _start_libraries(connection, number)
+            if not started:
+                continue
+        try:
+            _run(_JOBS[job], connection, number, run, stopped)
+        except OSError:  # the GUI process ended (a broken pipe)
+            return
 
-    torch.set_num_threads(min(torch.get_num_threads(), cores_beside_a_gui()))
+
+def _receive(connection, runs, stopped) -> None:
+    """The process's reading thread: runs to the queue, stops to the set; the GUI gone: exit."""
     while True:
         try:
             message = connection.recv()
-        except (EOFError, OSError):  # the GUI process ended
-            return
+        except (EOFError, OSError):
+            os._exit(0)  # the GUI process ended: nothing is left to show or write (files are atomic)
         if message is None:
+            runs.put(None)
             return
-        number, folder, run = message
-        with contextlib.suppress(OSError):  # the GUI's folder is gone: its relative paths fail there too
-            os.chdir(folder)
-        try:
-            _run(_JOBS[job], connection, number, run, stopped_up_to)
-        except (BrokenPipeError, ConnectionResetError):  # the GUI process ended
-            return
+        if message[0] == "stop":
+            stopped.add(message[1])
+        else:
+            runs.put(message)
 
 
-def _run(job, connection, number: int, run: dict, stopped_up_to) -> None:
+def _start_libraries(connection, number: int) -> bool:
+    try:
+        from .model import import_libraries
+
+        import_libraries()
+        import torch
+
+        torch.set_num_threads(min(torch.get_num_threads(), cores_beside_a_gui()))
+    except Exception as error:  # noqa: BLE001 - PyTorch broken or missing: said as the run's crash
+        connection.send((number, _sendable(("crash", error))))
+        connection.send((number, _DONE))
+        return False
+    return True
+
+
+def _run(job, connection, number: int, run: dict, stopped) -> None:
     def send(item):
         connection.send((number, _sendable(item)))
 
     try:
-        job(send, lambda: stopped_up_to.value >= number, **run)
-    except (BrokenPipeError, ConnectionResetError):
+        job(send, lambda: number in stopped, **run)
+    except OSError:
         raise
     except Exception as error:  # noqa: BLE001 - a bug or a torch error: the run's last item says it
         send(("crash", error))
@@ -382,8 +486,9 @@ _JOBS = {"detect": _detect, "fine-tune": _fine_tune, "review": _review}
 
 
 def _sendable(item):
-    """``item``, with an exception in it (a crash's, or a review item's) replaced by one that
-    pickles when it does not; its traceback is printed here (it does not cross the pipe)."""
+    """``item``, with an exception in it (a crash's, or a review item's) made one that unpickles
+    in the GUI process without importing anything there (a built-in type, else a RuntimeError
+    naming the type), its traceback attached as a note (it is also printed here)."""
     if isinstance(item, BaseException):
         return _picklable(item)
     if isinstance(item, tuple) and len(item) == 2 and item[0] == "crash":
@@ -392,9 +497,15 @@ def _sendable(item):
 
 
 def _picklable(error: BaseException) -> BaseException:
-    traceback.print_exception(error, file=sys.stderr)
+    import builtins
+
+    text = "".join(traceback.format_exception(error))
+    sys.stderr.write(text)
+    if type(error).__module__ != "builtins" or getattr(builtins, type(error).__name__, None) is not type(error):
+        error = RuntimeError(f"{type(error).__name__}: {error}")
     try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:  # noqa: BLE001 - any exception can fail to pickle in its own way
-        return RuntimeError(f"{type(error).__name__}: {error}")
+        error = pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 - a built-in exception with odd arguments
+        error = RuntimeError(f"{type(error).__name__}: {error}")
+    error.add_note(f"in the model's process:\n{text}")
     return error
