@@ -269,3 +269,12 @@ def test_a_fine_tuning_process_killed_mid_training_leaves_the_file_alone(two_lab
             os.kill(training.pid, signal.SIGKILL)
     assert items[-1][0] == "crash" and "the fine-tune process ended (exit code -9)" in str(items[-1][1])
     assert out.read_bytes() == b"the model before"
+
+
+def test_a_run_from_a_folder_that_was_removed_still_runs(process, two_galaxies, tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # the GUI's current folder deleted under it: os.getcwd() fails
+    items = list(process.items(_never, **_run(two_galaxies[:1])))
+    assert [item[0] for item in items] == ["ready", "result"] and process.is_alive()

@@ -12,7 +12,7 @@ queue's detection and ranking). Each has one process for the session
 (:func:`shared_model_process`), so that a detection and a training go on side by side as they
 did in threads: it imports PyTorch when its first run starts and keeps what it loaded for the
 next runs (:func:`napari_clumps.model.get_detector` caches the model). Runs of one job go
-through its process one at a time, in order; what a run yields comes back through a pipe item by
+through its process one at a time, in order; what a run yields comes back through a socket item by
 item, as it is made. A run that is stopped ends at its next check (between images, or training
 steps), as in a thread; a process that dies (killed, out of memory) ends its run with a
 ``("crash", error)`` item, and the next run starts a new process.
