@@ -7,9 +7,7 @@ other failure. Qt glue only: the work itself is the core's.
 
 from __future__ import annotations
 
-import functools
 import gc
-import inspect
 import logging
 import threading
 from collections import deque
@@ -237,24 +235,6 @@ def model_items(job: str, items_here, should_stop, **run):
     else:
         with while_workers_run():
             yield from items_here(should_stop=should_stop, **run)
-
-
-def as_gui_worker(body):
-    """``body`` (a worker's function or generator function) run within :func:`while_workers_run`."""
-    if inspect.isgeneratorfunction(body):
-
-        @functools.wraps(body)
-        def run(*args, **kwargs):
-            with while_workers_run():
-                return (yield from body(*args, **kwargs))
-    else:
-
-        @functools.wraps(body)
-        def run(*args, **kwargs):
-            with while_workers_run():
-                return body(*args, **kwargs)
-
-    return run
 
 
 def busy_message(what: str, stop_button: str) -> str:
