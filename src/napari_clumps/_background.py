@@ -201,7 +201,7 @@ def collect_removed_layers(viewer) -> None:
     viewer.layers.events.removed.connect(_unfreeze)
 
 
-#: Whether the widgets run the model (Detect, Fine-tune) in a process of its own
+#: Whether the widgets run the model (Detect, Fine-tune, the review queue) in a process of its own
 #: (:mod:`napari_clumps.model_process`): then PyTorch's import and work never hold the GUI
 #: process's GIL. Tests that stand a fake in for the core's functions in this process turn it off.
 MODEL_IN_A_PROCESS = True

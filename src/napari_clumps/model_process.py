@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import pickle
 import queue
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import NamedTuple
-
-log = logging.getLogger("napari_clumps")
 
 #: Seconds between two looks at the runs' stop requests (``should_stop``), here in the GUI process.
 POLL_S = 0.05
@@ -281,6 +279,7 @@ class ModelProcess:
         if ended is not None:
             yield "crash", ended
             return
+        ended_here = False  # the run's last item came: nothing for the process to drop
         try:
             try:
                 folder = os.getcwd()
@@ -296,12 +295,13 @@ class ModelProcess:
             while True:
                 item = this.results.get()
                 if item == _DONE:
+                    ended_here = True
                     return
                 yield item
         finally:
             with self._runs_lock:
                 self._runs.pop(number, None)
-            if not this.stop_sent:  # given up half-way: the process drops the rest (ended: nothing)
+            if not (ended_here or this.stop_sent):  # given up half-way: the process drops the rest
                 self._send_stop(number)
 
     def _send(self, message) -> None:
@@ -321,7 +321,7 @@ class ModelProcess:
                 if not run.stop_sent and run.should_stop():
                     run.stop_sent = True
                     self._send_stop(number)
-            threading.Event().wait(POLL_S)
+            time.sleep(POLL_S)
 
     def _read(self) -> None:
         """The reading thread's body: every item to its run's queue, until the process ends."""
