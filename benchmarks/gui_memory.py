@@ -16,11 +16,10 @@ import argparse
 import gc
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gui_responsiveness import wait_until  # noqa: E402
+from gui_responsiveness import galaxies_in_a_viewer, wait_until  # noqa: E402
 from report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,19 +48,9 @@ def main():
     parser.add_argument("--label", default="current")
     parser.add_argument("--out", default=ROOT / "docs/benchmarks/gui_memory.md")
     args = parser.parse_args()
-    from napari_clumps.settings import CONFIG_DIR_VARIABLE
-
-    os.environ[CONFIG_DIR_VARIABLE] = tempfile.mkdtemp(prefix="gui_memory_settings_")
-    import napari
-
     from napari_clumps._detect_widget import DetectionWidget
-    from napari_clumps.simulate import write_dataset
 
-    folder = Path(tempfile.mkdtemp(prefix="gui_memory_"))
-    write_dataset(folder, n=args.n, seed=5)
-    viewer = napari.Viewer(show=False)
-    for path in sorted(folder.glob("*.fits")):
-        viewer.open(path, plugin="napari-clumps")
+    viewer, _, _ = galaxies_in_a_viewer(args.n, "gui_memory", show=False)
     detect = DetectionWidget(viewer)
     viewer.window.add_dock_widget(detect, name="Detect clumps")
     rows = []

@@ -120,6 +120,28 @@ def measure(what: str, start, done) -> dict:
     return row
 
 
+def galaxies_in_a_viewer(n: int, name: str, show: bool, size=None):
+    """A napari viewer (``size``: its window's, before anything is open) with ``n`` simulated FITS
+    galaxies (seed 5) opened by the plugin; and their folder and truth CSV. The widgets'
+    settings go to a fresh folder first: the model files a run trains are remembered, and must
+    not land in the user's own settings."""
+    from napari_clumps.settings import CONFIG_DIR_VARIABLE
+
+    os.environ[CONFIG_DIR_VARIABLE] = tempfile.mkdtemp(prefix=f"{name}_settings_")
+    import napari
+
+    from napari_clumps.simulate import write_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}_"))
+    truth_csv = write_dataset(folder, n=n, seed=5)
+    viewer = napari.Viewer(show=show)
+    if size is not None:
+        viewer.window._qt_window.resize(*size)
+    for path in sorted(folder.glob("*.fits")):
+        viewer.open(path, plugin="napari-clumps")
+    return viewer, folder, truth_csv
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=8, help="galaxies open in the viewer (Detect runs on all)")
@@ -130,10 +152,6 @@ def main():
     parser.add_argument("--label", default="current")
     parser.add_argument("--out", default=ROOT / "docs/benchmarks/gui_responsiveness.md")
     args = parser.parse_args()
-    from napari_clumps.settings import CONFIG_DIR_VARIABLE
-
-    # the model files it trains are remembered by the widgets: not in the user's own settings
-    os.environ[CONFIG_DIR_VARIABLE] = tempfile.mkdtemp(prefix="gui_responsiveness_settings_")
     inbox = time_the_inbox()
     time_full_collections()
 
@@ -142,14 +160,9 @@ def main():
     from napari_clumps._detect_widget import DetectionWidget
     from napari_clumps._train_widget import FineTuneWidget
     from napari_clumps.detections import read_detections, write_detections
-    from napari_clumps.simulate import write_dataset
 
-    folder = Path(tempfile.mkdtemp(prefix="gui_responsiveness_"))
-    truth = read_detections(write_dataset(folder, n=args.n, seed=5))
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 900)
-    for path in sorted(folder.glob("*.fits")):
-        viewer.open(path, plugin="napari-clumps")
+    viewer, folder, truth_csv = galaxies_in_a_viewer(args.n, "gui_responsiveness", show=True, size=(1400, 900))
+    truth = read_detections(truth_csv)
     detect = DetectionWidget(viewer)
     train = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(detect, name="Detect clumps")
