@@ -278,3 +278,73 @@ def test_a_run_from_a_folder_that_was_removed_still_runs(process, two_galaxies, 
     gone.rmdir()  # the GUI's current folder deleted under it: os.getcwd() fails
     items = list(process.items(_never, **_run(two_galaxies[:1])))
     assert [item[0] for item in items] == ["ready", "result"] and process.is_alive()
+
+
+def test_what_the_process_logs_is_logged_here(two_galaxies, caplog):
+    """At the levels this process's loggers had when it started the process (here: INFO)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="napari_clumps")
+    logging_process = ModelProcess("detect")
+    try:
+        assert [item[0] for item in logging_process.items(_never, **_run(two_galaxies[:1]))] == ["ready", "result"]
+        started = [r for r in caplog.records if r.name == "napari_clumps.model_process" and "runs PyTorch" in r.message]
+        assert len(started) == 1, caplog.text
+        assert started[0].process == logging_process.pid != os.getpid()
+        assert started[0].getMessage().startswith(f"the detect process (pid {logging_process.pid}) runs PyTorch ")
+    finally:
+        logging_process.close()
+
+
+def test_an_item_that_does_not_unpickle_here_ends_the_run_with_one_line_not_a_hang(two_galaxies):
+    """The bytes came whole, but what they name does not import in this process."""
+    broken = ModelProcess("detect")
+    real = broken._connection
+
+    class NotImportableHere:
+        def recv(self):
+            real.recv()
+            raise ModuleNotFoundError("No module named 'only_in_the_model_process'")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    broken._connection = NotImportableHere()  # the reader's next item (its first may have come already)
+    items = list(broken.items(_never, **_run(two_galaxies * 2)))
+    assert [item[0] for item in items[:-1]] in ([], ["ready"]), items
+    kind, error = items[-1]
+    assert kind == "crash" and isinstance(error, ModelProcessEnded), items
+    assert "the detect process ended" in str(error) and "only_in_the_model_process" in str(error)
+    assert "\n" not in str(error), "one line"
+    assert not broken.is_alive(), "a process whose items cannot be read here is ended"
+    assert list(broken.items(_never, **_run(two_galaxies[:1]))) == [("crash", broken._ended)], "and says so after"
+
+
+def test_after_each_run_the_process_gives_back_the_gpu_memory_it_cached(monkeypatch):
+    """What the process does after a run, called here: with a GPU in use (faked), PyTorch's cache
+    is emptied whether the run ended well or crashed; without one, nothing is asked of CUDA."""
+    import torch
+
+    from napari_clumps.model_process import _DONE, _run
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    sent = []
+
+    class Connection:
+        send = staticmethod(sent.append)
+
+    def fine(send, should_stop):
+        send("an item")
+
+    def crashing(send, should_stop):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    _run(fine, Connection, 1, {}, set())
+    assert sent == [(1, "an item"), (1, _DONE)] and emptied == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    _run(fine, Connection, 2, {}, set())
+    _run(crashing, Connection, 3, {}, set())
+    assert len(emptied) == 2
+    assert sent[-2][1][0] == "crash" and sent[-1] == (3, _DONE)

@@ -1,5 +1,7 @@
 """The fine-tuning widget in a real viewer: corrected boxes in, a new model out, usable at once."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,46 @@ def test_a_dock_added_under_another_gets_its_share_of_the_column(make_napari_vie
     share = [height / sum(heights) for height in heights]
     fair = [hint / sum(wanted) for hint in wanted]
     assert share == pytest.approx(fair, abs=0.05), (heights, wanted)
+
+
+def test_a_second_fine_tuning_says_it_waits_for_the_first(simulated, tmp_path):
+    """The Fine-tune widget and the review queue share the session's fine-tuning process: the
+    second to start says that it waits (instead of "loading..." for as long as the first lasts),
+    and runs once the first has ended."""
+    import threading
+
+    from napari_clumps._train_widget import DEFAULT_CHOICE, WAITING_FOR_THE_OTHER_FINE_TUNING, _train_in_thread
+    from napari_clumps.training import TrainingOptions, load_labelled_images
+
+    folder, truth = simulated
+    paths = sorted(folder.glob("*.fits"))[:2]
+    csv = write_detections(truth[truth.image.isin([p.name for p in paths])], tmp_path / "truth.csv")
+    items = load_labelled_images(paths, csv)[0]
+    first_reports, second_reports, outcomes = [], [], {}
+    stop_first = threading.Event()
+
+    def train(name, reports, epochs, should_stop):
+        options = TrainingOptions(epochs=epochs, val_fraction=0.0)
+        out = tmp_path / f"{name}.safetensors"
+        outcomes[name] = _train_in_thread(items, DEFAULT_CHOICE, options, out, reports.append, should_stop)
+
+    first = threading.Thread(target=train, args=("first", first_reports, 50, stop_first.is_set))
+    first.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any(getattr(report, "kind", None) == "step" for report in first_reports):
+            assert first.is_alive() and time.monotonic() < deadline, first_reports
+            time.sleep(0.05)
+        second = threading.Thread(target=train, args=("second", second_reports, 1, lambda: False))
+        second.start()
+        while not second_reports:
+            time.sleep(0.05)
+        assert second_reports[0] == WAITING_FOR_THE_OTHER_FINE_TUNING
+        assert not any(getattr(report, "kind", None) == "step" for report in second_reports), "it waits"
+    finally:
+        stop_first.set()
+        first.join(300)
+    second.join(300)
+    assert outcomes["first"][0] == "cancelled", outcomes
+    assert outcomes["second"][0] == "ok", outcomes
+    assert any(getattr(report, "kind", None) == "step" for report in second_reports), "then it trains"

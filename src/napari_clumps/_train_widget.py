@@ -385,6 +385,13 @@ class FineTuneWidget(QWidget):
         self.plot.show(self._history_steps, self._history_f1, self._steps_per_epoch)
 
 
+#: What a fine-tuning says while it waits for the session's other one (one at a time: they share
+#: the fine-tuning process, and a GPU or 2 cores would not train two faster than one after the other).
+WAITING_FOR_THE_OTHER_FINE_TUNING = (
+    "waiting for the other fine-tuning of this session (the Fine-tune widget's or the review queue's) to end..."
+)
+
+
 def _train_in_thread(items, base, options, out, report, should_stop):
     """Worker body: the outcome of :func:`napari_clumps.model_process.fine_tuning_outcome`
     (``(kind, message, path)``), trained in the session's fine-tuning process, or in this thread
@@ -398,6 +405,8 @@ def _train_in_thread(items, base, options, out, report, should_stop):
     if process is None:
         with while_workers_run():
             return fine_tuning_outcome(report=report, should_stop=should_stop, **run)
+    if process.runs_in_progress():  # the Fine-tune widget and the review queue share the process
+        report(WAITING_FOR_THE_OTHER_FINE_TUNING)
     for kind, *payload in process.items(should_stop, **run):
         if kind == "report":
             report(payload[0])

@@ -15,7 +15,9 @@ next runs (:func:`napari_clumps.model.get_detector` caches the model). Runs of o
 through its process one at a time, in order; what a run yields comes back through a socket item by
 item, as it is made. A run that is stopped ends at its next check (between images, or training
 steps), as in a thread; a process that dies (killed, out of memory) ends its run with a
-``("crash", error)`` item, and the next run starts a new process.
+``("crash", error)`` item, and the next run starts a new process. What the process logs (this
+package's loggers, the libraries', Python's warnings) is logged again here, by the logger of the
+same name, at the levels this process's loggers had when it started the process.
 
 Core: no napari, no Qt.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import pickle
 import queue
@@ -34,6 +37,8 @@ import traceback
 from pathlib import Path
 from typing import NamedTuple
 
+log = logging.getLogger(__name__)
+
 #: Seconds between two looks at the runs' stop requests (``should_stop``), here in the GUI process.
 POLL_S = 0.05
 
@@ -41,6 +46,7 @@ POLL_S = 0.05
 CONNECT_S = 60.0
 
 _DONE = "done"  # a run's last message from the process
+_LOG = 0  # the run number of the process's log records (runs count from 1)
 
 #: How much lower than the GUI's the processes' CPU priority is (``os.nice``): the scheduler's
 #: weight of a process at niceness 10 is about a tenth of one at 0.
@@ -216,7 +222,8 @@ class ModelProcess:
         self.job = job
         key = secrets.token_bytes(32)
         with Listener(authkey=key) as listener:
-            command = f"from napari_clumps.model_process import main; main({job!r}, {listener.address!r})"
+            levels = _log_levels()
+            command = f"from napari_clumps.model_process import main; main({job!r}, {listener.address!r}, {levels!r})"
             self._process = subprocess.Popen([sys.executable, "-c", command], stdin=subprocess.PIPE)
             with self._process.stdin as key_pipe:  # not in the command line, which others can read
                 key_pipe.write(key.hex().encode() + b"\n")
@@ -265,6 +272,11 @@ class ModelProcess:
 
     def is_alive(self) -> bool:
         return self._ended is None and self._process.poll() is None
+
+    def runs_in_progress(self) -> int:
+        """How many runs were sent here and have not ended: a run sent now waits behind them."""
+        with self._runs_lock:
+            return len(self._runs)
 
     def items(self, should_stop, **run):
         """The items of this process's job for ``run`` (the job's arguments but ``should_stop``),
@@ -331,6 +343,9 @@ class ModelProcess:
             except Exception as error:  # noqa: BLE001 - ended, or an item that does not unpickle here
                 self._end(error)
                 return
+            if number == _LOG:
+                _log_here(item)
+                continue
             with self._runs_lock:
                 run = self._runs.get(number)
             if run is not None:
@@ -369,6 +384,20 @@ class ModelProcess:
             self._process.wait(timeout)
 
 
+def _log_levels() -> dict[str, int]:
+    """The levels the process's loggers start at: this one's, for the root (what the libraries
+    log) and this package."""
+    return {name: logging.getLogger(name).getEffectiveLevel() for name in ("", __package__)}
+
+
+def _log_here(record: logging.LogRecord) -> None:
+    """A record the process logged, logged again here by the logger of its name (with its
+    handlers, e.g. a user's log file, and napari's)."""
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
 _shared: dict[str, ModelProcess] = {}
 _shared_lock = threading.Lock()
 
@@ -385,14 +414,15 @@ def shared_model_process(job: str) -> ModelProcess:
 # ----------------------------------------------------------------------------- in the process
 
 
-def main(job: str, address) -> None:
+def main(job: str, address, log_levels: dict[str, int] | None = None) -> None:
     """The process's body (started by :class:`ModelProcess`): connect back with the key read
     from stdin, then run what arrives, one run at a time, until ``None`` or the GUI process is
-    gone."""
+    gone. What it logs at ``log_levels`` (logger name -> level) or above goes back too."""
     import signal
     from multiprocessing.connection import Client
 
-    connection = Client(address, authkey=bytes.fromhex(sys.stdin.readline().strip()))
+    connection = _Sender(Client(address, authkey=bytes.fromhex(sys.stdin.readline().strip())))
+    _log_to(connection, log_levels or {"": logging.WARNING})
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the GUI's terminal is the GUI's
     with contextlib.suppress(AttributeError, OSError):  # not on Windows; refused: runs as it is
@@ -412,13 +442,48 @@ def main(job: str, address) -> None:
             with contextlib.suppress(OSError):  # the GUI's folder is gone: its relative paths fail there too
                 os.chdir(folder)
         if not started:  # here, not at the start: a failed import is the first run's crash, said in the GUI
-            started = _start_libraries(connection, number)
+            started = _start_libraries(connection, number, job)
             if not started:
                 continue
         try:
             _run(_JOBS[job], connection, number, run, stopped)
         except OSError:  # the GUI process ended (a broken pipe)
             return
+
+
+class _Sender:
+    """The process's end of the connection: its sends one at a time, as they come from the run
+    and from any thread that logs."""
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, message) -> None:
+        with self._lock:
+            self._connection.send(message)
+
+    def recv(self):
+        return self._connection.recv()
+
+
+def _log_to(connection: _Sender, levels: dict[str, int]) -> None:
+    """Every record logged in the process from now on (Python's warnings included) goes back
+    through ``connection``: formatted here (its arguments and traceback may not pickle), as
+    :class:`logging.handlers.QueueHandler` prepares a record for another process."""
+    from logging.handlers import QueueHandler
+
+    class Outbox:
+        @staticmethod
+        def put_nowait(record: logging.LogRecord) -> None:
+            with contextlib.suppress(OSError):  # the GUI process is gone: nobody to tell
+                connection.send((_LOG, record))
+
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    root = logging.getLogger()
+    root.handlers[:] = [QueueHandler(Outbox())]
+    logging.captureWarnings(True)
 
 
 def _receive(connection, runs, stopped) -> None:
@@ -437,7 +502,7 @@ def _receive(connection, runs, stopped) -> None:
             runs.put(message)
 
 
-def _start_libraries(connection, number: int) -> bool:
+def _start_libraries(connection, number: int, job: str) -> bool:
     try:
         from .model import import_libraries
 
@@ -445,6 +510,14 @@ def _start_libraries(connection, number: int) -> bool:
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), cores_beside_a_gui()))
+        log.info(
+            "the %s process (pid %d) runs PyTorch %s on %d threads, at niceness %d",
+            job,
+            os.getpid(),
+            torch.__version__,
+            torch.get_num_threads(),
+            os.nice(0) if hasattr(os, "nice") else 0,
+        )
     except Exception as error:  # noqa: BLE001 - PyTorch broken or missing: said as the run's crash
         connection.send((number, _sendable(("crash", error))))
         connection.send((number, _DONE))
@@ -462,7 +535,18 @@ def _run(job, connection, number: int, run: dict, stopped) -> None:
         raise
     except Exception as error:  # noqa: BLE001 - a bug or a torch error: the run's last item says it
         send(("crash", error))
+    finally:
+        _give_back_gpu_memory()
     connection.send((number, _DONE))
+
+
+def _give_back_gpu_memory() -> None:
+    """Between runs: the GPU memory PyTorch keeps cached for this process's next run goes back to
+    the driver, for the other jobs' processes (and other programs) on the same GPU; the model
+    itself stays loaded there."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _detect(send, should_stop, **run) -> None:
