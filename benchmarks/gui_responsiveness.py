@@ -19,8 +19,10 @@ thread).
 
 Under Xvfb, OpenGL is Mesa's llvmpipe (drawing on the CPU): repaints cost far more than on a GPU,
 and on 2 cores the GUI thread shares them with the model's process; the stalls here are upper
-bounds of what a desktop sees. ``--label`` names the section written (several labels share the
-page: e.g. the code before a change).
+bounds of what a desktop sees. ``--not-shown`` leaves the viewer hidden: no OpenGL drawing at
+all, so what remains is the GUI thread's Python work (the widgets', napari's) and the GIL.
+``--label`` names the section written (several labels share the page: e.g. the code before a
+change).
 """
 
 import argparse
@@ -153,6 +155,11 @@ def main():
     parser.add_argument("--train-images", type=int, default=4)
     parser.add_argument("--train-epochs", type=int, default=1)
     parser.add_argument("--train-runs", type=int, default=2)
+    parser.add_argument(
+        "--not-shown",
+        action="store_true",
+        help="the viewer not shown: nothing is drawn, so the stalls are the GUI thread's Python work alone",
+    )
     parser.add_argument("--label", default="current")
     parser.add_argument("--out", default=ROOT / "docs/benchmarks/gui_responsiveness.md")
     args = parser.parse_args()
@@ -166,7 +173,9 @@ def main():
     from napari_clumps._train_widget import FineTuneWidget
     from napari_clumps.detections import read_detections, write_detections
 
-    viewer, folder, truth_csv = galaxies_in_a_viewer(args.n, "gui_responsiveness", show=True, size=(1400, 900))
+    viewer, folder, truth_csv = galaxies_in_a_viewer(
+        args.n, "gui_responsiveness", show=not args.not_shown, size=(1400, 900)
+    )
     truth = read_detections(truth_csv)
     detect = DetectionWidget(viewer)
     train = FineTuneWidget(viewer)
@@ -211,7 +220,9 @@ def main():
         f"{platform.machine()}, {os.cpu_count()} cores (load average {load:.1f} at the start), "
         f"torch {torch.__version__} on {cores_beside_a_gui()} threads in the model's processes (niceness "
         f"{NICENESS}), napari {napari.__version__}, "
-        f"display {os.environ.get('DISPLAY', '?')} (Xvfb: Mesa llvmpipe). Made by "
+        f"display {os.environ.get('DISPLAY', '?')} (Xvfb: Mesa llvmpipe)"
+        + (", **the viewer not shown** (nothing drawn: the GUI thread's Python work alone)" if args.not_shown else "")
+        + ". Made by "
         + f"`python {shlex.join(['benchmarks/gui_responsiveness.py', *sys.argv[1:]])}`. A stall is a gap between "
         "two ticks of a 10 ms timer on the GUI thread, less 10 ms; the widgets' longest handler is the longest "
         "call the widgets made for what a worker sent (the rest of a stall is napari and vispy: layers, repaints); "
