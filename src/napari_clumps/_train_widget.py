@@ -387,9 +387,7 @@ class FineTuneWidget(QWidget):
 
 #: What a fine-tuning says while it waits for the session's other one (one at a time: they share
 #: the fine-tuning process, and a GPU or 2 cores would not train two faster than one after the other).
-WAITING_FOR_THE_OTHER_FINE_TUNING = (
-    "waiting for the other fine-tuning of this session (the Fine-tune widget's or the review queue's) to end..."
-)
+WAITING_FOR_THE_OTHER_FINE_TUNING = "waiting for another fine-tuning of this session to end (one runs at a time)..."
 
 
 def _train_in_thread(items, base, options, out, report, should_stop):
