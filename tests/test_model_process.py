@@ -348,3 +348,82 @@ def test_after_each_run_the_process_gives_back_the_gpu_memory_it_cached(monkeypa
     _run(crashing, Connection, 3, {}, set())
     assert len(emptied) == 2
     assert sent[-2][1][0] == "crash" and sent[-1] == (3, _DONE)
+
+
+def test_a_process_whose_cuda_failed_says_the_run_ended_and_serves_no_more(monkeypatch):
+    """After an illegal memory access CUDA fails for the process's life: emptying the cache fails
+    too. The run still ends (its crash, then its end) and the process is to exit."""
+    import torch
+
+    from napari_clumps.model_process import _DONE, _run
+
+    def broken():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", broken)
+    sent = []
+
+    class Connection:
+        send = staticmethod(sent.append)
+
+    def crashing(send, should_stop):
+        broken()
+
+    assert _run(crashing, Connection, 4, {}, set()) is False
+    assert sent[0][1][0] == "crash" and sent[-1] == (4, _DONE)
+
+
+@pytest.fixture
+def logging_to(monkeypatch):
+    """What the process's logging sends (``_log_to`` with a fake connection), in this process:
+    the root logger's handlers, level and Python's warnings are put back after."""
+    import logging
+
+    from napari_clumps.model_process import _log_to
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sent = []
+
+    def start(send=sent.append):
+        class Connection:
+            pass
+
+        Connection.send = staticmethod(send)
+        _log_to(Connection, {"": logging.INFO})
+        return sent
+
+    yield start
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
+def test_a_log_record_crosses_as_its_plain_fields(logging_to):
+    import logging
+    import threading
+
+    sent = logging_to()
+    logging.getLogger("napari_clumps.training").warning("%d boxes", 3, extra={"lock": threading.Lock()})
+    [(number, fields)] = sent
+    assert number == 0 and "lock" not in fields, "a lock does not pickle"
+    record = logging.makeLogRecord(pickle.loads(pickle.dumps(fields)))
+    assert (record.name, record.levelno, record.getMessage()) == ("napari_clumps.training", logging.WARNING, "3 boxes")
+
+
+def test_a_record_logged_while_one_is_sent_and_a_forked_childs_records_are_not_sent(logging_to, monkeypatch):
+    import logging
+
+    sent = []
+
+    def send_and_warn(message):  # as a warning of the pickling would
+        sent.append(message)
+        logging.getLogger("py.warnings").warning("while sending")
+
+    logging_to(send_and_warn)
+    logging.getLogger("napari_clumps").warning("one")
+    assert [fields["msg"] for _, fields in sent] == ["one"], "no echo, no recursion"
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # a data loader's forked worker
+    logging.getLogger("napari_clumps").warning("from a fork")
+    assert len(sent) == 1

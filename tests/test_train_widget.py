@@ -216,6 +216,7 @@ def test_a_dock_added_under_another_gets_its_share_of_the_column(make_napari_vie
     assert share == pytest.approx(fair, abs=0.05), (heights, wanted)
 
 
+@pytest.mark.slow
 def test_a_second_fine_tuning_says_it_waits_for_the_first(simulated, tmp_path):
     """The Fine-tune widget and the review queue share the session's fine-tuning process: the
     second to start says that it waits (instead of "loading..." for as long as the first lasts),
@@ -237,23 +238,28 @@ def test_a_second_fine_tuning_says_it_waits_for_the_first(simulated, tmp_path):
         out = tmp_path / f"{name}.safetensors"
         outcomes[name] = _train_in_thread(items, DEFAULT_CHOICE, options, out, reports.append, should_stop)
 
+    def wait_for(condition, thread):
+        deadline = time.monotonic() + 300
+        while not condition():
+            assert thread.is_alive() and time.monotonic() < deadline, (first_reports, second_reports, outcomes)
+            time.sleep(0.05)
+
+    def trains(reports):
+        return any(getattr(report, "kind", None) == "step" for report in reports)
+
     first = threading.Thread(target=train, args=("first", first_reports, 50, stop_first.is_set))
+    second = threading.Thread(target=train, args=("second", second_reports, 1, lambda: False))
     first.start()
     try:
-        deadline = time.monotonic() + 300
-        while not any(getattr(report, "kind", None) == "step" for report in first_reports):
-            assert first.is_alive() and time.monotonic() < deadline, first_reports
-            time.sleep(0.05)
-        second = threading.Thread(target=train, args=("second", second_reports, 1, lambda: False))
+        wait_for(lambda: trains(first_reports), first)
         second.start()
-        while not second_reports:
-            time.sleep(0.05)
+        wait_for(lambda: second_reports, second)
         assert second_reports[0] == WAITING_FOR_THE_OTHER_FINE_TUNING
-        assert not any(getattr(report, "kind", None) == "step" for report in second_reports), "it waits"
     finally:
         stop_first.set()
         first.join(300)
-    second.join(300)
+        if second.is_alive():
+            second.join(300)
     assert outcomes["first"][0] == "cancelled", outcomes
     assert outcomes["second"][0] == "ok", outcomes
-    assert any(getattr(report, "kind", None) == "step" for report in second_reports), "then it trains"
+    assert trains(second_reports), "then it trains"

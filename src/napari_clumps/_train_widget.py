@@ -403,7 +403,7 @@ def _train_in_thread(items, base, options, out, report, should_stop):
     if process is None:
         with while_workers_run():
             return fine_tuning_outcome(report=report, should_stop=should_stop, **run)
-    if process.runs_in_progress():  # the Fine-tune widget and the review queue share the process
+    if process.runs_ahead():  # the Fine-tune widget and the review queue share the process
         report(WAITING_FOR_THE_OTHER_FINE_TUNING)
     for kind, *payload in process.items(should_stop, **run):
         if kind == "report":

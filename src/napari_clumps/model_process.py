@@ -16,8 +16,9 @@ through its process one at a time, in order; what a run yields comes back throug
 item, as it is made. A run that is stopped ends at its next check (between images, or training
 steps), as in a thread; a process that dies (killed, out of memory) ends its run with a
 ``("crash", error)`` item, and the next run starts a new process. What the process logs (this
-package's loggers, the libraries', Python's warnings) is logged again here, by the logger of the
-same name, at the levels this process's loggers had when it started the process.
+package's loggers, the libraries' that log through Python's root logger, Python's warnings) is
+logged again here, by the logger of the same name, at the levels this process's loggers had when
+it started the process (a level changed later reaches the next process only).
 
 Core: no napari, no Qt.
 """
@@ -46,6 +47,7 @@ POLL_S = 0.05
 CONNECT_S = 60.0
 
 _DONE = "done"  # a run's last message from the process
+_PLAIN = (str, int, float, type(None))  # a log record's fields that cross to the GUI process
 _LOG = 0  # the run number of the process's log records (runs count from 1)
 
 #: How much lower than the GUI's the processes' CPU priority is (``os.nice``): the scheduler's
@@ -273,8 +275,9 @@ class ModelProcess:
     def is_alive(self) -> bool:
         return self._ended is None and self._process.poll() is None
 
-    def runs_in_progress(self) -> int:
-        """How many runs were sent here and have not ended: a run sent now waits behind them."""
+    def runs_ahead(self) -> int:
+        """How many runs were sent here and have not ended (running, or waiting their turn): a
+        run sent now waits behind them."""
         with self._runs_lock:
             return len(self._runs)
 
@@ -385,17 +388,27 @@ class ModelProcess:
 
 
 def _log_levels() -> dict[str, int]:
-    """The levels the process's loggers start at: this one's, for the root (what the libraries
-    log) and this package."""
-    return {name: logging.getLogger(name).getEffectiveLevel() for name in ("", __package__)}
+    """The levels the process's loggers start at, as this process's are now: the root's (what
+    the libraries log), this package's, and those set on loggers under it."""
+    package = logging.getLogger(__package__)
+    levels = {"": logging.getLogger().getEffectiveLevel(), __package__: package.getEffectiveLevel()}
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith(f"{__package__}.") and isinstance(logger, logging.Logger) and logger.level:
+            levels[name] = logger.level
+    return levels
 
 
-def _log_here(record: logging.LogRecord) -> None:
+def _log_here(fields: dict) -> None:
     """A record the process logged, logged again here by the logger of its name (with its
-    handlers, e.g. a user's log file, and napari's)."""
-    logger = logging.getLogger(record.name)
-    if logger.isEnabledFor(record.levelno):
-        logger.handle(record)
+    handlers: a user's log file, napari's log window). Never raises: the reading thread that
+    calls it serves every run."""
+    try:
+        record = logging.makeLogRecord(fields)
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+    except Exception:  # noqa: BLE001 - a handler's or filter's fault: said as logging says its own
+        sys.stderr.write(f"napari-clumps: a log record of the model's process could not be logged: {fields}\n")
 
 
 _shared: dict[str, ModelProcess] = {}
@@ -446,22 +459,28 @@ def main(job: str, address, log_levels: dict[str, int] | None = None) -> None:
             if not started:
                 continue
         try:
-            _run(_JOBS[job], connection, number, run, stopped)
+            if not _run(_JOBS[job], connection, number, run, stopped):
+                os._exit(1)  # a process whose CUDA failed serves nothing more (tearing down CUDA may hang)
         except OSError:  # the GUI process ended (a broken pipe)
             return
 
 
 class _Sender:
     """The process's end of the connection: its sends one at a time, as they come from the run
-    and from any thread that logs."""
+    and from any thread that logs. A message is pickled before the lock is taken: pickling may
+    warn, and the warning's log record is sent too (through this, in the same thread)."""
 
     def __init__(self, connection):
+        from multiprocessing.reduction import ForkingPickler
+
         self._connection = connection
         self._lock = threading.Lock()
+        self._pickle = ForkingPickler.dumps  # what Connection.send does; recv() undoes it
 
     def send(self, message) -> None:
+        data = self._pickle(message)
         with self._lock:
-            self._connection.send(message)
+            self._connection.send_bytes(data)
 
     def recv(self):
         return self._connection.recv()
@@ -469,15 +488,29 @@ class _Sender:
 
 def _log_to(connection: _Sender, levels: dict[str, int]) -> None:
     """Every record logged in the process from now on (Python's warnings included) goes back
-    through ``connection``: formatted here (its arguments and traceback may not pickle), as
-    :class:`logging.handlers.QueueHandler` prepares a record for another process."""
+    through ``connection``: formatted here, as :class:`logging.handlers.QueueHandler` prepares
+    a record for another process, and sent as its plain fields only (what ``extra=`` added may
+    not pickle here, or unpickle there). Not sent: a record logged while sending one (a
+    warning of the pickling), and a record of a forked child (a data loader's worker: its
+    messages would cut into this process's on the shared socket)."""
     from logging.handlers import QueueHandler
+
+    this_process = os.getpid()
+    sending = threading.local()
 
     class Outbox:
         @staticmethod
         def put_nowait(record: logging.LogRecord) -> None:
-            with contextlib.suppress(OSError):  # the GUI process is gone: nobody to tell
-                connection.send((_LOG, record))
+            if os.getpid() != this_process or getattr(sending, "now", False):
+                return
+            fields = {key: value for key, value in vars(record).items() if isinstance(value, _PLAIN)}
+            sending.now = True
+            try:
+                connection.send((_LOG, fields))
+            except OSError:  # the GUI process is gone: nobody to tell
+                pass
+            finally:
+                sending.now = False
 
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
@@ -525,7 +558,10 @@ def _start_libraries(connection, number: int, job: str) -> bool:
     return True
 
 
-def _run(job, connection, number: int, run: dict, stopped) -> None:
+def _run(job, connection, number: int, run: dict, stopped) -> bool:
+    """Run ``job``; its items, then the run's end, go back. Whether the process can serve
+    another run (not once CUDA has failed: its errors stay for the process's life)."""
+
     def send(item):
         connection.send((number, _sendable(item)))
 
@@ -536,17 +572,25 @@ def _run(job, connection, number: int, run: dict, stopped) -> None:
     except Exception as error:  # noqa: BLE001 - a bug or a torch error: the run's last item says it
         send(("crash", error))
     finally:
-        _give_back_gpu_memory()
+        usable = _give_back_gpu_memory()
     connection.send((number, _DONE))
+    return usable
 
 
-def _give_back_gpu_memory() -> None:
+def _give_back_gpu_memory() -> bool:
     """Between runs: the GPU memory PyTorch keeps cached for this process's next run goes back to
     the driver, for the other jobs' processes (and other programs) on the same GPU; the model
-    itself stays loaded there."""
+    itself stays loaded there. False if CUDA fails (after an illegal memory access it fails for
+    the rest of the process's life)."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
+    if torch is None or not torch.cuda.is_initialized():
+        return True
+    try:
         torch.cuda.empty_cache()
+    except Exception as error:  # noqa: BLE001 - torch.AcceleratorError, RuntimeError: CUDA is broken
+        log.warning("CUDA failed (%s): this process ends; the next run starts a new one", error)
+        return False
+    return True
 
 
 def _detect(send, should_stop, **run) -> None:
