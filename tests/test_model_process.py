@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -330,9 +331,7 @@ def test_after_each_run_the_process_gives_back_the_gpu_memory_it_cached(monkeypa
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     sent = []
-
-    class Connection:
-        send = staticmethod(sent.append)
+    connection = SimpleNamespace(send=sent.append)
 
     def fine(send, should_stop):
         send("an item")
@@ -341,11 +340,11 @@ def test_after_each_run_the_process_gives_back_the_gpu_memory_it_cached(monkeypa
         raise RuntimeError("CUDA error: an illegal memory access")
 
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    _run(fine, Connection, 1, {}, set())
+    _run(fine, connection, 1, {}, set())
     assert sent == [(1, "an item"), (1, _DONE)] and emptied == []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    _run(fine, Connection, 2, {}, set())
-    _run(crashing, Connection, 3, {}, set())
+    _run(fine, connection, 2, {}, set())
+    _run(crashing, connection, 3, {}, set())
     assert len(emptied) == 2
     assert sent[-2][1][0] == "crash" and sent[-1] == (3, _DONE)
 
@@ -363,14 +362,12 @@ def test_a_process_whose_cuda_failed_says_the_run_ended_and_serves_no_more(monke
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", broken)
     sent = []
-
-    class Connection:
-        send = staticmethod(sent.append)
+    connection = SimpleNamespace(send=sent.append)
 
     def crashing(send, should_stop):
         broken()
 
-    assert _run(crashing, Connection, 4, {}, set()) is False
+    assert _run(crashing, connection, 4, {}, set()) is False
     assert sent[0][1][0] == "crash" and sent[-1] == (4, _DONE)
 
 
@@ -387,11 +384,7 @@ def logging_to(monkeypatch):
     sent = []
 
     def start(send=sent.append):
-        class Connection:
-            pass
-
-        Connection.send = staticmethod(send)
-        _log_to(Connection, {"": logging.INFO})
+        _log_to(SimpleNamespace(send=send), {"": logging.INFO})
         return sent
 
     yield start

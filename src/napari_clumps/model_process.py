@@ -229,11 +229,10 @@ class ModelProcess:
             self._process = subprocess.Popen([sys.executable, "-c", command], stdin=subprocess.PIPE)
             with self._process.stdin as key_pipe:  # not in the command line, which others can read
                 key_pipe.write(key.hex().encode() + b"\n")
-            self._connection = self._accept(listener)
+            self._connection = _Sender(self._accept(listener))
         self._run_numbers = itertools.count(1)
         self._runs: dict[int, _Run] = {}
         self._runs_lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._ended: ModelProcessEnded | None = None
         threading.Thread(target=self._read, name=f"napari-clumps {job} results", daemon=True).start()
         threading.Thread(target=self._watch_stops, name=f"napari-clumps {job} stops", daemon=True).start()
@@ -320,8 +319,7 @@ class ModelProcess:
                 self._send_stop(number)
 
     def _send(self, message) -> None:
-        with self._send_lock:
-            self._connection.send(message)
+        self._connection.send(message)
 
     def _send_stop(self, number: int) -> None:
         with contextlib.suppress(OSError):
@@ -466,9 +464,10 @@ def main(job: str, address, log_levels: dict[str, int] | None = None) -> None:
 
 
 class _Sender:
-    """The process's end of the connection: its sends one at a time, as they come from the run
-    and from any thread that logs. A message is pickled before the lock is taken: pickling may
-    warn, and the warning's log record is sent too (through this, in the same thread)."""
+    """A connection whose sends go one at a time, from whichever thread: in the GUI process, the
+    runs' and the stop watcher's; in the model's, the run's and any thread that logs. A message
+    is pickled before the lock is taken: pickling may warn, and in the model's process the
+    warning's log record is sent too (through this, in the same thread)."""
 
     def __init__(self, connection):
         from multiprocessing.reduction import ForkingPickler
